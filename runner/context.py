@@ -1,0 +1,76 @@
+"""The job context: what a job sees of its process — its spec, its events, the stop flag."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol import events as ev
+from protocol.jobs import JobSpec
+from runner.publisher import Publisher
+
+
+class Cancelled(Exception):
+    """Raised at a safe point once a stop was requested (SIGTERM); the job ends ``cancelled``."""
+
+
+class JobContext:
+    """Passed to every job. Events go through ``log``/``progress``/``metrics``/``result``.
+
+    ``stop_requested`` is set by the SIGTERM handler (which only sets the flag); a job checks
+    it at its safe points with ``check_stop()`` or waits on it with ``wait(seconds)``.
+    """
+
+    def __init__(self, spec: JobSpec, publisher: Publisher) -> None:
+        self.spec = spec
+        self.params: dict[str, Any] = spec.params
+        self.config: dict[str, Any] = spec.config
+        self.device = spec.device
+        self.task_dir = Path(spec.task_dir)
+        self.stop_requested = threading.Event()
+        self._pub = publisher
+        self._last_progress = -1
+
+    # -- events ------------------------------------------------------------------------
+    def log(self, message: str, level: str = "INFO", **fields: Any) -> None:
+        self._pub.emit(ev.LOG, message, level, **fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._pub.emit(ev.LOG, message, "WARNING", **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._pub.emit(ev.LOG, message, "ERROR", **fields)
+
+    def progress(self, percent: float, message: str | None = None, **fields: Any) -> None:
+        """Report progress (0–100). Unchanged whole percentages without a message are skipped."""
+        pct = max(0, min(100, int(percent)))
+        if message is None and pct == self._last_progress and not fields:
+            return
+        self._last_progress = pct
+        self._pub.emit(ev.PROGRESS, message or f"progress {pct}%", "INFO", progress=pct, **fields)
+
+    def metrics(self, message: str, metrics: dict[str, Any], **fields: Any) -> None:
+        self._pub.emit(ev.METRICS, message, "INFO", metrics=metrics, **fields)
+
+    def result(self, message: str, result: dict[str, Any], **fields: Any) -> None:
+        self._pub.emit(ev.RESULT, message, "INFO", result=result, **fields)
+
+    def emit(self, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
+        self._pub.emit(kind, message, level, **fields)
+
+    # -- stopping ----------------------------------------------------------------------
+    def check_stop(self) -> None:
+        """Raise ``Cancelled`` if a stop was requested. Call at safe points (batch boundaries)."""
+        if self.stop_requested.is_set():
+            raise Cancelled("stopped on request")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; raise ``Cancelled`` as soon as a stop is requested."""
+        if self.stop_requested.wait(max(0.0, seconds)):
+            raise Cancelled("stopped on request")
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()

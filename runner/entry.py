@@ -1,0 +1,155 @@
+"""A runner process from start to exit: isolate, configure, connect, run the job, report.
+
+``run(spec)`` is the single entry for both start modes: warm (forked from the supervisor's
+preloaded fork server) and cold (``python -m runner <spec.json>``). The order matters:
+
+1. own session and process group (``setsid``) and own cgroup, before anything can fork;
+2. process title, stdout/stderr into the task directory, signal handlers;
+3. ``CUDA_VISIBLE_DEVICES`` and thread counts before the first torch/OpenCV operation
+   (after a fork ``OMP_NUM_THREADS`` no longer has any effect, so set them by call);
+4. connect the publisher and wait for the subscription, then ``running``;
+5. the job; its outcome is the final status event, then exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Callable
+
+from protocol import events as ev
+from protocol.jobs import JobSpec
+from runner.context import Cancelled, JobContext
+from runner.publisher import Publisher
+
+#: job name -> "module:function". Imported lazily so a job pays only for what it uses.
+JOBS: dict[str, str] = {
+    "diagnostic": "runner.diagnostic:run",
+    "training": "runner.training:run",
+    "inference": "runner.inference:run",
+    "split": "runner.preprocessing:split",
+    "augment": "runner.preprocessing:augment",
+    "crop": "runner.preprocessing:crop",
+}
+
+#: Exit codes: the final status event is authoritative; these cover a runner that could not
+#: report (the supervisor decodes them when no final event arrived).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_STARTUP_FAILURE = 3
+
+
+def _isolate(spec: JobSpec) -> None:
+    if os.getpid() != os.getsid(0):
+        try:
+            os.setsid()
+        except PermissionError:  # already a group leader (cold start with start_new_session)
+            pass
+    for procs in spec.cgroup_procs:
+        with open(procs, "w") as fh:
+            fh.write(str(os.getpid()))
+
+
+def _redirect_output(task_dir: Path) -> None:
+    for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+        out = os.open(task_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, fd)
+        os.close(out)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _configure_compute(spec: JobSpec) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
+    threads = str(spec.torch_threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = threads
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    if "torch" in sys.modules or spec.job in ("training", "inference"):
+        import torch
+
+        torch.set_num_threads(spec.torch_threads)
+        try:
+            torch.set_num_interop_threads(spec.interop_threads)
+        except RuntimeError:  # already fixed in this process; harmless
+            pass
+    if "cv2" in sys.modules or spec.job in ("training", "inference", "split", "augment", "crop"):
+        import cv2
+
+        cv2.setNumThreads(spec.opencv_threads)
+
+
+def _resolve(job: str) -> Callable[[JobContext], None]:
+    target = JOBS.get(job)
+    if target is None:
+        raise ValueError(f"unknown job {job!r}")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+
+
+def run(spec: JobSpec) -> int:
+    """Run one job in this process; return the exit code. Never raises."""
+    _isolate(spec)
+    task_dir = Path(spec.task_dir)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"rfuav-runner {spec.task_type} {spec.task_id}")
+    except ImportError:  # pragma: no cover - a dependency; the title is a convenience
+        pass
+    _redirect_output(task_dir)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is for the daemon
+
+    try:
+        start_rseq = _journal_length(spec.journal_path)
+        publisher = Publisher(spec.task_id, spec.events_endpoint, spec.journal_path, start_rseq=start_rseq)
+    except Exception:  # noqa: BLE001 - nothing to report to yet; stderr.log has it
+        traceback.print_exc()
+        return EXIT_STARTUP_FAILURE
+    ctx = JobContext(spec, publisher)
+
+    def handle_term(signum: int, frame: FrameType | None) -> None:
+        # Handlers only set a flag: the job stops at its next safe point.
+        ctx.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handle_term)
+    publisher.wait_for_subscriber(spec.subscribe_timeout)
+    code = EXIT_OK
+    try:
+        _configure_compute(spec)
+        ctx.emit(ev.STATUS, f"running on {spec.host_device} (pid {os.getpid()})", status="running")
+        _resolve(spec.job)(ctx)
+        ctx.check_stop()
+    except Cancelled:
+        ctx.emit(ev.STATUS, "cancelled", "WARNING", status="cancelled")
+    except Exception as exc:  # noqa: BLE001 - every job error becomes the task's failure
+        code = EXIT_FAILED
+        ctx.error(traceback.format_exc().rstrip())
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        ctx.emit(ev.STATUS, message, "ERROR", status="failed")
+    else:
+        ctx.emit(ev.STATUS, "completed", status="completed", progress=100)
+    finally:
+        publisher.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def _journal_length(path: Path) -> int:
+    """Events already journaled (a runner never restarts, but a spec may be re-run by hand)."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for _ in fh)
+    except FileNotFoundError:
+        return 0
+
+
+def main_from_file(path: str) -> int:
+    spec = JobSpec.load(Path(path).read_bytes())
+    return run(spec)
