@@ -2,6 +2,36 @@
 
 On the wire a command is ``{"v": 1, "id": "<request id>", "kind": "<kind>", ...fields}``.
 Commands are registered explicitly in ``COMMANDS``; ``parse_command`` validates types.
+
+Reply ``data`` per command (errors: ``protocol.replies``; codes ``not_found``, ``conflict``,
+``bad_request``, ``too_large``, ``bad_version``, ``internal``):
+
+- ``submit``     ``{"tasks": [TaskResponse, ...]}`` in the order given. ``conflict`` when a
+                 custom ``task_id`` exists; ``bad_request`` for an unknown type/job, a bad
+                 device (``cuda:N`` that the host does not have), priority outside 1–10.
+- ``get``        ``{"task": TaskResponse}``; ``not_found`` also when ``task_type`` is given
+                 and differs from the task's.
+- ``list``       ``{"tasks": [TaskResponse, ...]}`` (newest first), optionally filtered.
+- ``cancel``     ``{"task": TaskResponse}`` (a pending task is cancelled at once; a running
+                 one gets SIGTERM, then SIGKILL after the grace period, and its status turns
+                 ``cancelled`` when it is gone); ``conflict`` when the task already ended.
+- ``delete``     ``{"task_id": id}``; ``conflict`` when pending or running.
+- ``logs``       ``{"events": [event, ...], "final": bool, "status": str, "last_seq": int}``:
+                 stored events with ``seq > after`` in order; ``final`` when the task has
+                 ended and every event of it is included.
+- ``resources``  ``{"device_usage": {dev: {type: n}}, "active_tasks": {dev: [{"id", "type"}]},
+                 "limits": {dev: {type: n}}, "gpu_info": <gpu>, "queue_length": n,
+                 "running": n}``; ``dev`` is ``cpu`` and each ``cuda:N``.
+- ``gpu``        the contract's GPU info: ``{available, count, cuda_version, pytorch_version,
+                 devices: [...]}`` (NVML; never torch).
+- ``set_limits`` ``{"limits": {dev: {type: n}}}`` after the change (``dev``: ``cpu``, ``gpu``
+                 for every GPU, or ``cuda:N``); ``bad_request`` for unknown devices or types
+                 or negative numbers. The queue is re-examined at once.
+- ``ps``         ``{"runners": [{task_id, task_type, device, pid, started_at, age, cgroup,
+                 limits, processes: [{pid, ppid, title, status, cpu_percent, rss, threads,
+                 open_files, children, gpu_memory}]}]}``.
+- ``health``     ``{"version", "running", "queued", "tasks": {type: {status: n}},
+                 "gpu_available", "gpu_count", "start_mode", "uptime", "events_stored"}``.
 """
 
 from __future__ import annotations
