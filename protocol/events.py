@@ -1,10 +1,15 @@
 """Runner events: the one record, its names, and the wire shape.
 
-A runner publishes ``[task_id, json]`` frames; ``json`` carries ``rseq``, the runner's own
-gap-free counter (1, 2, 3, …), so the supervisor can tell a lost event from a late one. The
-supervisor stores each event under the task's gap-free ``seq`` (which also numbers events the
-supervisor itself adds, such as "queued" or "killed by signal") and republishes ``[task_id,
-json]`` with ``seq`` set. ``seq`` is the SSE ``id:``.
+Wire shape, on both hops: one ZeroMQ multipart message is ``[task_id, event, event, …]`` —
+the topic frame, then ONE OR MORE event frames (JSON objects) of that task in order. Batching
+several events per message is what makes 50,000 events/s possible (a message costs several
+microseconds whatever its size); at low rates a message carries one event.
+
+A runner's events carry ``rseq``, the runner's own gap-free counter (1, 2, 3, …), so the
+supervisor can tell a lost event from a late one. The supervisor stores each event under the
+task's gap-free ``seq`` (which also numbers events the supervisor itself adds, such as "queued"
+or "killed by signal") and republishes ``[task_id, event, …]`` with ``seq`` set (events-out).
+``seq`` is the SSE ``id:``.
 """
 
 from __future__ import annotations

@@ -60,6 +60,10 @@ class JobContext:
     def emit(self, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
         self._pub.emit(kind, message, level, **fields)
 
+    def flush(self) -> None:
+        """Journal and send every event emitted so far (before an abrupt exit)."""
+        self._pub.flush()
+
     # -- stopping ----------------------------------------------------------------------
     def check_stop(self) -> None:
         """Raise ``Cancelled`` if a stop was requested. Call at safe points (batch boundaries)."""

@@ -59,6 +59,7 @@ def run(ctx: JobContext) -> None:
         else:
             ctx.wait(float(p["sleep"]))
     if "exit_code" in p and p["exit_code"] is not None:
+        ctx.flush()
         os._exit(int(p["exit_code"]))
     if p.get("raise"):
         raise RuntimeError(str(p["raise"]))
