@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import select
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,36 @@ from runner.publisher import Publisher
 
 class Cancelled(Exception):
     """Raised at a safe point once a stop was requested (SIGTERM); the job ends ``cancelled``."""
+
+
+class StopFlag:
+    """A stop request that a signal handler may set.
+
+    Not a ``threading.Event``: its ``set`` takes a lock, and a handler that runs while the
+    main thread holds that same lock (inside ``Event.wait``) deadlocks. Here ``set`` only
+    assigns a bool and writes a byte to a pipe (async-signal-safe); ``wait`` selects on it.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        self._set = True
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:  # the pipe is full: a wake-up is already pending
+            pass
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the flag; return whether it is set."""
+        if not self._set:
+            select.select([self._read_fd], [], [], max(0.0, timeout))
+        return self._set
 
 
 class JobContext:
@@ -29,7 +60,7 @@ class JobContext:
         self.config: dict[str, Any] = spec.config
         self.device = spec.device
         self.task_dir = Path(spec.task_dir)
-        self.stop_requested = threading.Event()
+        self.stop_requested = StopFlag()
         self._pub = publisher
         self._last_progress = -1
 

@@ -1,0 +1,148 @@
+"""The runner's publisher and entry, with real sockets and real runner processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import zmq
+
+from protocol.jobs import JobSpec
+from runner.publisher import Publisher
+
+FINAL = {"completed", "failed", "cancelled"}
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture
+def sub(short_dir: Path) -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{short_dir}/ev.sock"
+    sock.bind(endpoint)
+    sock.subscribe(b"")
+    yield sock, endpoint
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _collect(sock: zmq.Socket[bytes], until: Any, timeout_ms: int = 30_000) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while True:
+        assert sock.poll(timeout_ms), f"no event within {timeout_ms} ms after {len(events)} events"
+        frames = sock.recv_multipart()
+        for frame in frames[1:]:
+            events.append(orjson.loads(frame))
+        if until(events):
+            return events
+
+
+def test_waits_for_subscriber_and_delivers_every_event_in_order(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+    sock, endpoint = sub
+    publisher = Publisher("t1", endpoint, short_dir / "j.jsonl")
+    count = 20_000
+    subscribed: list[bool] = []
+
+    def produce() -> None:
+        subscribed.append(publisher.wait_for_subscriber(10.0))
+        for i in range(count):
+            publisher.emit("log", f"line {i}", i=i)
+
+    # A bound ZeroMQ socket takes in new peers only while its owner calls into it: the
+    # producer runs in a thread so that _collect (polling) lets the subscription through.
+    producer = threading.Thread(target=produce)
+    producer.start()
+    events = _collect(sock, lambda evs: len(evs) >= count)
+    producer.join()
+    publisher.close()
+    assert subscribed == [True]
+    assert [e["rseq"] for e in events] == list(range(1, count + 1))
+    assert events[0]["task_id"] == "t1" and events[-1]["i"] == count - 1
+    journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
+    assert [e["rseq"] for e in journal] == list(range(1, count + 1))
+
+
+def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> None:
+    publisher = Publisher("t2", f"ipc://{short_dir}/nobody.sock", short_dir / "j.jsonl")
+    assert not publisher.wait_for_subscriber(0.05)
+    threads = [threading.Thread(target=lambda: [publisher.emit("log", "x") for _ in range(500)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    publisher.close()
+    journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
+    assert [e["rseq"] for e in journal] == list(range(1, 2001))
+
+
+def _start(short_dir: Path, endpoint: str, params: dict[str, Any], task_id: str = "diag") -> subprocess.Popen[bytes]:
+    task_dir = short_dir / task_id
+    task_dir.mkdir()
+    spec = JobSpec(task_id, "diagnostic", "diagnostic", params, "cpu", "cpu", str(task_dir), endpoint)
+    (task_dir / "spec.json").write_bytes(spec.dump())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen([sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=True)
+
+
+def _final(events: list[dict[str, Any]]) -> bool:
+    return any(e["kind"] == "status" and e.get("status") in FINAL for e in events)
+
+
+def test_runner_completes_and_reports_running_first(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+    sock, endpoint = sub
+    proc = _start(short_dir, endpoint, {"events": 50, "size": 100})
+    events = _collect(sock, _final)
+    assert proc.wait(30) == 0
+    assert events[0]["status"] == "running"
+    assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100
+    assert len([e for e in events if e["message"].startswith("event ")]) == 50
+    assert [e["rseq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_runner_failure_reports_error_and_traceback(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+    sock, endpoint = sub
+    proc = _start(short_dir, endpoint, {"raise": "boom at step 3"})
+    events = _collect(sock, _final)
+    assert proc.wait(30) == 1
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["message"] == "RuntimeError: boom at step 3"
+    assert any("Traceback" in e["message"] and e["level"] == "ERROR" for e in events)
+
+
+def test_sigterm_stops_at_safe_point_and_reports_cancelled(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+    sock, endpoint = sub
+    proc = _start(short_dir, endpoint, {"sleep": 120})
+    _collect(sock, lambda evs: any(e["message"].startswith("sleeping") for e in evs))
+    os.killpg(proc.pid, signal.SIGTERM)
+    events = _collect(sock, _final)
+    assert proc.wait(30) == 0
+    assert events[-1]["status"] == "cancelled"
+
+
+def test_runner_process_title_and_own_session(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+    import psutil
+
+    sock, endpoint = sub
+    proc = _start(short_dir, endpoint, {"sleep": 120}, task_id="titled")
+    _collect(sock, lambda evs: any(e["message"].startswith("sleeping") for e in evs))
+    assert psutil.Process(proc.pid).cmdline()[0].startswith("rfuav-runner diagnostic titled")
+    assert os.getsid(proc.pid) == proc.pid
+    os.killpg(proc.pid, signal.SIGTERM)
+    _collect(sock, _final)
+    proc.wait(30)
