@@ -10,7 +10,11 @@ Parameters (all optional):
 ``ignore_sigterm`` bool    ignore SIGTERM (an uncooperative job; only SIGKILL ends it)
 ``grandchild``     bool    start a grandchild process that sleeps (it ignores SIGTERM too
                            when ``ignore_sigterm``); its pid is reported in an event
+``grandchild_setsid`` bool the grandchild also leaves the job's session (``setsid``)
+``default_sigterm`` bool   restore SIGTERM's default action (a SIGTERM kills the runner)
 ``sleep``          float   then sleep this long, stopping early when cancelled (default 0)
+``report``         bool    first emit one event describing the process (``process`` field: pid,
+                           sid, pgid, title, CUDA_VISIBLE_DEVICES, thread counts, cgroups)
 ``exit_code``      int     then exit abruptly with this code, without a final event
 ``raise``          str     then raise ``RuntimeError`` with this message (the task fails)
 =================  ======  ===================================================================
@@ -23,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from runner.context import JobContext
@@ -36,8 +41,12 @@ _GRANDCHILD = (
 
 def run(ctx: JobContext) -> None:
     p: dict[str, Any] = ctx.params
+    if p.get("report"):
+        ctx.log("process report", process=_process_report())
     if p.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if p.get("default_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     hold = None
     if p.get("memory_mb"):
         hold = bytearray(int(p["memory_mb"]) << 20)
@@ -47,7 +56,9 @@ def run(ctx: JobContext) -> None:
     child = None
     if p.get("grandchild"):
         flag = "1" if p.get("ignore_sigterm") else "0"
-        child = subprocess.Popen([sys.executable, "-c", _GRANDCHILD, flag])
+        child = subprocess.Popen(
+            [sys.executable, "-c", _GRANDCHILD, flag], start_new_session=bool(p.get("grandchild_setsid"))
+        )
         ctx.log(f"grandchild started (pid {child.pid})", grandchild_pid=child.pid)
 
     _emit_events(ctx, int(p.get("events", 0)), int(p.get("size", 0)), float(p.get("rate", 0)))
@@ -64,6 +75,30 @@ def run(ctx: JobContext) -> None:
     if p.get("raise"):
         raise RuntimeError(str(p["raise"]))
     del hold
+
+
+def _process_report() -> dict[str, Any]:
+    """What this process sees of its own isolation and compute settings (tests check it)."""
+    report: dict[str, Any] = {
+        "pid": os.getpid(),
+        "sid": os.getsid(0),
+        "pgid": os.getpgid(0),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cgroup": Path("/proc/self/cgroup").read_text().splitlines(),
+    }
+    try:
+        from setproctitle import getproctitle
+
+        report["title"] = getproctitle()
+    except ImportError:  # pragma: no cover - a dependency
+        report["title"] = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        report["torch_threads"] = torch.get_num_threads()
+        report["interop_threads"] = torch.get_num_interop_threads()
+    if "cv2" in sys.modules:
+        report["opencv_threads"] = sys.modules["cv2"].getNumThreads()
+    return report
 
 
 def _emit_events(ctx: JobContext, count: int, size: int, rate: float) -> None:

@@ -153,3 +153,9 @@ def _journal_length(path: Path) -> int:
 def main_from_file(path: str) -> int:
     spec = JobSpec.load(Path(path).read_bytes())
     return run(spec)
+
+
+def run_and_exit(spec: JobSpec) -> None:
+    """The warm-start target (forked from the supervisor's fork server): ``multiprocessing``
+    ignores a target's return value, so exit with the job's code."""
+    raise SystemExit(run(spec))

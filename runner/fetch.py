@@ -1,0 +1,351 @@
+"""Getting a job's inputs: URL downloads, safe zip extraction, and path confinement.
+
+Contracts (every refusal raises ``FetchError`` with a precise message, which fails the task):
+
+- URLs: ``http``/``https`` only; every address the host resolves to is checked, and link-local
+  (169.254.0.0/16, fe80::/10) and cloud-metadata addresses (169.254.169.254, fd00:ec2::254,
+  ``metadata.google.internal``) are refused; private ranges are allowed unless a host allowlist
+  (``url_allow_hosts``) is configured. At most ``MAX_REDIRECTS`` redirects, each checked again.
+  Downloads stream into the task directory under a size (``download_max_bytes``) and a total time
+  (``download_timeout``) limit.
+- Zips: entries with absolute paths, ``..``, links or special files, encrypted entries, more
+  than ``unzip_max_entries`` entries, a total over ``unzip_max_bytes`` or a compression ratio
+  over ``unzip_max_ratio`` are refused before anything is written; the byte count is enforced
+  again while writing (declared sizes can lie). A zip whose content is one top folder unwraps to
+  it. A downloaded zip is removed after extraction; a user's local zip is left alone.
+- Local paths must resolve (symlinks followed) inside ``data_roots`` — defence in depth, web
+  checks first.
+
+Known limit: the DNS check and the connection resolve separately, so a host that changes its
+answer between the two (DNS rebinding) is not caught; ``url_allow_hosts`` closes that gap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import socket
+import stat
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+MAX_REDIRECTS = 3
+CHUNK = 1 << 20
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
+_METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+_ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
+_IGNORED_TOP = ("__MACOSX",)
+
+
+class FetchError(ValueError):
+    """An input that cannot be fetched or unpacked safely; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    download_max_bytes: int = 2 << 30
+    download_timeout: float = 600.0
+    unzip_max_bytes: int = 8 << 30
+    unzip_max_ratio: float = 200.0
+    unzip_max_entries: int = 200_000
+    allow_hosts: tuple[str, ...] = ()
+    data_roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Limits":
+        """Read the job spec's ``config`` (missing keys keep the settings' defaults)."""
+        hosts = config.get("url_allow_hosts") or ()
+        if isinstance(hosts, str):
+            hosts = [h for h in hosts.split(",")]
+        roots = config.get("data_roots") or ()
+        if isinstance(roots, str):
+            roots = [r for r in roots.split(":")]
+        d = cls()
+        return cls(
+            download_max_bytes=int(config.get("download_max_bytes", d.download_max_bytes)),
+            download_timeout=float(config.get("download_timeout", d.download_timeout)),
+            unzip_max_bytes=int(config.get("unzip_max_bytes", d.unzip_max_bytes)),
+            unzip_max_ratio=float(config.get("unzip_max_ratio", d.unzip_max_ratio)),
+            unzip_max_entries=int(config.get("unzip_max_entries", d.unzip_max_entries)),
+            allow_hosts=tuple(h.strip().lower() for h in hosts if h and h.strip()),
+            data_roots=tuple(Path(r) for r in roots if r),
+        )
+
+
+# -- URLs -------------------------------------------------------------------------------
+def is_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def _refused_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr in _METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if addr.is_link_local:
+        return "link-local"
+    return None
+
+
+def check_url(url: str, allow_hosts: tuple[str, ...] = ()) -> None:
+    """Refuse ``url`` unless it is http(s) to an allowed host whose every address is allowed."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise FetchError(f"URL {url!r} refused: only http and https are allowed")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise FetchError(f"URL {url!r} refused: no host")
+    if host in _METADATA_HOSTS:
+        raise FetchError(f"URL {url!r} refused: {host} is a cloud metadata host")
+    if allow_hosts and not any(host == h or host.endswith("." + h) for h in allow_hosts):
+        raise FetchError(f"URL {url!r} refused: host {host} is not in url_allow_hosts")
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError as exc:
+        raise FetchError(f"URL {url!r} refused: {exc}") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError(f"URL {url!r}: cannot resolve host {host}: {exc.strerror}") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        why = _refused_address(address)
+        if why:
+            raise FetchError(f"URL {url!r} refused: {host} resolves to {address}, {why}")
+
+
+def _filename(url: str) -> str:
+    name = PurePosixPath(urlsplit(url).path).name
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
+    return safe or "download"
+
+
+def download(
+    url: str,
+    dest_dir: Path,
+    limits: Limits,
+    check_stop: Callable[[], None] | None = None,
+) -> tuple[Path, bool]:
+    """Download ``url`` into ``dest_dir``; returns ``(path, looks_like_zip)``."""
+    deadline = time.monotonic() + limits.download_timeout
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    current = url
+    session = requests.Session()
+    session.trust_env = False  # no proxy from the environment: the address checks must hold
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(current, limits.allow_hosts)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchError(f"download of {url} exceeded {limits.download_timeout:g} s")
+            try:
+                response = session.get(
+                    current, stream=True, allow_redirects=False, timeout=(min(30.0, remaining), min(60.0, remaining))
+                )
+            except requests.RequestException as exc:
+                raise FetchError(f"download of {current} failed: {exc}") from None
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                response.close()
+                current = urljoin(current, location)
+                continue
+            with response:
+                return _save(response, current, dest_dir, limits, deadline, check_stop)
+        raise FetchError(f"download of {url} refused: more than {MAX_REDIRECTS} redirects")
+    finally:
+        session.close()
+
+
+def _save(
+    response: requests.Response,
+    url: str,
+    dest_dir: Path,
+    limits: Limits,
+    deadline: float,
+    check_stop: Callable[[], None] | None,
+) -> tuple[Path, bool]:
+    if response.status_code != 200:
+        raise FetchError(f"download of {url} failed: HTTP {response.status_code} {response.reason}")
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limits.download_max_bytes:
+        raise FetchError(
+            f"download of {url} refused: {declared} bytes exceeds download_max_bytes "
+            f"({limits.download_max_bytes})"
+        )
+    path = dest_dir / _filename(url)
+    size = 0
+    try:
+        with open(path, "wb") as out:
+            for chunk in response.iter_content(CHUNK):
+                size += len(chunk)
+                if size > limits.download_max_bytes:
+                    raise FetchError(
+                        f"download of {url} refused: more than download_max_bytes "
+                        f"({limits.download_max_bytes}) bytes"
+                    )
+                if time.monotonic() > deadline:
+                    raise FetchError(f"download of {url} exceeded download_timeout ({limits.download_timeout:g} s)")
+                if check_stop is not None:
+                    check_stop()
+                out.write(chunk)
+    except requests.RequestException as exc:
+        path.unlink(missing_ok=True)
+        raise FetchError(f"download of {url} failed: {exc}") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return path, path.suffix.lower() == ".zip" or content_type in _ZIP_TYPES
+
+
+# -- zips -------------------------------------------------------------------------------
+def _check_member(info: zipfile.ZipInfo) -> None:
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise FetchError(f"zip refused: entry {info.filename!r} has an absolute path")
+    if ".." in parts:
+        raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder (..)")
+    mode = info.external_attr >> 16
+    if mode and stat.S_ISLNK(mode):
+        raise FetchError(f"zip refused: entry {info.filename!r} is a symbolic link")
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FetchError(f"zip refused: entry {info.filename!r} is a special file")
+    if info.flag_bits & 0x1:
+        raise FetchError(f"zip refused: entry {info.filename!r} is encrypted")
+
+
+def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
+    """Extract ``archive`` into ``dest`` (created) after checking every entry; returns the data
+    root (``dest``, or its single top folder)."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FetchError(f"{archive.name} is not a readable zip: {exc}") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.unzip_max_entries:
+            raise FetchError(
+                f"zip refused: {len(infos)} entries exceeds unzip_max_entries ({limits.unzip_max_entries})"
+            )
+        for info in infos:
+            _check_member(info)
+        total = sum(i.file_size for i in infos)
+        packed = sum(i.compress_size for i in infos)
+        if total > limits.unzip_max_bytes:
+            raise FetchError(
+                f"zip refused: expands to {total} bytes, over unzip_max_bytes ({limits.unzip_max_bytes})"
+            )
+        if total and total / max(packed, 1) > limits.unzip_max_ratio:
+            raise FetchError(
+                f"zip refused: compression ratio {total / max(packed, 1):.0f} exceeds "
+                f"unzip_max_ratio ({limits.unzip_max_ratio:g}) — a zip bomb?"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        written = 0
+        for info in infos:
+            target = (root / info.filename.replace("\\", "/")).resolve()
+            if not target.is_relative_to(root):
+                raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        written += len(chunk)
+                        if written > limits.unzip_max_bytes:
+                            raise FetchError(
+                                f"zip refused: expands past unzip_max_bytes ({limits.unzip_max_bytes})"
+                            )
+                        out.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FetchError(f"zip {archive.name}: cannot extract {info.filename!r}: {exc}") from None
+    return _unwrap(dest)
+
+
+def _unwrap(dest: Path) -> Path:
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_TOP]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest
+
+
+# -- local paths ------------------------------------------------------------------------
+def confine(path: str | Path, roots: tuple[Path, ...], *, must_exist: bool = True) -> Path:
+    """``path`` resolved (symlinks followed); refused unless inside one of ``roots``.
+    With no roots configured there is nothing to check against."""
+    resolved = Path(path).expanduser().resolve(strict=False)
+    if must_exist and not resolved.exists():
+        raise FileNotFoundError(f"path {path} does not exist")
+    if roots and not any(resolved.is_relative_to(r.resolve()) for r in roots):
+        raise FetchError(f"path {path} is outside the data roots ({', '.join(str(r) for r in roots)})")
+    return resolved
+
+
+class Inputs:
+    """Turns a job's path parameters into local paths inside its task directory."""
+
+    def __init__(self, task_dir: Path, limits: Limits, check_stop: Callable[[], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.task_dir = task_dir
+        self.limits = limits
+        self.check_stop = check_stop
+        self.log = log or (lambda message: None)
+
+    def resolve(self, value: str, purpose: str) -> Path:
+        """A URL (downloaded, a zip extracted and removed), a local zip (extracted into the
+        task directory) or a local path (confined), as a local path."""
+        if is_url(value):
+            path, is_zip = download(value, self.task_dir / "downloads" / purpose, self.limits, self.check_stop)
+            self.log(f"{purpose}: downloaded {value} ({path.stat().st_size} bytes)")
+            if not is_zip:
+                return path
+            try:
+                root = extract_zip(path, self.task_dir / "inputs" / purpose, self.limits)
+            finally:
+                path.unlink(missing_ok=True)
+            self.log(f"{purpose}: extracted to {root}")
+            return root
+        local = confine(value, self.limits.data_roots)
+        if local.is_file() and local.suffix.lower() == ".zip":
+            root = extract_zip(local, self.task_dir / "inputs" / purpose, self.limits)
+            self.log(f"{purpose}: extracted {local.name} to {root}")
+            return root
+        return local
+
+    def resolve_file(self, value: str, purpose: str, suffixes: tuple[str, ...]) -> Path:
+        """Like ``resolve`` but for one file (config, weights): a folder or zip must hold exactly
+        one file with one of ``suffixes``."""
+        path = self.resolve(value, purpose)
+        if path.is_file():
+            return path
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if len(matches) != 1:
+            raise FetchError(
+                f"{purpose}: expected exactly one {'/'.join(suffixes)} file in {value}, found {len(matches)}"
+            )
+        return matches[0]
+
+    def output(self, value: str) -> Path:
+        """A local output folder (created), confined to the data roots."""
+        if is_url(value):
+            raise FetchError(f"output path {value!r} must be a local folder, not a URL")
+        path = confine(value, self.limits.data_roots, must_exist=False)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder this job created (inputs extracted into the task directory)."""
+    shutil.rmtree(path, ignore_errors=True)

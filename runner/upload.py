@@ -1,0 +1,134 @@
+"""Upload of result files to the satellite platform (API.md §6).
+
+One multipart POST per file, uncompressed: the file part plus a business-label field and a
+file-type field (field names and the auth header name from the job's ``config``). Each file is
+retried with exponential backoff (``upload_retries`` retries after the first attempt).
+
+Decision: an upload failure does not fail the task. The local results are complete and kept;
+the failure is reported as an ERROR event per file and in the returned summary, which the job
+turns into its final message ("completed; upload failed: ..."). The token is sent only in the
+header and never appears in an event, a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from runner.fetch import FetchError, check_url
+
+#: (business label, file type) per kind of result file.
+TRAINING_CONFIG = ("SATEL_AGENT", "cfg_path")
+TRAINING_WEIGHTS = ("SATEL_AGENT_WEIGHT", "weight_path")
+INFERENCE_RESULT = ("SATEL_AGENT", "")
+
+#: Seconds before the first retry; doubled each time.
+BACKOFF_START = 0.5
+REQUEST_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    url: str
+    token: str | None
+    file_field: str = "file"
+    label_field: str = "businessLabel"
+    type_field: str = "fileType"
+    auth_header: str = "Authorization"
+    retries: int = 3
+    allow_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_job(cls, params: dict[str, Any], config: dict[str, Any]) -> "UploadConfig":
+        url = params.get("upload_url") or config.get("upload_url") or ""
+        if not url:
+            raise ValueError("enable_upload is set but neither upload_url nor the configured default is given")
+        hosts = config.get("url_allow_hosts") or ()
+        if isinstance(hosts, str):
+            hosts = hosts.split(",")
+        return cls(
+            url=str(url),
+            token=params.get("token") or None,
+            file_field=str(config.get("upload_file_field") or "file"),
+            label_field=str(config.get("upload_label_field") or "businessLabel"),
+            type_field=str(config.get("upload_type_field") or "fileType"),
+            auth_header=str(config.get("upload_auth_header") or "Authorization"),
+            retries=int(config.get("upload_retries", 3)),
+            allow_hosts=tuple(h.strip().lower() for h in hosts if h and h.strip()),
+        )
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    path: Path
+    label: str
+    file_type: str
+
+
+class Reporter:
+    """What the uploader tells the job: ``info(message)`` and ``error(message)``."""
+
+    def __init__(self, info: Callable[[str], None], error: Callable[[str], None],
+                 wait: Callable[[float], None] = time.sleep) -> None:
+        self.info = info
+        self.error = error
+        self.wait = wait
+
+
+def _post(session: requests.Session, cfg: UploadConfig, item: UploadItem) -> None:
+    headers = {cfg.auth_header: cfg.token} if cfg.token else {}
+    with open(item.path, "rb") as fh:
+        response = session.post(
+            cfg.url,
+            files={cfg.file_field: (item.path.name, fh, "application/octet-stream")},
+            data={cfg.label_field: item.label, cfg.type_field: item.file_type},
+            headers=headers,
+            timeout=REQUEST_TIMEOUT,
+            allow_redirects=False,
+        )
+    with response:
+        if not 200 <= response.status_code < 300:
+            raise RuntimeError(f"HTTP {response.status_code} {response.reason}")
+
+
+def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list[str]:
+    """Upload each item; returns one line per file that failed after every retry (empty when
+    all went through)."""
+    try:
+        check_url(cfg.url, cfg.allow_hosts)
+    except FetchError as exc:
+        report.error(f"upload refused: {exc}")
+        return [str(exc)]
+    failures: list[str] = []
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        for n, item in enumerate(items, 1):
+            delay = BACKOFF_START
+            for attempt in range(cfg.retries + 1):
+                try:
+                    _post(session, cfg, item)
+                except (requests.RequestException, RuntimeError, OSError) as exc:
+                    # requests' messages carry the URL, never the headers: safe to report.
+                    reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RuntimeError) else str(exc)
+                    if attempt < cfg.retries:
+                        report.error(
+                            f"upload of {item.path.name} failed (attempt {attempt + 1}/{cfg.retries + 1}): "
+                            f"{reason}; retrying in {delay:g} s"
+                        )
+                        report.wait(delay)
+                        delay *= 2
+                        continue
+                    failures.append(f"{item.path.name}: {reason}")
+                    report.error(f"upload of {item.path.name} failed after {cfg.retries + 1} attempts: {reason}")
+                else:
+                    shown_type = item.file_type or '""'
+                    report.info(f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}")
+                break
+    finally:
+        session.close()
+    return failures

@@ -1,0 +1,454 @@
+"""Job cgroups: limits (memory, CPU, pids), membership, OOM detection, the whole-job kill.
+
+Every job cgroup is created **below the supervisor's own cgroup** in each hierarchy, as
+``/proc/self/cgroup`` names it (never elsewhere: that is what systemd's ``Delegate=yes`` hands
+over), and is named ``rfuav-<instance>-<task_id>`` where ``instance`` identifies this service
+instance (its home directory). A restarted supervisor therefore finds the leftovers of its own
+jobs, and only those; it never touches a cgroup it did not create.
+
+Two layouts are supported:
+
+- **cgroup v2 with controllers** (production under systemd): the supervisor's cgroup must stay
+  a leaf once controllers are enabled for its children (the "no internal processes" rule), so
+  the supervisor moves itself into ``<own>/supervisor``, enables ``+memory +cpu +pids`` in
+  ``<own>/cgroup.subtree_control`` and creates jobs in ``<own>/jobs/rfuav-<instance>-<task>``.
+- **v1 / hybrid** (the development machines): limits in the v1 ``memory``, ``cpu`` and
+  ``pids`` hierarchies; membership in the v2 ("unified") hierarchy too when it is mounted,
+  because its ``cgroup.kill`` kills every process of a cgroup atomically.
+
+Where nothing is writable the job runs anyway and says its limits are not enforced, and why.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Job cgroup names start with this (then the instance key, then the task id).
+PREFIX = "rfuav-"
+#: The v1 hierarchies that carry a job's limits.
+V1_CONTROLLERS: tuple[str, ...] = ("memory", "cpu", "pids")
+#: The name under which the v2 hierarchy appears in ``RunnerHandle.cgroup``.
+UNIFIED = "unified"
+#: v1 ``cpu.cfs_period_us`` used with a quota (the kernel default).
+CFS_PERIOD_US = 100_000
+#: How long ``remove`` retries ``rmdir`` while the kernel finishes reaping the job's tasks.
+REMOVE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """A job's cgroup limits; 0 means "no limit" for each."""
+
+    memory_mb: int
+    cpus: float
+    pids: int
+
+
+def instance_key(home: Path | str) -> str:
+    """A short stable key for one service instance (its resolved home directory)."""
+    return hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted hierarchy as this process sees it."""
+
+    name: str  # "memory", "cpu", "pids" (v1) or "unified" (v2)
+    version: int
+    own: Path  # the directory of this process's own cgroup
+    controllers: frozenset[str]
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
+    """``(fstype, root, mount point, options)`` of each cgroup mount in ``mountinfo`` text."""
+    found = []
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        parts, rparts = left.split(), right.split()
+        if len(parts) < 5 or len(rparts) < 3 or rparts[0] not in ("cgroup", "cgroup2"):
+            continue
+        options = set(rparts[2].split(",")) | set(parts[5].split(",") if len(parts) > 5 else ())
+        found.append((rparts[0], parts[3], parts[4], options))
+    return found
+
+
+def discover(proc_cgroup: str | None = None, mountinfo: str | None = None) -> dict[str, Hierarchy]:
+    """The hierarchies that matter to jobs, keyed by name, with this process's own cgroup dir.
+
+    Reads ``/proc/self/cgroup`` and ``/proc/self/mountinfo`` (or the given texts). A hierarchy
+    whose mount does not contain our cgroup (another namespace) is left out.
+    """
+    if proc_cgroup is None:
+        proc_cgroup = Path("/proc/self/cgroup").read_text()
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    mounts = _mounts(mountinfo)
+    found: dict[str, Hierarchy] = {}
+    for line in proc_cgroup.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if not hid:
+            continue
+        if hid == "0" and ctrls == "":
+            candidates = [(root, mp) for fs, root, mp, _ in mounts if fs == "cgroup2"]
+            name, version = UNIFIED, 2
+        else:
+            names = set(ctrls.split(","))
+            wanted = names & set(V1_CONTROLLERS)
+            if not wanted:
+                continue
+            candidates = [(root, mp) for fs, root, mp, opts in mounts if fs == "cgroup" and wanted <= opts]
+            name, version = min(wanted), 1
+        for root, mount_point in candidates:
+            # The mount shows the hierarchy from ``root`` down; our path must lie below it.
+            rel = os.path.relpath(path, root)
+            if rel.startswith(".."):
+                continue
+            own = Path(os.path.normpath(Path(mount_point) / rel))
+            if not own.is_dir():
+                continue
+            if version == 2:
+                controllers = _read_words(own / "cgroup.controllers")
+            else:
+                controllers = frozenset(set(ctrls.split(",")) & set(V1_CONTROLLERS))
+            for ctrl in sorted(controllers) if version == 1 else [name]:
+                found.setdefault(ctrl, Hierarchy(ctrl, version, own, controllers))
+            break
+    return found
+
+
+def _read_words(path: Path) -> frozenset[str]:
+    try:
+        return frozenset(path.read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _read_keyed(path: Path, key: str) -> int | None:
+    """``key``'s value in a flat-keyed file such as ``memory.oom_control`` or ``memory.events``."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+@dataclass
+class JobCgroup:
+    """The cgroup directories of one job (hierarchy name -> directory) and what they enforce."""
+
+    dirs: dict[str, str]
+    limits: JobLimits
+    enforced: bool = True
+    warning: str | None = None
+    unified_v2: bool = False  # the limits live in a v2 cgroup (``dirs["unified"]``)
+    _removed: bool = field(default=False, repr=False)
+
+    @property
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a runner writes its pid into before any work."""
+        return [str(Path(d) / "cgroup.procs") for d in self.dirs.values()]
+
+    def pids(self) -> set[int]:
+        """Every process currently in any of the job's cgroups."""
+        pids: set[int] = set()
+        for procs in self.procs_files:
+            try:
+                pids.update(int(p) for p in Path(procs).read_text().split())
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def kill(self) -> None:
+        """SIGKILL every process of the job: v2 ``cgroup.kill`` where present (atomic, also
+        catches processes forking right now), else each pid in ``cgroup.procs`` until empty."""
+        unified = self.dirs.get(UNIFIED)
+        if unified and (Path(unified) / "cgroup.kill").exists():
+            try:
+                _write(Path(unified) / "cgroup.kill", "1")
+                return
+            except OSError as exc:
+                log.warning("cgroup.kill in %s failed (%s); killing pid by pid", unified, exc)
+        for _ in range(50):  # a fork bomb could race the loop; the pids limit bounds it
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this job (its memory cgroup's
+        counter: v2 ``memory.events`` ``oom_kill``, v1 ``memory.oom_control`` ``oom_kill``)."""
+        if self.unified_v2 and UNIFIED in self.dirs:
+            count = _read_keyed(Path(self.dirs[UNIFIED]) / "memory.events", "oom_kill")
+            return bool(count)
+        memory = self.dirs.get("memory")
+        if not memory:
+            return False
+        count = _read_keyed(Path(memory) / "memory.oom_control", "oom_kill")
+        if count is None:  # an old kernel without the counter: a hit limit is the best sign
+            count = _read_int(Path(memory) / "memory.failcnt")
+        return bool(count)
+
+    def read_back(self) -> dict[str, int | float | None]:
+        """The limits and usage as the kernel reports them (for ``ps``); None = no limit."""
+        out: dict[str, int | float | None] = {}
+        if self.unified_v2 and UNIFIED in self.dirs:
+            d = Path(self.dirs[UNIFIED])
+            out["memory_limit_bytes"] = _read_int(d / "memory.max")
+            out["memory_usage_bytes"] = _read_int(d / "memory.current")
+            out["pids_limit"] = _read_int(d / "pids.max")
+            out["pids_current"] = _read_int(d / "pids.current")
+            try:
+                quota, period = (d / "cpu.max").read_text().split()
+                out["cpus"] = None if quota == "max" else int(quota) / int(period)
+            except (OSError, ValueError):
+                out["cpus"] = None
+            return out
+        if "memory" in self.dirs:
+            d = Path(self.dirs["memory"])
+            limit = _read_int(d / "memory.limit_in_bytes")
+            out["memory_limit_bytes"] = None if limit is None or limit >= 1 << 62 else limit
+            out["memory_usage_bytes"] = _read_int(d / "memory.usage_in_bytes")
+        if "pids" in self.dirs:
+            d = Path(self.dirs["pids"])
+            out["pids_limit"] = _read_int(d / "pids.max")
+            out["pids_current"] = _read_int(d / "pids.current")
+        if "cpu" in self.dirs:
+            d = Path(self.dirs["cpu"])
+            cfs_quota, cfs_period = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+            out["cpus"] = cfs_quota / cfs_period if cfs_quota and cfs_quota > 0 and cfs_period else None
+        return out
+
+    def remove(self, timeout: float = REMOVE_RETRY_SECONDS) -> bool:
+        """Remove the job's cgroups; True when none is left. Processes still inside (strays a
+        finished runner left behind) are killed first: they belong to the job. Idempotent."""
+        if self._removed:
+            return True
+        if self.pids():
+            self.kill()
+        deadline = time.monotonic() + timeout
+        pending = [Path(d) for d in self.dirs.values()]
+        while True:
+            left = []
+            for d in pending:
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        log.warning("cannot remove cgroup %s: %s", d, exc)
+                        continue
+                    left.append(d)
+            pending = left
+            if not pending:
+                self._removed = True
+                return True
+            if time.monotonic() > deadline:
+                log.warning("cgroups still busy after %.1f s: %s", timeout, ", ".join(map(str, pending)))
+                return False
+            # The kernel drops a killed task from its cgroup when it finishes exiting.
+            time.sleep(0.01)
+
+
+class Cgroups:
+    """This supervisor's view of the cgroup hierarchies and the job cgroups it creates."""
+
+    def __init__(self, instance: str, hierarchies: dict[str, Hierarchy] | None = None) -> None:
+        self.instance = instance
+        self.hierarchies = discover() if hierarchies is None else hierarchies
+        self._prepared = False
+        #: Where job cgroups go, per hierarchy name; filled by ``prepare``.
+        self.parents: dict[str, Path] = {}
+        #: The v2 layout with controllers is in use (limits in ``unified``).
+        self.unified_v2 = False
+        #: Why limits cannot be enforced at all ("" when they can).
+        self.unavailable = ""
+
+    # -- setup -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Decide the layout once. v2 with controllers: make our cgroup's children able to
+        carry limits (move ourselves into ``<own>/supervisor``, enable the controllers)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        unified = self.hierarchies.get(UNIFIED)
+        wanted = {"memory", "cpu", "pids"}
+        if unified and wanted & unified.controllers:
+            try:
+                self._prepare_v2(unified.own, wanted & unified.controllers)
+                return
+            except OSError as exc:
+                log.warning("cgroup v2 delegation of %s failed (%s); trying v1", unified.own, exc)
+        for name in V1_CONTROLLERS:
+            h = self.hierarchies.get(name)
+            if h and os.access(h.own, os.W_OK):
+                self.parents[name] = h.own
+        if unified and os.access(unified.own, os.W_OK):
+            self.parents[UNIFIED] = unified.own
+        if not any(name in self.parents for name in V1_CONTROLLERS):
+            self.unavailable = "no writable memory/cpu/pids cgroup below this process's own"
+            if not self.hierarchies:
+                self.unavailable = "no cgroup hierarchy mounted"
+
+    def _prepare_v2(self, own: Path, controllers: set[str]) -> None:
+        enabled = _read_words(own / "cgroup.subtree_control")
+        if not controllers <= enabled:
+            leaf = own / "supervisor"
+            leaf.mkdir(exist_ok=True)
+            # Every process of our cgroup must leave it before controllers can be enabled for
+            # its children; those are ours (the daemon and its helpers, e.g. the fork server).
+            for pid in (own / "cgroup.procs").read_text().split():
+                try:
+                    _write(leaf / "cgroup.procs", pid)
+                except ProcessLookupError:
+                    pass
+            _write(own / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(controllers)))
+        jobs = own / "jobs"
+        jobs.mkdir(exist_ok=True)
+        missing = controllers - _read_words(jobs / "cgroup.subtree_control")
+        if missing:
+            _write(jobs / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+        self.parents[UNIFIED] = jobs
+        self.unified_v2 = True
+
+    # -- jobs --------------------------------------------------------------------------
+    def job_name(self, task_id: str) -> str:
+        return f"{PREFIX}{self.instance}-{task_id}"
+
+    def create(self, task_id: str, limits: JobLimits) -> JobCgroup:
+        """Create (or reuse) the job's cgroups and write its limits. Never raises for an
+        unwritable hierarchy: the result says what is not enforced and why."""
+        self.prepare()
+        name = self.job_name(task_id)
+        dirs: dict[str, str] = {}
+        problems: list[str] = []
+        if self.unavailable:
+            problems.append(self.unavailable)
+        for hier, parent in self.parents.items():
+            d = parent / name
+            try:
+                d.mkdir(exist_ok=True)
+            except OSError as exc:
+                problems.append(f"{hier}: cannot create {d}: {exc.strerror}")
+                continue
+            dirs[hier] = str(d)
+        cg = JobCgroup(dirs, limits, unified_v2=self.unified_v2)
+        if not self.unavailable:
+            problems += self._write_limits(cg, limits)
+        if problems:
+            cg.enforced = False
+            cg.warning = "cgroup limits not enforced: " + "; ".join(problems)
+            log.warning("task %s: %s", task_id, cg.warning)
+        return cg
+
+    def _write_limits(self, cg: JobCgroup, limits: JobLimits) -> list[str]:
+        """Write each requested limit; return what could not be written."""
+        writes: list[tuple[str, str, str, str]] = []  # (what, hierarchy, file, value)
+        if self.unified_v2:
+            mem = str(limits.memory_mb << 20) if limits.memory_mb > 0 else "max"
+            cpu = f"{int(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}" if limits.cpus > 0 else "max"
+            pids = str(limits.pids) if limits.pids > 0 else "max"
+            writes += [
+                ("memory", UNIFIED, "memory.max", mem),
+                ("memory", UNIFIED, "memory.swap.max", "0" if limits.memory_mb > 0 else "max"),
+                ("cpu", UNIFIED, "cpu.max", cpu),
+                ("pids", UNIFIED, "pids.max", pids),
+            ]
+        else:
+            mem = str(limits.memory_mb << 20) if limits.memory_mb > 0 else "-1"
+            writes += [
+                # memory+swap may never be below memory: lift it first, set it last.
+                ("memory", "memory", "memory.memsw.limit_in_bytes", "-1"),
+                ("memory", "memory", "memory.limit_in_bytes", mem),
+                ("cpu", "cpu", "cpu.cfs_period_us", str(CFS_PERIOD_US)),
+                ("cpu", "cpu", "cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD_US)) if limits.cpus > 0 else "-1"),
+                ("pids", "pids", "pids.max", str(limits.pids) if limits.pids > 0 else "max"),
+            ]
+            if limits.memory_mb > 0:
+                # Without swap accounting the job could swap past its limit instead of being
+                # OOM-killed; the file is absent when the kernel does not account swap.
+                writes.append(("memory", "memory", "memory.memsw.limit_in_bytes", mem))
+        requested = {
+            "memory": limits.memory_mb > 0,
+            "cpu": limits.cpus > 0,
+            "pids": limits.pids > 0,
+        }
+        problems: list[str] = []
+        for what, hier, fname, value in writes:
+            d = cg.dirs.get(hier)
+            if d is None:
+                if requested[what] and f"{what}:" not in " ".join(problems):
+                    problems.append(f"{what}: no {hier} cgroup")
+                continue
+            path = Path(d) / fname
+            if fname.startswith(("memory.swap", "memory.memsw")) and not path.exists():
+                continue
+            try:
+                _write(path, value)
+            except OSError as exc:
+                if requested[what]:
+                    problems.append(f"{what}: cannot write {path}: {exc.strerror}")
+        return problems
+
+    def attach(self, dirs: dict[str, str], limits: JobLimits | None = None) -> JobCgroup | None:
+        """A ``JobCgroup`` for directories recorded earlier (adoption after a restart), or None
+        when any of them is not one of this instance's job cgroups below our own."""
+        self.prepare()
+        allowed = {str(p) for p in self.parents.values()}
+        for d in dirs.values():
+            path = Path(d)
+            if str(path.parent) not in allowed or not path.name.startswith(f"{PREFIX}{self.instance}-"):
+                log.warning("refusing cgroup %s: not one of this instance's job cgroups", d)
+                return None
+        existing = {h: d for h, d in dirs.items() if Path(d).is_dir()}
+        return JobCgroup(existing, limits or JobLimits(0, 0.0, 0), unified_v2=self.unified_v2)
+
+    def leftovers(self) -> dict[str, dict[str, str]]:
+        """This instance's job cgroups that exist now: task id -> {hierarchy: dir}."""
+        self.prepare()
+        head = f"{PREFIX}{self.instance}-"
+        found: dict[str, dict[str, str]] = {}
+        for hier, parent in self.parents.items():
+            try:
+                entries = list(parent.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(head) and entry.is_dir():
+                    found.setdefault(entry.name[len(head):], {})[hier] = str(entry)
+        return found

@@ -1,0 +1,190 @@
+"""The SQLite store: tasks and their events, in one file in WAL mode.
+
+``tasks`` mirrors ``protocol.tasks.TaskRecord`` column for column (dicts as JSON text; the
+``token`` in ``params`` is kept for the runner and never leaves through ``TaskRecord.response``).
+``events`` holds every stored event as its JSON bytes under ``(task_id, seq)``.
+
+WAL with ``synchronous=NORMAL``: a commit is durable against a crash of this process (the
+daemon's ``kill -9`` case) and needs no fsync; only a power loss may lose the last commits.
+Events are written in batches (``append_events`` + ``commit``) — one transaction per batch is
+what makes tens of thousands of events per second possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from protocol.tasks import FINAL_STATUSES, TaskRecord
+
+_FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TaskRecord)
+_NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
+#: Fields stored as JSON text (dicts and optional dicts).
+_JSON: frozenset[str] = frozenset(f.name for f in _FIELDS if "dict" in str(f.type))
+_BOOL: frozenset[str] = frozenset(f.name for f in _FIELDS if "bool" in str(f.type))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    {', '.join(n + (' TEXT PRIMARY KEY' if n == 'task_id' else '') for n in _NAMES)},
+    ord INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+CREATE TABLE IF NOT EXISTS events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    json BLOB NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+"""
+# Not WITHOUT ROWID: with ~1 KiB rows that layout stores each event inside the key b-tree and
+# inserts ran at a quarter of the speed (measured: 11k vs 41k rows/s); a rowid table appends
+# rows and keeps the (task_id, seq) index small. 16 KiB pages suit rows of this size (only
+# effective when the file is created).
+
+
+def _to_row(task: TaskRecord) -> list[Any]:
+    row: list[Any] = []
+    for name in _NAMES:
+        value = getattr(task, name)
+        if name in _JSON and value is not None:
+            value = orjson.dumps(value).decode()
+        row.append(value)
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> TaskRecord:
+    values: dict[str, Any] = {}
+    for name in _NAMES:
+        value = row[name]
+        if name in _JSON and value is not None:
+            value = orjson.loads(value)
+        elif name in _BOOL and value is not None:
+            value = bool(value)
+        values[name] = value
+    return TaskRecord(**values)
+
+
+class Store:
+    """One SQLite connection, used from the daemon's event-loop thread only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA page_size=16384")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._in_tx = False
+        self._ord = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM tasks").fetchone()[0])
+        placeholders = ", ".join("?" for _ in _NAMES)
+        self._insert_sql = f"INSERT INTO tasks ({', '.join(_NAMES)}, ord) VALUES ({placeholders}, ?)"
+        self._update_sql = (
+            f"UPDATE tasks SET {', '.join(n + ' = ?' for n in _NAMES if n != 'task_id')} WHERE task_id = ?"
+        )
+
+    # -- transactions ------------------------------------------------------------------
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        """Commit everything written since the last commit (no-op when nothing was)."""
+        if self._in_tx:
+            self._db.execute("COMMIT")
+            self._in_tx = False
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+    # -- tasks ---------------------------------------------------------------------------
+    def insert_tasks(self, tasks: Iterable[TaskRecord]) -> None:
+        """Insert new tasks in one transaction (all or none). Raises ``sqlite3.IntegrityError``
+        when an id exists."""
+        self._begin()
+        try:
+            for task in tasks:
+                self._ord += 1
+                self._db.execute(self._insert_sql, [*_to_row(task), self._ord])
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            self._in_tx = False
+            self._ord = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM tasks").fetchone()[0])
+            raise
+        self.commit()
+
+    def update_task(self, task: TaskRecord, *, commit: bool = True) -> None:
+        self._begin()
+        row = _to_row(task)
+        self._db.execute(self._update_sql, [*row[1:], row[0]])
+        if commit:
+            self.commit()
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return _from_row(row) if row is not None else None
+
+    def exists(self, task_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
+
+    def list_tasks(self, task_type: str | None = None, status: str | None = None) -> list[TaskRecord]:
+        """Tasks newest first, optionally filtered."""
+        sql = "SELECT * FROM tasks"
+        where, args = [], []
+        if task_type is not None:
+            where.append("task_type = ?")
+            args.append(task_type)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ord DESC"
+        return [_from_row(r) for r in self._db.execute(sql, args)]
+
+    def tasks_in_order(self, status: str) -> list[TaskRecord]:
+        """Tasks with ``status`` in submission order (recovery re-queues pending ones so)."""
+        rows = self._db.execute("SELECT * FROM tasks WHERE status = ? ORDER BY ord", (status,))
+        return [_from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{task_type: {status: n}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self._db.execute("SELECT task_type, status, COUNT(*) FROM tasks GROUP BY 1, 2"):
+            out.setdefault(row[0], {})[row[1]] = row[2]
+        return out
+
+    def delete_task(self, task_id: str) -> None:
+        """Remove a finished task and its events."""
+        self._begin()
+        self._db.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
+        self._db.execute("DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)", (task_id, *sorted(FINAL_STATUSES)))
+        self.commit()
+
+    # -- events --------------------------------------------------------------------------
+    def append_events(self, rows: list[tuple[str, int, bytes]]) -> None:
+        """Queue ``(task_id, seq, json)`` rows in the open transaction; ``commit`` ends it."""
+        self._begin()
+        self._db.executemany("INSERT INTO events (task_id, seq, json) VALUES (?, ?, ?)", rows)
+
+    def events_after(self, task_id: str, after: int, limit: int) -> list[bytes]:
+        """Stored event JSON with ``seq > after``, in order, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT json FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (task_id, after, limit),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def events_total(self) -> int:
+        """Events stored (the sum of every task's ``last_seq``: no table scan)."""
+        return int(self._db.execute("SELECT COALESCE(SUM(last_seq), 0) FROM tasks").fetchone()[0])

@@ -1,0 +1,171 @@
+"""The dashboard in a real headless Chromium (Debian's) against a really running service.
+
+Start a training job from the form (a tiny digits dataset rendered as PNGs), watch the live log
+and the charts fill, cancel it and see the status change; plus the token flow and the
+preprocessing forms. A screenshot goes to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.datasets import digits
+from tests.support.service import Service
+
+from .conftest import ARTIFACTS
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "dash-token"
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent: run `make browser` (apt chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def svc() -> Iterator[Service]:
+    service = Service(env={"RFUAV_API_TOKEN": TOKEN, "RFUAV_GRACE_SECONDS": "3"}).start()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def page(browser, svc: Service):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(svc.base_url + "/")
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def login(page) -> None:  # type: ignore[no-untyped-def]
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector("#banner", state="hidden")
+
+
+def test_token_is_required_then_remembered(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
+    # No token yet: /api/v2 answers 401 and the page says what to do.
+    page.wait_for_selector("#banner:not([hidden])")
+    assert "API token" in page.inner_text("#banner")
+    login(page)
+    page.wait_for_function("document.querySelector('#queue').textContent.includes('queued')")
+    assert page.evaluate("localStorage.getItem('rfuav.token')") == TOKEN
+    # A reload keeps it: the status panel fills without asking again.
+    page.reload()
+    page.wait_for_function("document.querySelector('#queue').textContent.includes('queued')")
+    assert page.is_hidden("#banner")
+    assert page.inner_text("#health").startswith("healthy")
+    gpu = svc.client.get_gpu_info()
+    if not gpu["available"]:
+        assert "No GPU" in page.inner_text("#gpu")
+    # The model list comes from /api/v1/info.
+    assert page.locator("#form-training select[name=model] option").count() > 50
+
+
+def test_train_from_the_form_watch_log_and_charts_then_cancel(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
+    data = digits(svc.home / "digits", per_class=12, size=16)
+    login(page)
+    form = "#form-training"
+    page.select_option(f"{form} select[name=model]", "resnet18")
+    page.fill(f"{form} input[name=num_classes]", "10")
+    page.fill(f"{form} input[name=train_path]", str(data["train"]))
+    page.fill(f"{form} input[name=val_path]", str(data["val"]))
+    page.fill(f"{form} input[name=save_path]", str(svc.home / "models"))
+    page.fill(f"{form} input[name=name]", "dash")
+    page.fill(f"{form} input[name=batch_size]", "8")
+    page.fill(f"{form} input[name=num_epochs]", "200")
+    page.fill(f"{form} input[name=image_size]", "32")
+    page.select_option(f"{form} select[name=device]", "cpu")
+    page.uncheck(f"{form} input[name=pretrained]")
+    page.click(f"{form} button[type=submit]")
+
+    page.wait_for_function("document.querySelector('#form-result').dataset.taskId")
+    task_id = page.get_attribute("#form-result", "data-task-id")
+    assert task_id
+    task = svc.client.get_task(task_id)
+    assert task["task_type"] == "training" and task["params"]["num_epochs"] == 200
+    assert task["params"]["pretrained"] is False
+
+    # The task panel opened on the new task, and its row is in the list.
+    assert page.inner_text("#task-title") == task_id
+    page.wait_for_selector(f"#tasks tr[data-task-id='{task_id}']")
+    # Live: the log fills, and both charts get points (two epochs: train and val each).
+    page.wait_for_function("document.querySelectorAll('#task-log li').length > 3", timeout=120_000)
+    page.wait_for_function("Number(document.querySelector('#chart-step-loss').dataset.points) >= 2", timeout=120_000)
+    page.wait_for_function("Number(document.querySelector('#chart-epoch-loss').dataset.points) >= 4", timeout=180_000)
+    page.wait_for_function("Number(document.querySelector('#chart-epoch-acc').dataset.points) >= 4")
+    assert page.inner_text("#task-status") == "running"
+    assert page.locator("#chart-epoch-loss polyline[data-series=val_loss]").count() == 1
+    # What the chart shows is what the service stored.
+    stored = [e for e in svc.client.get_logs(task_id) if e.get("stage") == "epoch_end"]
+    assert len(stored) >= 2
+    log_text = page.inner_text("#task-log")
+    assert stored[0]["message"] in log_text
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-training.png"), full_page=True)
+
+    page.click("#task-cancel")
+    page.wait_for_function("document.querySelector('#task-status').textContent === 'cancelled'", timeout=60_000)
+    page.wait_for_selector(f"#tasks tr[data-task-id='{task_id}'][data-status='cancelled']", timeout=30_000)
+    assert svc.client.get_task(task_id)["status"] == "cancelled"
+    assert page.locator(f"#tasks tr[data-task-id='{task_id}'] button.cancel").count() == 0
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-cancelled.png"), full_page=True)
+
+
+def test_preprocessing_form_and_refusal(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
+    data = digits(svc.home / "digits-pre", per_class=3, size=16)
+    login(page)
+    page.click(".tabs button[data-tab=split]")
+    assert page.is_hidden("#form-training") and page.is_visible("#form-split")
+    page.fill("#form-split input[name=input_path]", str(data["train"]))
+    page.fill("#form-split input[name=output_path]", str(svc.home / "split-out"))
+    page.click("#form-split button[type=submit]")
+    page.wait_for_function("document.querySelector('#form-result').textContent.startsWith('started')")
+    task_id = page.get_attribute("#form-result", "data-task-id")
+    page.wait_for_function(
+        f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')?.dataset.status === 'completed'",
+        timeout=120_000,
+    )
+    assert (svc.home / "split-out" / "train").is_dir()
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=60_000)
+
+    # A refused request shows the service's message and starts nothing.
+    page.click(".tabs button[data-tab=crop]")
+    page.fill("#form-crop input[name=input_path]", "/etc")
+    page.fill("#form-crop input[name=output_path]", str(svc.home / "crop-out"))
+    page.fill("#form-crop input[name=width]", "4")
+    page.fill("#form-crop input[name=height]", "4")
+    before = len(svc.client.get_all_tasks()["preprocessing_tasks"])
+    page.click("#form-crop button[type=submit]")
+    page.wait_for_function("document.querySelector('#form-result').textContent.startsWith('refused')")
+    assert "input_path" in page.inner_text("#form-result")
+    assert len(svc.client.get_all_tasks()["preprocessing_tasks"]) == before
+    shutil.rmtree(svc.home / "split-out", ignore_errors=True)

@@ -1,0 +1,161 @@
+"""Run one real runner process (``python -m runner spec.json``, a cold start) and collect its
+events on our own SUB socket, the way the supervisor does: SUB bound on a short ``ipc://`` path,
+the runner's XPUB connects and waits for our subscription before its first event.
+
+Used by tests/runner and by benchmarks/training.py and benchmarks/inference.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import zmq
+
+from protocol.jobs import JobSpec
+from protocol.tasks import JOBS
+
+ROOT = Path(__file__).resolve().parents[2]
+FINAL = ("completed", "failed", "cancelled")
+
+
+class RunnerProcess:
+    """One job in a fresh runner process. Use as a context manager (kills and cleans up)."""
+
+    def __init__(
+        self,
+        job: str,
+        params: dict[str, Any],
+        task_dir: Path,
+        *,
+        config: dict[str, Any] | None = None,
+        torch_threads: int = 2,
+        dataloader_workers: int = 0,
+        batch_cap: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.task_id = f"t-{uuid.uuid4().hex[:10]}"
+        self.task_dir = task_dir
+        task_dir.mkdir(parents=True, exist_ok=True)
+        self._ipc_dir = tempfile.mkdtemp(prefix="rf", dir="/tmp")
+        endpoint = f"ipc://{self._ipc_dir}/ev.sock"
+        self._zctx = zmq.Context()
+        self._sub = self._zctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.bind(endpoint)
+        self.spec = JobSpec(
+            task_id=self.task_id,
+            task_type=JOBS[job],
+            job=job,
+            params=params,
+            device=device,
+            host_device=device,
+            task_dir=str(task_dir),
+            events_endpoint=endpoint,
+            torch_threads=torch_threads,
+            interop_threads=1,
+            opencv_threads=1,
+            dataloader_workers=dataloader_workers,
+            batch_cap=batch_cap,
+            config=config or {},
+        )
+        spec_path = task_dir / "spec.json"
+        spec_path.write_bytes(self.spec.dump())
+        env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", str(spec_path)], cwd=ROOT, env=env, start_new_session=True
+        )
+        self.events: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+
+    def next_event(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, or None when nothing arrives within ``timeout`` seconds.
+
+        A message is ``[task_id, event, event, ...]`` (the publisher batches at high rates)."""
+        if not self._pending:
+            if not self._sub.poll(int(timeout * 1000)):
+                return None
+            topic, *payloads = self._sub.recv_multipart()
+            assert topic.decode() == self.task_id
+            self._pending.extend(orjson.loads(p) for p in payloads)
+        event: dict[str, Any] = self._pending.pop(0)
+        self.events.append(event)
+        if event["kind"] == "status" and event.get("status") in FINAL:
+            self.final = event
+        return event
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """Collect events until one matches ``predicate``; fail on the deadline or on the end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no matching event within {timeout} s; last: {self.events[-3:]}")
+            event = self.next_event(min(remaining, 1.0))
+            if event is None:
+                if self.proc.poll() is not None and self.final is None:
+                    self._drain()
+                    if self.final is None:
+                        raise AssertionError(f"runner exited ({self.proc.returncode}) without a final event: {self.log_tail()}")
+                continue
+            if predicate(event):
+                return event
+            if self.final is not None:
+                raise AssertionError(f"job ended before the awaited event: {self.final['message']}\n{self.log_tail()}")
+
+    def _drain(self) -> None:
+        while self.final is None and self.next_event(0.5) is not None:
+            pass
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Wait for the final status event and the process exit; returns the final event."""
+        if self.final is None:
+            self.wait_for(lambda e: e["kind"] == "status" and e.get("status") in FINAL, timeout)
+        assert self.final is not None
+        self.proc.wait(timeout=30)
+        return self.final
+
+    def terminate(self) -> None:
+        """SIGTERM to the runner's process group, as the supervisor's cancel does."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def log_tail(self, n: int = 6) -> str:
+        return "\n".join(e["message"][-2000:] for e in self.events[-n:])
+
+    def stage(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("stage") == name]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        self._sub.close(linger=0)
+        self._zctx.term()
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RunnerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_job(job: str, params: dict[str, Any], task_dir: Path, timeout: float = 240, **kw: Any) -> RunnerProcess:
+    """Run a job to its end; returns the finished ``RunnerProcess`` (events, final)."""
+    with RunnerProcess(job, params, task_dir, **kw) as rp:
+        rp.finish(timeout)
+    return rp

@@ -1,0 +1,93 @@
+"""Bad commands get an error reply and the daemon stays up; submit validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from protocol.codec import MAX_MESSAGE_BYTES
+from protocol.replies import CommandError
+from tests.support.supervisor import SupervisorProcess
+
+
+def _error(reply: dict[str, Any]) -> tuple[str, str]:
+    assert reply["ok"] is False, reply
+    return reply["error"]["code"], reply["error"]["message"]
+
+
+def test_bad_commands_get_errors_and_daemon_stays_up(supervisor: SupervisorProcess) -> None:
+    cases = [
+        (b"{not json", "bad_request", "malformed JSON"),
+        (b"[1, 2]", "bad_request", "expected a JSON object"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "fly"}), "bad_request", "unknown command kind 'fly'"),
+        (orjson.dumps({"v": 9, "id": "a", "kind": "health"}), "bad_version", "not supported"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "get", "task_id": 5}), "bad_request", "field 'task_id' must be str"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "get"}), "bad_request", "field 'task_id' is required"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "get", "task_id": "nope"}), "not_found", "task 'nope' not found"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "logs", "task_id": "nope"}), "not_found", "not found"),
+        (orjson.dumps({"v": 1, "id": "a", "kind": "health", "extra": 1}), "bad_request", "unknown field"),
+        (b'{"v": 1, "id": "a", "kind": "list", "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}', "too_large", "exceeds"),
+    ]
+    for payload, code, fragment in cases:
+        got_code, message = _error(supervisor.request(payload))
+        assert got_code == code and fragment in message, (payload[:80], got_code, message)
+    reply = supervisor.request(orjson.dumps({"v": 1, "id": "x1", "kind": "get", "task_id": "nope"}))
+    assert reply["id"] == "x1"
+    assert supervisor.call("health")["running"] == 0
+
+
+@pytest.mark.parametrize(
+    "spec, code, fragment",
+    [
+        ({"task_type": "training", "job": "diagnostic"}, "bad_request", "is not of task type"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "priority": 11}, "bad_request", "between 1 and 10"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "priority": "high"}, "bad_request", "'priority' must be int"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "device": "cuda:3"}, "bad_request", "does not exist"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "device": "gpu"}, "bad_request", "device must be"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "task_id": "../x"}, "bad_request", "task_id must be"),
+        ({"task_type": "nap", "job": "diagnostic"}, "bad_request", "task_type"),
+        ({"task_type": "diagnostic", "job": "diagnostic", "params": []}, "bad_request", "'params' must be"),
+    ],
+)
+def test_submit_validation(supervisor: SupervisorProcess, spec: dict[str, Any], code: str, fragment: str) -> None:
+    with pytest.raises(CommandError) as err:
+        supervisor.call("submit", tasks=[spec])
+    assert err.value.code == code and fragment in err.value.message
+    assert supervisor.call("list")["tasks"] == []  # nothing was stored
+
+
+def test_custom_id_conflict_all_or_none(supervisor: SupervisorProcess) -> None:
+    spec = {"task_type": "diagnostic", "job": "diagnostic", "task_id": "mine-1"}
+    supervisor.call("submit", tasks=[spec])
+    with pytest.raises(CommandError) as err:
+        supervisor.call("submit", tasks=[{**spec, "task_id": "mine-2"}, spec])
+    assert err.value.code == "conflict"
+    assert [t["task_id"] for t in supervisor.call("list")["tasks"]] == ["mine-1"]
+
+
+def test_training_task_shape_and_secret(supervisor: SupervisorProcess) -> None:
+    spec = {
+        "task_type": "training",
+        "job": "training",
+        "params": {"num_epochs": 7, "token": "s3cret"},
+        "device": "cuda",
+        "priority": 1,
+        "description": "d",
+        "strategy_type": "s",
+    }
+    # Nothing may run it: training limit 0, so it stays pending and shows its fields.
+    supervisor.call("set_limits", limits={"cpu": {"training": 0}})
+    task = supervisor.call("submit", tasks=[spec])["tasks"][0]
+    assert task["total_epochs"] == 7 and task["current_epoch"] == 0 and task["res"] is None
+    assert (task["status"], task["priority"], task["strategy_type"]) == ("pending", 1, "s")
+    assert "s3cret" not in orjson.dumps(supervisor.call("get", task_id=task["task_id"])).decode()
+    assert "s3cret" not in supervisor.log_text()
+    listed = supervisor.call("list", task_type="training", status="pending")["tasks"]
+    assert [t["task_id"] for t in listed] == [task["task_id"]]
+    with pytest.raises(CommandError) as err:
+        supervisor.call("get", task_id=task["task_id"], task_type="inference")
+    assert err.value.code == "not_found"
+    health = supervisor.call("health")
+    assert health["queued"] == 1 and health["tasks"] == {"training": {"pending": 1}}

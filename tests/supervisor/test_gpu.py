@@ -1,0 +1,134 @@
+"""GPU facts: the no-GPU path for real (this host has no NVML library), and the formatting of
+NVML's numbers through the pure seam, fed with plain numbers in NVML's units (bytes, percent,
+the driver's CUDA version integer) — no mock of pynvml pretending a GPU works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from supervisor.gpu import (
+    GB,
+    Gpus,
+    cuda_version_text,
+    device_entry,
+    summary_line,
+    torch_version,
+)
+
+
+def _nvml_present() -> bool:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+HAS_NVML = _nvml_present()
+
+
+@pytest.mark.skipif(HAS_NVML, reason="this host has NVML; the no-GPU path needs a host without it")
+def test_without_nvml_there_is_no_gpu_and_nothing_raises() -> None:
+    gpus = Gpus()
+    assert gpus.count == 0 and gpus.available is False
+    assert gpus.reason is not None and "NVML" in gpus.reason
+    usage = {"cpu": {"training": 1, "inference": 0}}
+    info = gpus.info(usage)
+    assert info == {
+        "available": False,
+        "count": 0,
+        "cuda_version": None,
+        "pytorch_version": torch_version(),
+        "devices": [],
+    }
+    assert gpus.devices(usage) == []
+    assert gpus.free_memory(0) == 0
+    assert gpus.pids_memory() == {}
+    assert gpus.summary_lines() == [f"no GPU: CPU only ({os.cpu_count()} cores)"]
+    gpus.close()
+
+
+@pytest.mark.skipif(not HAS_NVML, reason="no NVML on this host (no NVIDIA driver): nothing to query")
+def test_with_nvml_every_device_has_the_contract_fields() -> None:
+    gpus = Gpus()
+    info = gpus.info({"cuda:0": {"training": 1}})
+    assert info["available"] is (gpus.count > 0)
+    for dev in info["devices"]:
+        assert set(dev) == {
+            "id", "device_name", "name", "compute_capability", "total_memory_gb",
+            "allocated_memory_gb", "cached_memory_gb", "free_memory_gb", "utilization", "current_tasks",
+        }
+    gpus.close()
+
+
+def test_torch_version_is_read_without_importing_torch() -> None:
+    code = (
+        "import sys; from supervisor.gpu import Gpus, torch_version; g = Gpus(); g.info({}); "
+        "g.summary_lines(); print(torch_version()); sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2.14.1"
+
+
+# -- the formatting seam, with recorded NVML values -------------------------------------------------
+# What nvmlDeviceGetName, GetCudaComputeCapability, GetMemoryInfo (v2, bytes) and
+# GetUtilizationRates would return for the contract's example device (an RTX 3090 with 24 GiB,
+# 8.5 GiB in use, 15.5 GiB free, 35 % busy).
+RTX3090 = {
+    "name": "NVIDIA GeForce RTX 3090",
+    "capability": (8, 6),
+    "total": 25769803776,
+    "used": 9126805504,
+    "free": 16642998272,
+    "reserved": 333447168,
+    "utilization": 35,
+}
+
+
+def test_device_entry_formats_recorded_values() -> None:
+    entry = device_entry(
+        1, RTX3090["name"], RTX3090["capability"], RTX3090["total"], RTX3090["used"],  # type: ignore[arg-type]
+        RTX3090["free"], RTX3090["reserved"], RTX3090["utilization"], {"training": 1, "inference": 2},  # type: ignore[arg-type]
+    )
+    assert entry == {
+        "id": 1,
+        "device_name": "cuda:1",
+        "name": "NVIDIA GeForce RTX 3090",
+        "compute_capability": "8.6",
+        "total_memory_gb": 24.0,
+        "allocated_memory_gb": 8.5,
+        "cached_memory_gb": 0.31,
+        "free_memory_gb": 15.5,
+        "utilization": 35.0,
+        "current_tasks": {"training": 1, "inference": 2},
+    }
+
+
+def test_device_entry_fills_missing_counts_and_unknown_values() -> None:
+    entry = device_entry(0, "Tesla T4", None, 16 * GB, 0, 16 * GB, 0, None, None)
+    assert entry["compute_capability"] is None
+    assert entry["utilization"] == 0.0
+    assert entry["current_tasks"] == {"training": 0, "inference": 0}
+    assert entry["free_memory_gb"] == 16.0
+    # Other task types the scheduler counts are shown too (additive to the contract).
+    entry = device_entry(0, "Tesla T4", (7, 5), 16 * GB, 0, 16 * GB, 0, 3, {"inference": 3, "diagnostic": 1})
+    assert entry["current_tasks"] == {"training": 0, "inference": 3, "diagnostic": 1}
+
+
+def test_cuda_version_and_summary_line() -> None:
+    assert cuda_version_text(12040) == "12.4"
+    assert cuda_version_text(11080) == "11.8"
+    assert cuda_version_text(13000) == "13.0"
+    line = summary_line(0, RTX3090["name"], (8, 6), RTX3090["total"], RTX3090["free"], "12.4")  # type: ignore[arg-type]
+    assert line == (
+        "cuda:0: NVIDIA GeForce RTX 3090, compute capability 8.6, 24.00 GB total, "
+        "15.50 GB free, driver CUDA 12.4"
+    )

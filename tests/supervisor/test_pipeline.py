@@ -1,0 +1,125 @@
+"""The event pipeline against a real SQLite store and a real journal file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from protocol.tasks import RUNNING, TaskRecord, now_iso
+from supervisor.pipeline import Pipeline
+from supervisor.store import Store
+
+
+def _event(rseq: int, kind: str = "log", **fields: Any) -> dict[str, Any]:
+    return {"rseq": rseq, "task_id": "t1", "timestamp": now_iso(), "kind": kind, "level": "INFO", "message": f"e{rseq}", **fields}
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.store = Store(tmp / "db.sqlite3")
+        self.published: list[tuple[bytes, bytes]] = []
+        self.tasks: dict[str, TaskRecord] = {}
+        self.pipeline = Pipeline(self.store, self.published.extend, self.tasks)
+        task = TaskRecord("t1", "training", "training", {"token": "x"}, "cpu", 5, None, None, task_dir=str(tmp))
+        self.store.insert_tasks([task])
+        task.status = RUNNING
+        self.tasks["t1"] = task
+        self.task = task
+        self.pipeline.attach(task)
+        self.journal = tmp / "events.jsonl"
+
+    def journal_write(self, *events: dict[str, Any]) -> list[bytes]:
+        raws = [orjson.dumps(e) for e in events]
+        with open(self.journal, "ab") as fh:
+            fh.writelines(raw + b"\n" for raw in raws)
+        return raws
+
+    def send(self, *raws: bytes) -> int:
+        return self.pipeline.ingest([[b"t1", raw] for raw in raws])
+
+    def stored(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r) for r in self.store.events_after("t1", 0, 10_000)]
+
+
+@pytest.fixture()
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_gap_is_filled_from_journal_and_duplicates_dropped(rig: Rig) -> None:
+    raws = rig.journal_write(*(_event(i) for i in range(1, 11)))
+    assert rig.send(raws[0], raws[1]) == 2
+    # Events 3..6 never came through the socket: 7 reveals the gap.
+    assert rig.send(raws[6]) == 5
+    assert rig.send(raws[5], raws[7]) == 1  # 6 is a duplicate by now
+    # The reaper reads the tail: 9 and 10.
+    assert rig.pipeline.catch_up(rig.task) == 2
+    stored = rig.stored()
+    assert [e["seq"] for e in stored] == list(range(1, 11))
+    assert [e["rseq"] for e in stored] == list(range(1, 11))
+    assert [orjson.loads(d)["seq"] for _, d in rig.published] == list(range(1, 11))
+    assert rig.store.get_task("t1").last_seq == 10  # type: ignore[union-attr]
+
+
+def test_malformed_events_dropped_and_counted(rig: Rig) -> None:
+    bad = [b"not json", b"[1]", orjson.dumps({"rseq": 1, "kind": "nope"}), orjson.dumps({**_event(1), "task_id": "other"})]
+    assert rig.send(*bad) == 0
+    assert rig.pipeline.dropped == 4
+    assert rig.pipeline.ingest([[b"t1"], [b"unknown-task", orjson.dumps(_event(1))]]) == 0
+    assert rig.send(orjson.dumps(_event(1))) == 1
+
+
+def test_task_updates_from_events(rig: Rig) -> None:
+    metrics = {"epoch": 2, "total_epochs": 5, "val_acc": 91.5}
+    raws = rig.journal_write(
+        _event(1, "progress", progress=40),
+        _event(2, "metrics", stage="epoch_end", metrics=metrics, epoch=2, total_epochs=5),
+        _event(3, "metrics", stage="training", metrics={"train_loss": 0.1}, step=7),
+        _event(4, "status", status="completed"),
+    )
+    rig.send(*raws)
+    task = rig.store.get_task("t1")
+    assert task is not None
+    assert (task.progress, task.current_epoch, task.total_epochs, task.latest_metrics) == (40, 2, 5, metrics)
+    # The final status is kept for the reaper, not applied while the process lives.
+    assert task.status == RUNNING
+    assert rig.pipeline.final_status("t1") == ("completed", "e4")
+
+
+def test_supervisor_events_share_the_sequence(rig: Rig) -> None:
+    rig.pipeline.emit(rig.task, "log", "queued")
+    rig.send(orjson.dumps(_event(1)))
+    rig.pipeline.emit(rig.task, "status", "killed by signal SIGKILL", "ERROR", status="failed")
+    stored = rig.stored()
+    assert [e["seq"] for e in stored] == [1, 2, 3]
+    assert stored[0]["source"] == "supervisor" and "source" not in stored[1]
+    assert stored[2]["status"] == "failed"
+
+
+def test_runner_cannot_forge_seq_or_source(rig: Rig) -> None:
+    rig.send(orjson.dumps({**_event(1), "seq": 999, "source": "supervisor"}))
+    (event,) = rig.stored()
+    assert event["seq"] == 1 and "source" not in event
+
+
+def test_journal_tail_found_by_bisection(tmp_path: Path) -> None:
+    from supervisor.journal import Journal
+
+    path = tmp_path / "events.jsonl"
+    with open(path, "wb") as fh:
+        fh.writelines(orjson.dumps(_event(i, pad="x" * (i % 97))) + b"\n" for i in range(1, 20_001))
+        fh.write(b'{"rseq": 20001, "kind": "lo')  # being written: not read yet
+    journal = Journal(path)
+    tail = journal.read(19_990)
+    assert [e["rseq"] for e, _ in tail] == list(range(19_991, 20_001))
+    assert journal.read(20_000) == []
+    # A gap in the middle, then everything after the start.
+    assert [e["rseq"] for e, _ in Journal(path).read(5_000, 5_004)] == [5_001, 5_002, 5_003]
+    assert len(Journal(path).read(0)) == 20_000
+    with open(path, "ab") as fh:
+        fh.write(b'ng"}\n')
+    (event, _), = journal.read(20_000)
+    assert event["rseq"] == 20_001

@@ -1,0 +1,66 @@
+"""The daemon's own end: kill -9 and restart (adoption, re-queue), SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from tests.support.supervisor import SupervisorProcess
+
+
+def _assert_continuous(events: list[dict[str, Any]]) -> None:
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    rseqs = [e["rseq"] for e in events if "rseq" in e]
+    assert rseqs == list(range(1, len(rseqs) + 1)), "a runner event is missing"
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_restart_adopts_running_and_runs_pending(supervisor: SupervisorProcess) -> None:
+    supervisor.call("set_limits", limits={"cpu": {"diagnostic": 1}})
+    # 400 events over 4 s: some are emitted while the supervisor is down.
+    running = supervisor.submit(params={"events": 400, "rate": 100})
+    pending = [supervisor.submit(params={"events": 10}) for _ in range(2)]
+    task = supervisor.wait_task(running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 60, "events flowing")
+    runner_pid = task["pid"]
+    assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
+    supervisor.start()
+    task = supervisor.wait_final(running, timeout=90)
+    assert (task["status"], task["pid"]) == ("completed", runner_pid)
+    events = supervisor.logs(running)
+    _assert_continuous(events)
+    assert [e["i"] for e in events if "i" in e] == list(range(1, 401))
+    assert any(e["message"] == f"adopted after a supervisor restart (pid {runner_pid})" for e in events)
+    for t in pending:
+        assert supervisor.wait_final(t, timeout=60)["status"] == "completed"
+        _assert_continuous(supervisor.logs(t))
+    # The restored limit is the configured one again (limits are run-time settings).
+    assert supervisor.call("resources")["running"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_runner_lost_while_down_fails_with_reason(supervisor: SupervisorProcess) -> None:
+    import os
+
+    task_id = supervisor.submit(params={"sleep": 60})
+    task = supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
+    supervisor.kill(signal.SIGKILL)
+    os.kill(task["pid"], signal.SIGKILL)
+    supervisor.start()
+    task = supervisor.get(task_id)
+    assert (task["status"], task["message"]) == ("failed", "runner lost while the supervisor was down")
+    _assert_continuous(supervisor.logs(task_id))
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_cancels_running_keeps_pending(supervisor: SupervisorProcess) -> None:
+    supervisor.call("set_limits", limits={"cpu": {"diagnostic": 1}})
+    running = supervisor.submit(params={"sleep": 60})
+    pending = supervisor.submit(params={"events": 3})
+    supervisor.wait_task(running, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
+    assert supervisor.stop() == 0
+    supervisor.start()
+    task = supervisor.get(running)
+    assert task["status"] == "cancelled"
+    assert supervisor.wait_final(pending)["status"] == "completed"

@@ -1,0 +1,195 @@
+"""The event hub: one SUB socket per web process, fanned out in-process to SSE streams.
+
+The SUB subscribes to every topic once, at start, so a stream never waits for a subscription to
+travel to the supervisor (the slow-joiner gap); events of tasks nobody watches are dropped after
+a dict lookup, without parsing. For a watched task each event is parsed and framed once and the
+same bytes go to every subscriber.
+
+Each ``Subscription`` holds a bounded buffer (``settings.sse_queue``). When a subscriber falls that
+far behind it is dropped (``dropped`` is set, ``on_drop`` fires, it leaves the hub), so a slow
+client never holds up the hub, the other clients or the supervisor; it resumes losslessly with
+``Last-Event-ID``. The hub never blocks on a subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import orjson
+import zmq
+
+from protocol.events import STATUS, sse_view
+from protocol.tasks import FINAL_STATUSES
+from web.control import socket_events
+
+log = logging.getLogger(__name__)
+
+
+class Item(NamedTuple):
+    """One event as a stream needs it: its ``seq``, SSE frame bytes and whether it is the last."""
+
+    seq: int
+    frame: bytes
+    final: bool
+
+
+def is_final(event: dict[str, Any]) -> bool:
+    """A final status event ends a task's stream."""
+    return event.get("kind") == STATUS and event.get("status") in FINAL_STATUSES
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    """The SSE frame of a stored event: ``id: <seq>`` and one ``data:`` line of JSON."""
+    return b"id: %d\ndata: %s\n\n" % (event.get("seq", 0), orjson.dumps(sse_view(event)))
+
+
+def item(event: dict[str, Any]) -> Item:
+    return Item(int(event.get("seq", 0)), frame(event), is_final(event))
+
+
+class Subscription:
+    """One SSE client's buffer of live events for one task."""
+
+    def __init__(self, hub: Hub, task_id: str, maxsize: int) -> None:
+        self.hub = hub
+        self.task_id = task_id
+        self.maxsize = max(1, maxsize)
+        self.dropped = False
+        self.on_drop: Callable[[], None] | None = None
+        self._items: deque[Item] = deque()
+        self._wake = asyncio.Event()
+
+    def push(self, entry: Item) -> None:
+        if self.dropped:
+            return
+        if len(self._items) >= self.maxsize:
+            self.drop(f"fell {self.maxsize} events behind")
+            return
+        self._items.append(entry)
+        self._wake.set()
+
+    def drop(self, why: str) -> None:
+        """Disconnect this subscriber: it fell too far behind (``why`` says how)."""
+        if self.dropped:
+            return
+        self.dropped = True
+        self._items.clear()
+        self._wake.set()
+        self.hub.unsubscribe(self)
+        self.hub.dropped += 1
+        log.info("SSE client of task %s dropped: it %s (it resumes with Last-Event-ID)", self.task_id, why)
+        if self.on_drop is not None:
+            self.on_drop()
+
+    async def next_batch(self, timeout: float) -> list[Item] | None:
+        """Every buffered event (possibly none once dropped), or None after ``timeout`` idle."""
+        if not self._items and not self.dropped:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return None
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+
+class Hub:
+    """One SUB socket on the supervisor's events-out PUB, fanned out to ``Subscription``s.
+
+    Like ``web.control``, a plain socket on the loop's reader: each callback drains up to
+    ``BATCH`` ready messages (then yields to the loop and continues), with no future per message.
+    """
+
+    BATCH = 1000
+
+    def __init__(self, address: str, *, context: zmq.Context[Any] | None = None, rcvhwm: int = 200_000) -> None:
+        self.address = address
+        self._ctx = context or zmq.Context.instance()
+        self._rcvhwm = rcvhwm
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subs: dict[bytes, set[Subscription]] = {}
+        self.received = 0  # events that reached a watched task
+        self.relayed = 0  # event deliveries to subscribers
+        self.dropped = 0  # subscribers dropped for falling behind
+        self.streams_total = 0
+
+    async def start(self) -> None:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self.address)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._drain)
+        self._loop.call_soon(self._drain)
+
+    async def stop(self) -> None:
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close(linger=0)
+            self._sock = None
+
+    @property
+    def active(self) -> int:
+        """Open subscriptions (= open SSE streams)."""
+        return sum(len(s) for s in self._subs.values())
+
+    def subscribe(self, task_id: str, maxsize: int) -> Subscription:
+        sub = Subscription(self, task_id, maxsize)
+        self._subs.setdefault(task_id.encode(), set()).add(sub)
+        self.streams_total += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        key = sub.task_id.encode()
+        subs = self._subs.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[key]
+
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(self.BATCH):
+            if not socket_events(sock) & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._deliver(frames)
+        # More may be waiting: continue after the loop has served others (the edge is spent).
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("dropping an events-out message of %d frames", len(frames))
+            return
+        subs = self._subs.get(frames[0])
+        if not subs:
+            return
+        try:
+            event = orjson.loads(frames[1])
+            if not isinstance(event, dict):
+                raise TypeError(f"expected an object, got {type(event).__name__}")
+            entry = item(event)
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            log.warning("dropping a malformed event of task %r: %s", frames[0][:64], exc)
+            return
+        self.received += 1
+        for sub in list(subs):  # a push may drop (and unsubscribe) a subscriber
+            sub.push(entry)
+        self.relayed += len(subs)

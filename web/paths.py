@@ -1,0 +1,61 @@
+"""Data-root confinement: every local path a request names must resolve inside the data roots.
+
+Contract of ``Confinement.resolve``: a relative path is taken relative to ``settings.home``; the
+result is made absolute with every symlink followed (``os.path.realpath``, so ``..`` and links
+cannot climb out); it must then lie inside one of the (equally resolved) data roots, else
+``PathRefused`` names the field and why. ``http://`` and ``https://`` URLs pass through untouched
+(the runner fetches them with its own limits); any other scheme is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_URL_SCHEMES = ("http://", "https://")
+
+
+class PathRefused(ValueError):
+    """A path that may not be used: ``field`` names the request field, ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def is_url(value: str) -> bool:
+    return value[:8].lower().startswith(_URL_SCHEMES)
+
+
+class Confinement:
+    """The data roots of one service and the home that relative paths are taken from."""
+
+    def __init__(self, home: Path, roots: Iterable[Path]) -> None:
+        self.home = Path(os.path.realpath(home))
+        self.roots = tuple(Path(os.path.realpath(r)) for r in roots) or (self.home,)
+
+    def resolve(self, field: str, value: str, *, must_exist: bool = False, allow_url: bool = False) -> str:
+        """The absolute, symlink-free form of ``value`` (or the URL itself when allowed)."""
+        if allow_url and is_url(value):
+            if len(value) <= len("https://") or any(c.isspace() for c in value):
+                raise PathRefused(field, "is not a valid URL")
+            return value
+        if "://" in value:
+            scheme = value.split("://", 1)[0]
+            allowed = "only http and https URLs are accepted" if allow_url else "a local path is required here"
+            raise PathRefused(field, f"URL scheme '{scheme}' is not accepted ({allowed})")
+        if not value.strip():
+            raise PathRefused(field, "must not be empty")
+        if "\x00" in value:
+            raise PathRefused(field, "must not contain NUL characters")
+        raw = Path(value)  # no "~" expansion: the service's user's home is nobody's business
+        candidate = raw if raw.is_absolute() else self.home / raw
+        resolved = Path(os.path.realpath(candidate))
+        if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
+            roots = ", ".join(str(r) for r in self.roots)
+            raise PathRefused(field, f"path '{value}' resolves outside the data roots ({roots})")
+        if must_exist and not resolved.exists():
+            raise PathRefused(field, f"path '{value}' does not exist")
+        return str(resolved)
