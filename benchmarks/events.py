@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import zmq
 
 from protocol.jobs import JobSpec
@@ -115,12 +116,15 @@ def baseline(n: int, size: int, rate: float) -> dict[str, float]:
 def service(sup: SupervisorProcess, n: int, size: int, rate: float) -> dict[str, float]:
     """The runner into the supervisor, out to a SUB on events-out."""
     sub = sup.subscribe()
+    daemon = psutil.Process(sup.pid)
+    cpu_before = sum(daemon.cpu_times()[:2])
     task_id = sup.submit(params={"events": n, "size": size, "rate": rate})
     events, first, last = _collect(sub.sock, n)
+    cpu = sum(daemon.cpu_times()[:2]) - cpu_before
     sub.close()
     task = sup.wait_final(task_id, timeout=120)
     assert task["status"] == "completed", task
-    return _summary(events, n, first, last)
+    return {**_summary(events, n, first, last), "cpu_us": cpu / n * 1e6}
 
 
 def main() -> int:
@@ -136,6 +140,12 @@ def main() -> int:
         print(f"  baseline runner→SUB        {base['rate']:10,.0f} events/s  lost {base['lost']}")
         print(f"  runner→supervisor→SUB      {svc['rate']:10,.0f} events/s  lost {svc['lost']}")
         print(f"  ratio service/baseline     {svc['rate'] / base['rate']:.2f}   (goal ≥ 50,000/s, 0 lost)")
+        # The machine is shared: the supervisor's own CPU per event says what one free core
+        # would sustain, whatever else runs.
+        print(
+            f"  supervisor CPU per event   {svc['cpu_us']:.1f} µs  (one free core: ~{1e6 / svc['cpu_us']:,.0f} events/s)"
+        )
+        print(f"  load average               {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         n = args.latency_events
         print(f"latency: {n} events of {args.size} B at 1,000 events/s", flush=True)
         base_l = baseline(n, args.size, 1000)

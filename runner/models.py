@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from protocol.catalog import MODEL_SET
+from protocol.catalog import FIXED_INPUT_SIZE, MODEL_SET
 
 #: Where each family keeps its classifier head (attribute path; digits index a Sequential).
 #: Families differ: a Linear ``fc``, the last Linear of a ``classifier`` Sequential, a ``heads``
@@ -97,6 +97,10 @@ def _builder_kwargs(name: str) -> dict[str, Any]:
         # main head only. init_weights=True keeps torchvision's own initialisation (and
         # silences its warning about the default changing).
         return {"aux_logits": False, "init_weights": True}
+    if name.startswith("vit_"):
+        # A ViT's position embeddings fix its input size; without weights torchvision builds
+        # every ViT for 224, but the catalog (and vit_h_14's ImageNet weights) say 518 for h_14.
+        return {"image_size": FIXED_INPUT_SIZE[name]}
     return {}
 
 

@@ -40,7 +40,7 @@ def _configure_logging(level: str) -> None:
 
 
 def run_supervisor(settings: Settings) -> int:
-    from supervisor.daemon import run
+    from supervisor.daemon import AlreadyRunning, run
 
     try:
         from setproctitle import setproctitle
@@ -48,7 +48,11 @@ def run_supervisor(settings: Settings) -> int:
         setproctitle("rfuavd supervisor")
     except ImportError:  # pragma: no cover - a dependency; the title is a convenience
         pass
-    return asyncio.run(run(settings))
+    try:
+        return asyncio.run(run(settings))
+    except AlreadyRunning as exc:
+        print(f"rfuavd: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_web(settings: Settings) -> int:

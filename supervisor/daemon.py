@@ -26,6 +26,7 @@ journal has been read — so no task stays ``running`` forever and no journaled 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -67,6 +68,11 @@ EVENTS_OUT_HWM = 1_000_000
 CONTROL_MAX_BYTES = 16 * 1024 * 1024
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another daemon holds this home's lock."""
 
 
 @dataclass(eq=False)
@@ -105,11 +111,13 @@ class Daemon:
         self._spawner_ready: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_status = ""
+        self._ready = False  # READY=1 sent: STATUS= updates may follow
 
     # -- life --------------------------------------------------------------------------
     async def serve(self) -> int:
         """Run until shut down; return the exit code."""
         loop = asyncio.get_running_loop()
+        self._lock()
         for line in self.gpus.summary_lines():
             log.info("hardware: %s", line)
         self.store = Store(self.settings.db_path)
@@ -139,8 +147,10 @@ class Daemon:
                 self.settings.start_mode,
                 self.settings.addresses.control,
             )
+            self._last_status = self._status_text()
+            self._ready = True
             if notify:
-                notify.ready(self._status_text())
+                notify.ready(self._last_status)
             await self._exit.wait()
             await self._shutdown_jobs()
         finally:
@@ -161,6 +171,20 @@ class Daemon:
             self.store.close()
             log.info("supervisor stopped")
         return 0
+
+    def _lock(self) -> None:
+        """One daemon per home: a second one would share the store and steal the sockets.
+        The kernel drops the lock when this process dies, even by SIGKILL."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        path = self.settings.home / "supervisor.lock"
+        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise AlreadyRunning(f"another supervisor (pid {other}) is running with home {self.settings.home}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{self.pid}\n".encode(), 0)
 
     def _bind(self, ctx: zmq.asyncio.Context) -> tuple[Any, Any, Any]:
         addr = self.settings.addresses
@@ -244,7 +268,7 @@ class Daemon:
             # Take what is already queued without waiting: one transaction for all of it.
             while count < BATCH:
                 try:
-                    msg = drain.recv_multipart(zmq.NOBLOCK)
+                    msg = _recv_message(drain)
                 except zmq.Again:
                     break
                 batch.append(msg)
@@ -470,6 +494,7 @@ class Daemon:
             self.scheduler.occupy(task.task_id, task.task_type, task.device or "cpu")
             self.pipeline.emit(task, LOG, f"adopted after a supervisor restart (pid {handle.pid})")
             self._spawn_task(self._reap(task, runner))
+        self._remove_leftover_cgroups()
         pending = self.store.tasks_in_order(PENDING)
         for task in pending:
             self.tasks[task.task_id] = task
@@ -477,6 +502,22 @@ class Daemon:
         if pending:
             log.info("recovered %d pending task(s)", len(pending))
         self.schedule()
+
+    def _remove_leftover_cgroups(self) -> None:
+        """Job cgroups of this instance that no adopted runner uses: a lost runner's (and any
+        stray process still in them, which belongs to that job) go."""
+        try:
+            leftovers = self.spawner.leftovers()
+        except OSError as exc:
+            log.warning("could not list leftover job cgroups: %s", exc)
+            return
+        for task_id, dirs in leftovers.items():
+            if task_id in self.runners:
+                continue
+            cgroup = self.spawner.cgroups.attach(dirs)
+            if cgroup is not None:
+                log.warning("removing leftover cgroups of task %s: %s", task_id, sorted(dirs.values()))
+                cgroup.remove()
 
     def _release_lost(self, task: TaskRecord, status: str, message: str, announce: bool) -> None:
         log.warning("task %s: runner (pid %s) not found after restart: %s", task.task_id, task.pid, message)
@@ -499,10 +540,19 @@ class Daemon:
 
     def _status_changed(self) -> None:
         text = self._status_text()
-        if text != self._last_status:
+        if self._ready and text != self._last_status:
             self._last_status = text
             if notify:
                 notify.status(text)
+
+
+def _recv_message(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """``recv_multipart(NOBLOCK)`` without its per-frame enum arithmetic (measurable when a
+    runner's message carries a thousand events): plain ints and the backend's ``get``."""
+    parts = [sock.recv(_NOWAIT)]
+    while sock.get(_RCVMORE):
+        parts.append(sock.recv(_NOWAIT))
+    return parts
 
 
 async def run(settings: Settings) -> int:

@@ -148,7 +148,8 @@ class Pipeline:
         elif rseq > task.last_rseq + 1:
             log.error("task %s: journal jumps from rseq %d to %d", task.task_id, task.last_rseq, rseq)
         task.last_rseq = rseq
-        self._apply(task, event)
+        if event["kind"] != ev.LOG or "progress" in event:  # a plain log line changes nothing
+            self._apply(task, event)
         task.last_seq += 1
         seq = task.last_seq
         if "seq" not in event and "source" not in event and raw.startswith(_SPLICE_PREFIX):

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web.hub import Hub
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _ServiceCollector(Collector):
@@ -88,6 +89,7 @@ class LatencyMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,5 +113,9 @@ class LatencyMiddleware:
         finally:
             if not streaming:
                 endpoint = scope.get("endpoint")
-                name = getattr(endpoint, "__name__", "unmatched")
-                self.metrics.latency.labels(scope["method"], name, str(status)).observe(time.perf_counter() - start)
+                method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded labels
+                key = (method, getattr(endpoint, "__name__", "unmatched"), status)
+                child = self._children.get(key)
+                if child is None:  # labels() is not free: keep one child per label set
+                    child = self._children[key] = self.metrics.latency.labels(key[0], key[1], str(status))
+                child.observe(time.perf_counter() - start)

@@ -3,7 +3,8 @@
 Contracts:
 
 - Field names, defaults and ranges are API.md's; additions are optional with defaults
-  (/work/notes/params.md). Unknown fields are ignored, as the original service did.
+  (/work/notes/params.md). Numbers also have generous upper bounds (no 10^18 epochs), so no value
+  can overflow the store's 64-bit integers. Unknown fields are ignored, as the original service did.
 - Types are strict: ``"8"`` is not an integer and ``1`` is not a boolean (a float field accepts
   an integer). A violation becomes a 400 naming every offending field (``validation_errors``).
 - ``params(paths)`` returns the job's params with every local path resolved and confined
@@ -97,25 +98,25 @@ class TrainingRequest(TaskFields, UploadFields):
     """POST /api/v2/training/start (API.md §3.1)."""
 
     model: str = Field(description="torchvision classification model name")
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=1, le=100_000)
     train_path: str = Field(description="ImageFolder directory, .zip of one, or http(s) URL")
     val_path: str = Field(description="validation set, same forms as train_path")
     save_path: str = Field(description="output directory (local)")
     name: str | None = Field(None, description="sub-directory appended to save_path")
-    batch_size: int = Field(8, ge=1)
-    num_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1, le=65_536)
+    num_epochs: int = Field(100, ge=1, le=1_000_000)
     learning_rate: float = Field(0.0001, gt=0)
-    image_size: int = Field(224, ge=32)
+    image_size: int = Field(224, ge=32, le=8192)
     device: str = "cuda"
     weight_path: str = Field("", description="initial weights: local path, .zip or URL; '' for none")
     pretrained: bool = True
     shuffle: bool = True
     strategy_type: str | None = Field(None, description="passed through, echoed in responses")
     # Additions (params.md).
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     deterministic: bool = False
     augment: bool = Field(True, description="mild train-time augmentation")
-    num_workers: int | None = Field(None, ge=0, description="override the DataLoader workers")
+    num_workers: int | None = Field(None, ge=0, le=256, description="override the DataLoader workers")
 
     _device = field_validator("device")(_check_device)
 
@@ -178,8 +179,8 @@ class InferenceFields(TaskFields):
     device: str = "cuda"
     priority: int = Field(3, ge=1, le=10, description="1-10, higher runs first")
     # Additions (params.md).
-    batch_size: int = Field(32, ge=1)
-    top_k: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    top_k: int = Field(5, ge=1, le=1000)
 
     _device = field_validator("device")(_check_device)
 
@@ -245,7 +246,7 @@ class SplitRequest(TaskFields):
     output_path: str = Field(description="receives train/, val/ and test/")
     train_ratio: float = Field(0.7, ge=0, le=1)
     val_ratio: float = Field(0.2, ge=0, le=1)
-    seed: int | None = 42
+    seed: int | None = Field(42, ge=0, le=2**32 - 1)
     device: str = "cpu"
 
     _device = field_validator("device")(_check_device)
@@ -273,7 +274,7 @@ class AugmentRequest(TaskFields):
     output_path: str
     methods: list[str] = Field(min_length=1, description=f"from {', '.join(AUGMENT_METHODS)}")
     copies: int = Field(1, ge=1, le=100, description="augmented copies per image per method")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: str = "cpu"
 
     _device = field_validator("device")(_check_device)
@@ -302,10 +303,10 @@ class CropRequest(TaskFields):
 
     input_path: str
     output_path: str
-    x: int = Field(ge=0)
-    y: int = Field(ge=0)
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
+    x: int = Field(ge=0, le=1_000_000)
+    y: int = Field(ge=0, le=1_000_000)
+    width: int = Field(ge=1, le=1_000_000)
+    height: int = Field(ge=1, le=1_000_000)
     device: str = "cpu"
 
     _device = field_validator("device")(_check_device)
@@ -326,9 +327,9 @@ class DiagnosticRequest(TaskFields):
 
     events: int = Field(0, ge=0, le=10_000_000)
     size: int = Field(0, ge=0, le=1 << 20)
-    rate: float = Field(0, ge=0)
+    rate: float = Field(0, ge=0, le=1e6)
     sleep: float = Field(0, ge=0, le=86_400)
-    memory_mb: int = Field(0, ge=0)
+    memory_mb: int = Field(0, ge=0, le=1 << 20)
     ignore_sigterm: bool = False
     grandchild: bool = False
     exit_code: int | None = Field(None, ge=0, le=255)
@@ -365,8 +366,8 @@ class LimitsRequest(BaseModel):
             if device != "gpu" and not DEVICE_RE.match(device):
                 raise ValueError(f"unknown device '{device[:32]}' (cpu, gpu, cuda or cuda:N)")
             for task_type, n in limits.items():
-                if n < 0:
-                    raise ValueError(f"{device}.{task_type} must be >= 0")
+                if not 0 <= n <= 10_000:
+                    raise ValueError(f"{device}.{task_type} must be between 0 and 10000")
         return value
 
 

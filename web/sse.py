@@ -16,6 +16,7 @@ once and releases its subscription.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = b": ping\n\n"
 #: Stored events fetched per ``logs`` request.
 PAGE = 2000
+#: Largest single write to the connection.
+WRITE_BYTES = 256 * 1024
 #: Seconds a dropped client's connection gets to take the end of the body before it is cut.
 _CLOSE_GRACE = 1.0
 
@@ -70,6 +73,7 @@ class EventStream:
         #: A client that accepts no data for this long is dropped, like one whose buffer overflows
         #: (a stall while the stored log is replayed fills no buffer).
         self.write_timeout = max(1.0, 2 * self.heartbeat)
+        self._writing_since: float | None = None
         self.on_frames = on_frames
         self.done = False
 
@@ -81,10 +85,7 @@ class EventStream:
             async with anyio.create_task_group() as tg:
 
                 async def stream() -> None:
-                    try:
-                        await self._stream(self._bounded(send))
-                    except TimeoutError:
-                        self.sub.drop(f"took longer than {self.write_timeout:g} s to accept data")
+                    await self._stream(self._bounded(send))
                     tg.cancel_scope.cancel()
 
                 async def watch_disconnect() -> None:
@@ -99,6 +100,7 @@ class EventStream:
                 tg.start_soon(stream)
                 tg.start_soon(watch_disconnect)
                 tg.start_soon(watch_drop)
+                tg.start_soon(self._watch_writes)
             # Finish the body; a client that stopped reading gets a bounded wait, then the cut.
             with anyio.move_on_after(_CLOSE_GRACE):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -108,18 +110,42 @@ class EventStream:
             self.sub.hub.unsubscribe(self.sub)
 
     def _bounded(self, send: Send) -> Send:
+        """``send`` that records when a write started; ``_watch_writes`` drops a stalled one.
+        (A timer per client beats a cancel scope per write when 1,000 clients get each event.)"""
+        loop = asyncio.get_running_loop()
+
         async def bounded(message: Message) -> None:
-            with anyio.fail_after(self.write_timeout):
-                await send(message)
+            self._writing_since = loop.time()
+            await send(message)
+            self._writing_since = None
 
         return bounded
 
+    async def _watch_writes(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.write_timeout / 4)
+            since = self._writing_since
+            if since is not None and loop.time() - since > self.write_timeout:
+                self.sub.drop(f"took longer than {self.write_timeout:g} s to accept data")
+                return
+
     async def _stream(self, send: Send) -> None:
         async def write(chunks: list[bytes], count: int) -> None:
-            if chunks:
-                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": True})
-                if count and self.on_frames is not None:
-                    self.on_frames(count)
+            # Pieces of at most WRITE_BYTES: uvicorn buffers a whole piece before it applies
+            # back-pressure, so this bounds what a client that stops reading can pin in memory.
+            piece: list[bytes] = []
+            size = 0
+            for chunk in chunks:
+                piece.append(chunk)
+                size += len(chunk)
+                if size >= WRITE_BYTES:
+                    await send({"type": "http.response.body", "body": b"".join(piece), "more_body": True})
+                    piece, size = [], 0
+            if piece:
+                await send({"type": "http.response.body", "body": b"".join(piece), "more_body": True})
+            if count and self.on_frames is not None:
+                self.on_frames(count)
 
         # 1. The stored log, page by page.
         page: dict[str, Any] | None = self.first
@@ -174,8 +200,13 @@ class EventStream:
     async def _logs(self) -> dict[str, Any] | None:
         try:
             return await self.control.call(Logs(task_id=self.task_id, after=self.last, limit=PAGE))
-        except (Unavailable, CommandError) as exc:
-            # The supervisor is away (or the task was deleted): keep the stream, retry later.
+        except CommandError as exc:
+            if exc.code == "not_found":  # deleted meanwhile: nothing more will come
+                self.done = True
+            log.info("SSE %s: cannot read stored events after %d: %s", self.task_id, self.last, exc)
+            return None
+        except Unavailable as exc:
+            # The supervisor is away: keep the stream (heartbeats go on) and retry later.
             log.info("SSE %s: cannot read stored events after %d: %s", self.task_id, self.last, exc)
             return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,6 +101,16 @@ def test_help_everywhere(command: str | None) -> None:
     assert run.code == 0, run
     assert "usage: rfuav" in run.out
     assert "--json" in run.out
+
+
+def test_installed_console_script(tmp_path: Path) -> None:
+    # `rfuav` as installed by pip (setup.cfg console_scripts), run from elsewhere.
+    script = Path(sys.executable).parent / "rfuav"
+    assert script.exists(), "console script missing: pip install -e ."
+    proc = subprocess.run([str(script), "gpu", "--help"], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: rfuav gpu")
 
 
 def test_usage_errors_exit_2() -> None:
@@ -338,6 +349,48 @@ def test_limits_show_and_set(svc: Service) -> None:
 
 
 # -- the progress bar ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_train_follow_draws_the_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """`rfuav train ... -f` on a real (tiny) training job, stderr on a pseudo-terminal."""
+    with Service(env={"RFUAV_API_TOKEN": TOKEN}) as service:
+        data = digits(service.home / "digits", per_class=6, size=16)
+        save = service.home / "models"
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "train", "--model", "resnet18", "--num-classes", "10",
+             "--train-path", str(data["train"]), "--val-path", str(data["val"]), "--save-path", str(save),
+             "--name", "tty", "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--device", "cpu",
+             "--no-pretrained", "-f"],
+            stdout=subprocess.PIPE, stderr=slave, text=True, env=cli_env(service.base_url), cwd=REPO,
+        )  # fmt: skip
+        os.close(slave)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the CLI closed the terminal (it exited)
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        os.close(master)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, terminal.decode(errors="replace") + out
+        screen = terminal.decode(errors="replace")
+        task_id = out.split()[0]
+        assert out.splitlines()[0].split()[1] in ("pending", "running")
+        # The bar was redrawn in place (carriage return + erase line) with epoch, loss and accuracy.
+        assert "\r\x1b[2K[" in screen
+        assert "epoch 2/2" in screen and "loss " in screen and "acc " in screen
+        assert f"{task_id} completed" in screen
+        assert "epoch 2/2" in out
+        assert (save / "tty" / "best.pth").is_file()
+        # The task record turns final once the runner is reaped, a moment after its final event.
+        assert service.client.wait_for(task_id, timeout=60)["status"] == "completed"
+
 
 
 class _Tty(io.StringIO):

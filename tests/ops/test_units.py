@@ -21,8 +21,8 @@ SUPERVISOR = UNITS / "rfuav-supervisor.service"
 WEB = UNITS / "rfuav-web.service"
 ENV_FILE = REPO / "deploy" / "rfuav.env"
 INSTALLED_RFUAVD = "/opt/rfuav/venv/bin/rfuavd"
-#: Seconds the daemon needs beyond the grace period to reap jobs and close the store.
-STOP_MARGIN = 15.0
+#: The daemon waits at most grace + 30 s for cancelled jobs before it gives up on them.
+STOP_MARGIN = 30.0
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -208,3 +208,19 @@ def test_security_exposure_at_most_3(path: Path, tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", proc.stdout)
     assert match, proc.stdout[-500:] + proc.stderr
     assert float(match.group(1)) <= 3.0, proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
+def test_sysusers_creates_the_units_user(tmp_path: Path) -> None:
+    conf = REPO / "deploy" / "sysusers.d" / "rfuav.conf"
+    (tmp_path / "etc").mkdir()
+    proc = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(conf)],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    users = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc" / "passwd").read_text().splitlines()}
+    for unit in (SUPERVISOR, WEB):
+        user = one(parse_unit(unit), "User")
+        assert user in users
+        assert users[user][5] == "/var/lib/rfuav" and users[user][6] == "/usr/sbin/nologin"

@@ -91,3 +91,20 @@ def test_training_task_shape_and_secret(supervisor: SupervisorProcess) -> None:
     assert err.value.code == "not_found"
     health = supervisor.call("health")
     assert health["queued"] == 1 and health["tasks"] == {"training": {"pending": 1}}
+
+
+def test_ps_and_resources_while_running(supervisor: SupervisorProcess) -> None:
+    task_id = supervisor.submit(params={"sleep": 60, "grandchild": True})
+    task = supervisor.wait_task(
+        task_id, lambda t: any("grandchild_pid" in e for e in supervisor.logs(t["task_id"])), 60, "grandchild up"
+    )
+    (runner,) = supervisor.call("ps")["runners"]
+    assert (runner["task_id"], runner["pid"], runner["device"]) == (task_id, task["pid"], "cpu")
+    pids = [p["pid"] for p in runner["processes"]]
+    assert pids[0] == task["pid"] and len(pids) == 2
+    resources = supervisor.call("resources")
+    assert resources["active_tasks"]["cpu"] == [{"id": task_id, "type": "diagnostic"}]
+    assert resources["device_usage"]["cpu"]["diagnostic"] == 1 and resources["running"] == 1
+    supervisor.call("cancel", task_id=task_id)
+    assert supervisor.wait_final(task_id)["status"] == "cancelled"
+    assert supervisor.call("ps")["runners"] == []

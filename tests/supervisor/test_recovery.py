@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.supervisor.test_outcomes import _cgroup_dirs
 from tests.support.supervisor import SupervisorProcess
 
 
@@ -16,13 +18,15 @@ def _assert_continuous(events: list[dict[str, Any]]) -> None:
     assert rseqs == list(range(1, len(rseqs) + 1)), "a runner event is missing"
 
 
-@pytest.mark.timeout(180)
-def test_kill_9_restart_adopts_running_and_runs_pending(supervisor: SupervisorProcess) -> None:
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_kill_9_restart_adopts_running_and_runs_pending(make_supervisor: Callable[..., SupervisorProcess], mode: str) -> None:
+    supervisor = make_supervisor(RFUAV_START_MODE=mode)
     supervisor.call("set_limits", limits={"cpu": {"diagnostic": 1}})
     # 400 events over 4 s: some are emitted while the supervisor is down.
     running = supervisor.submit(params={"events": 400, "rate": 100})
     pending = [supervisor.submit(params={"events": 10}) for _ in range(2)]
-    task = supervisor.wait_task(running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 60, "events flowing")
+    task = supervisor.wait_task(running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 120, "events flowing")
     runner_pid = task["pid"]
     assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
     supervisor.start()
@@ -33,9 +37,8 @@ def test_kill_9_restart_adopts_running_and_runs_pending(supervisor: SupervisorPr
     assert [e["i"] for e in events if "i" in e] == list(range(1, 401))
     assert any(e["message"] == f"adopted after a supervisor restart (pid {runner_pid})" for e in events)
     for t in pending:
-        assert supervisor.wait_final(t, timeout=60)["status"] == "completed"
+        assert supervisor.wait_final(t, timeout=120)["status"] == "completed"
         _assert_continuous(supervisor.logs(t))
-    # The restored limit is the configured one again (limits are run-time settings).
     assert supervisor.call("resources")["running"] == 0
 
 
@@ -45,11 +48,14 @@ def test_runner_lost_while_down_fails_with_reason(supervisor: SupervisorProcess)
 
     task_id = supervisor.submit(params={"sleep": 60})
     task = supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
+    cgroups = _cgroup_dirs(task["pid"])
     supervisor.kill(signal.SIGKILL)
     os.kill(task["pid"], signal.SIGKILL)
     supervisor.start()
     task = supervisor.get(task_id)
     assert (task["status"], task["message"]) == ("failed", "runner lost while the supervisor was down")
+    for d in cgroups:
+        assert not d.exists(), f"leftover cgroup {d} not removed"
     _assert_continuous(supervisor.logs(task_id))
 
 

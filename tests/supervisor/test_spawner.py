@@ -84,9 +84,22 @@ needs_cgroups = pytest.mark.skipif(
 
 
 async def finish(handle: RunnerHandle, timeout: float = 60) -> ExitInfo:
-    info = await asyncio.wait_for(handle.wait(), timeout)
+    try:
+        info = await asyncio.wait_for(handle.wait(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"runner {handle.pid} did not end in {timeout} s: {describe(handle.pid)}") from None
     handle.cleanup()
     return info
+
+
+def describe(pid: int) -> str:
+    """What a runner that failed to end is doing (for the failure message)."""
+    try:
+        proc = psutil.Process(pid)
+        threads = [(t.id, Path(f"/proc/{pid}/task/{t.id}/wchan").read_text()) for t in proc.threads()]
+        return f"status {proc.status()}, ppid {proc.ppid()}, threads (tid, wchan) {threads}"
+    except (psutil.Error, OSError) as exc:
+        return f"gone ({exc})"
 
 
 async def spawn(env: Env, mode: str, params: dict[str, Any], limits: JobLimits = LIMITS, **fields: Any) -> tuple[Any, RunnerHandle]:
@@ -251,10 +264,9 @@ async def test_a_new_spawner_adopts_a_running_runner(env: Env, mode: str) -> Non
     assert handle.alive_pids() == [pid]
     assert not handle.exited
     handle.terminate()
-    info = await asyncio.wait_for(handle.wait(), 60)
+    info = await finish(handle)
     assert info.code is None  # only the runner's parent could read its status
     assert await env.sink.until(spec.task_id, lambda e: e.get("status") == "cancelled")
-    handle.cleanup()
     assert not any(Path(p).exists() for p in cgroup.values())
     assert restarted.adopt(pid, create_time, cgroup) is None  # gone now
 

@@ -75,7 +75,7 @@ class Service:
         self.client = RFUAVClient(self.base_url, token=self.env.get("RFUAV_API_TOKEN") or None, timeout=30.0)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> Service:
+    def start(self) -> Self:
         self.supervisor.start()
         try:
             self.start_web()

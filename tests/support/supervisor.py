@@ -16,7 +16,7 @@ fresh home per test); copy that fixture into your own conftest to use it elsewhe
 
 What it does:
 
-- ``start()`` runs ``python -m supervisor supervisor`` with a fresh temp ``RFUAV_HOME`` (or the
+- ``start()`` runs ``python -m supervisor supervisor`` (``command="all"``: ``rfuavd all``) with a fresh temp ``RFUAV_HOME`` (or the
   one given), a short ``RFUAV_RUNTIME_DIR`` under /tmp (AF_UNIX paths are limited to 107 bytes)
   and ``env`` overrides, and returns once a real DEALER got an answer to ``health``.
   stdout/stderr go to ``<home>/supervisor.log`` (``log_text()`` reads it: print it when a
@@ -103,7 +103,14 @@ class EventSubscriber:
 class SupervisorProcess:
     """A supervisor daemon subprocess for one test (see the module docstring)."""
 
-    def __init__(self, home: Path | None = None, env: dict[str, str] | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+        command: str = "supervisor",
+    ) -> None:
+        self.command = command  # "supervisor", or "all" (supervisor and web as children)
         self._own_home = home is None
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="rfuav-home-"))
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
@@ -134,7 +141,7 @@ class SupervisorProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "supervisor"],
+                [sys.executable, "-m", "supervisor", self.command],
                 cwd=str(REPO),
                 env=self.env,
                 stdout=log,

@@ -168,6 +168,8 @@ def test_body_errors(http: httpx.Client, data: Path, api: Service) -> None:
     fail(http.post(url, json=training(data, batch_size=0)), 400, "batch_size: must be >= 1")
     fail(http.post(url, json=training(data, num_epochs="3")), 400, "num_epochs: must be an integer")
     fail(http.post(url, json=training(data, priority=0)), 400, "priority")
+    fail(http.post(url, json=training(data, num_epochs=2**63)), 400, "num_epochs: must be <= 1000000")
+    fail(http.post(url, content=b'{"num_classes": 1e999}', headers={"content-type": "application/json"}), 400)
     bad_model = fail(http.post(url, json=training(data, model="resnet9000")), 400, "unknown model 'resnet9000'")
     assert "resnet18" in bad_model["msg"] and "maxvit_t" in bad_model["msg"]
     fail(http.post(url, json=training(data, device="cuda:7")), 400, "cuda:7")
@@ -281,7 +283,7 @@ def test_resources_gpu_limits_runners(http: httpx.Client) -> None:
     assert changed["status"] == "success" and changed["current_config"]["cpu"]["diagnostic"] == 7
     assert ok(http.get("/api/v2/resources"))["limits"]["cpu"]["diagnostic"] == 7
     ok(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"diagnostic": 8}}}))
-    fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"training": -1}}}), 400, "must be >= 0")
+    fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"training": -1}}}), 400, "must be between 0 and 10000")
     fail(http.post("/api/v2/resources/config", json={"limits": {}}), 400, "max_concurrent: is required")
     fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"juggling": 1}}}), 400)
     assert isinstance(ok(http.get("/api/v2/runners"))["runners"], list)

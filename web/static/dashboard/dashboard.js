@@ -13,6 +13,7 @@ const state = {
   selected: null,      // task id shown in the task panel
   stream: null,        // AbortController of the current log stream
   lastSeq: 0,          // highest event seq shown (SSE id), for resuming
+  finalEvent: null,    // the selected task's final status event, once seen
   tasks: new Map(),    // task id -> TaskResponse
 };
 
@@ -172,7 +173,9 @@ async function refreshTasks() {
     if (body.children[index] !== row) body.insertBefore(row, body.children[index] || null);
   });
   for (const stale of rows.values()) stale.remove();
-  if (state.selected && state.tasks.has(state.selected)) showTaskStatus(state.tasks.get(state.selected));
+  // The record turns final when the runner is reaped, a moment after its final event: never
+  // let a poll from that moment take the panel back to "running".
+  if (state.selected && state.tasks.has(state.selected) && !state.finalEvent) showTaskStatus(state.tasks.get(state.selected));
 }
 
 function fillTaskRow(row, task) {
@@ -236,6 +239,7 @@ function selectTask(id) {
   if (state.stream) state.stream.abort();
   state.selected = id;
   state.lastSeq = 0;
+  state.finalEvent = null;
   $("#task-panel").hidden = false;
   $("#task-title").textContent = id;
   $("#task-log").replaceChildren();
@@ -275,7 +279,7 @@ function handleEvent(id, event) {
   }
   if (event.kind === "status" && event.status) {
     const task = { ...(state.tasks.get(id) || {}), status: event.status, message: event.message };
-    state.tasks.set(id, task);
+    if (FINAL.has(event.status)) state.finalEvent = event;
     showTaskStatus(task);
   }
 }
@@ -313,8 +317,7 @@ async function followLog(id) {
         }
       }
       // The server closes the stream when the task has ended; otherwise it was a disconnect.
-      const task = state.tasks.get(id);
-      ended = task !== undefined && FINAL.has(task.status);
+      ended = state.finalEvent !== null && state.selected === id;
       if (!ended) {
         try {
           const fresh = await api(`/api/v2/tasks/${encodeURIComponent(id)}`);

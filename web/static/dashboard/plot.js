@@ -71,7 +71,9 @@ class LineChart {
       for (const p of s.points.length <= 60 ? s.points : []) {
         el("circle", { cx: sx(p[0]).toFixed(1), cy: sy(p[1]).toFixed(1), r: 2.5, fill: s.color });
       }
-      el("text", { x: pad.left + 6 + i * 90, y: pad.top + 14, fill: s.color, class: "legend" }, s.name);
+      const fromRight = this.series.length - 1 - i;  // legends right-aligned, clear of the y ticks
+      el("text", { x: width - pad.right - 6 - fromRight * 70, y: pad.top + 14, "text-anchor": "end",
+                   fill: s.color, class: "legend" }, s.name);
     });
   }
 }
