@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.support.service import Service, free_port
 
@@ -119,7 +120,14 @@ def main() -> int:
 
             wrk(get_url, seconds=1)  # warm up
             wrk(bare_url, seconds=1)
+            web_proc, sup_proc = psutil.Process(svc.web_pid), psutil.Process(svc.supervisor.pid)
+
+            def cpu() -> tuple[float, float]:
+                return sum(web_proc.cpu_times()[:2]), sum(sup_proc.cpu_times()[:2])
+
+            before = cpu()
             get = wrk(get_url)
+            get["web_us"], get["sup_us"] = ((a - b) / (get["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
             base = wrk(bare_url)
 
             limits = c.get_resources()["limits"]["cpu"]
@@ -127,7 +135,9 @@ def main() -> int:
             request = ('{"model": "resnet18", "num_classes": 2, "train_path": "bench/train", '
                        '"val_path": "bench/val", "save_path": "bench/out", "num_epochs": 1, '
                        '"batch_size": 2, "image_size": 32, "device": "cpu"}')  # fmt: skip
+            before = cpu()
             post = wrk(svc.url("/api/v2/training/start"), _post_script(tmp, request))
+            post["web_us"], post["sup_us"] = ((a - b) / (post["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
             pending = c.get_all_tasks(status="pending", task_type="training")["training_tasks"]
             for task in pending:
                 c.cancel_task(task["task_id"])
@@ -148,6 +158,9 @@ def main() -> int:
     print(line("bare Starlette, same body", base, "baseline"))
     print(line("POST /api/v2/training/start", post, ">= 500 req/s, p99 <= 20 ms"))
     print(f"training tasks created and queued by the POST run: {created} (then cancelled)")
+    for name, r in (("GET", get), ("POST", post)):
+        print(f"CPU per {name} request: web {r['web_us']:.0f} us, supervisor {r['sup_us']:.0f} us "
+              f"(the machine's {psutil.cpu_count()} cores are shared with wrk and everything else)")
     print(f"ratio GET / bare: {get['rps'] / base['rps']:.2f} (goal >= 0.7)")
     print(f"vs the original: GET x{get['rps'] / 312:.1f} (312 req/s), POST x{post['rps'] / 23.5:.1f} (23.5 req/s)")
     return 0

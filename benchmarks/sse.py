@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -85,8 +86,10 @@ async def _load(port: int, path: str, clients: int) -> dict[str, Any]:
 def loader_main(port: int, path: str, clients: int) -> None:
     result = asyncio.run(_load(port, path, clients))
     complete = all(s == list(range(1, len(result["seqs"][0]) + 1)) and s == result["seqs"][0] for s in result["seqs"])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     sys.stdout.write(json.dumps({"latencies_ns": result["latencies_ns"], "complete": complete,
-                                 "events": len(result["seqs"][0])}) + "\n")  # fmt: skip
+                                 "events": len(result["seqs"][0]),
+                                 "cpu": usage.ru_utime + usage.ru_stime}) + "\n")  # fmt: skip
 
 
 # -- the benchmark ---------------------------------------------------------------------------
@@ -151,6 +154,7 @@ def _run(svc: Any, clients: int) -> dict[str, Any]:
         "rss_peak": peak / 2**20,
         "elapsed": elapsed,
         "web_cpu": web_cpu,
+        "loader_cpu": sum(r["cpu"] for r in results),
     }
 
 
@@ -164,7 +168,8 @@ def main() -> int:
         print(f"{r['clients']:>5} client(s): {r['events']} events each, {r['deliveries']} timed deliveries, "
               f"all complete: {r['complete']}; latency p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
               f"max {r['max']:.1f} ms; web RSS {r['rss_before']:.0f} MB idle -> {r['rss_connected']:.0f} MB "
-              f"connected -> {r['rss_peak']:.0f} MB peak; web CPU {r['web_cpu']:.1f} s in {r['elapsed']:.1f} s")  # fmt: skip
+              f"connected -> {r['rss_peak']:.0f} MB peak; web CPU {r['web_cpu']:.1f} s, "
+              f"load generators' CPU {r['loader_cpu']:.1f} s, in {r['elapsed']:.1f} s")  # fmt: skip
     print(f"events emitted at {RATE:g}/s; ratio p99 {CLIENTS} clients / 1 client: {fan['p99'] / max(base['p99'], 1e-3):.1f}")
     print(f"web memory per connected client: {(fan['rss_connected'] - fan['rss_before']) * 1024 / CLIENTS:.1f} KB")
     return 0 if base["complete"] and fan["complete"] else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,23 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._set
 
+    def wake_on_signals(self) -> None:
+        """Make every caught signal wake ``wait`` (call from the main thread, once the
+        handlers are installed). The kernel may deliver SIGTERM to any thread (zmq's, the
+        publisher's); the Python handler then runs in the main thread only once that thread
+        returns from its ``select``, which without this wake-up byte is when the wait ends."""
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the flag; return whether it is set."""
-        if not self._set:
-            select.select([self._read_fd], [], [], max(0.0, timeout))
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            readable, _, _ = select.select([self._read_fd], [], [], left)
+            if readable:  # a wake-up byte: the handler runs before the loop test
+                os.read(self._read_fd, 512)
         return self._set
 
 

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Callable
@@ -118,6 +119,7 @@ def run(spec: JobSpec) -> int:
         ctx.stop_requested.set()
 
     signal.signal(signal.SIGTERM, handle_term)
+    ctx.stop_requested.wake_on_signals()
     publisher.wait_for_subscriber(spec.subscribe_timeout)
     code = EXIT_OK
     try:
@@ -158,4 +160,17 @@ def main_from_file(path: str) -> int:
 def run_and_exit(spec: JobSpec) -> None:
     """The warm-start target (forked from the supervisor's fork server): ``multiprocessing``
     ignores a target's return value, so exit with the job's code."""
+    raise SystemExit(run(spec))
+
+
+def run_when_sent(conn: Connection) -> None:
+    """A standby runner, forked ahead of demand so that the fork is off a job's start path:
+    wait for the spec on ``conn``, then run it as ``run_and_exit`` does. One spec only (a
+    runner is never reused); EOF means the supervisor no longer needs it: exit quietly."""
+    try:
+        spec = conn.recv()
+    except EOFError:
+        raise SystemExit(0) from None
+    finally:
+        conn.close()
     raise SystemExit(run(spec))

@@ -214,10 +214,10 @@ def _check_member(info: zipfile.ZipInfo) -> None:
         raise FetchError(f"zip refused: entry {info.filename!r} has an absolute path")
     if ".." in parts:
         raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder (..)")
-    mode = info.external_attr >> 16
-    if mode and stat.S_ISLNK(mode):
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a plain file)
+    if kind == stat.S_IFLNK:
         raise FetchError(f"zip refused: entry {info.filename!r} is a symbolic link")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise FetchError(f"zip refused: entry {info.filename!r} is a special file")
     if info.flag_bits & 0x1:
         raise FetchError(f"zip refused: entry {info.filename!r} is encrypted")

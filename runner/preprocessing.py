@@ -44,7 +44,11 @@ T = TypeVar("T")
 #: The augmentation of each method (always applied: p=1). Strengths are moderate: the images are
 #: spectrograms whose colours encode power.
 _METHODS: dict[str, Callable[[], Any]] = {
-    "AdvancedBlur": lambda: A.AdvancedBlur(p=1.0),
+    # sigma from 0.6 and shape (beta) from 0.9: below, the kernel can collapse to a delta and
+    # the "blurred" copy equals the input.
+    "AdvancedBlur": lambda: A.AdvancedBlur(
+        sigma_x_limit=(0.6, 1.5), sigma_y_limit=(0.6, 1.5), beta_limit=(0.9, 4.0), p=1.0
+    ),
     "CLAHE": lambda: A.CLAHE(p=1.0),
     "ColorJitter": lambda: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0),
     "GaussNoise": lambda: A.GaussNoise(std_range=(0.03, 0.1), p=1.0),

@@ -2,7 +2,8 @@
 
 ``Control.handle(request_bytes) -> reply_bytes`` is the whole surface: every reply is the
 ``protocol.replies`` envelope; a bad request (malformed JSON, unknown kind, wrong types,
-oversized, unknown task) gets an error reply and nothing else happens. The handlers read and
+oversized, unknown task) gets an error reply and nothing else happens. (A message over
+``daemon.CONTROL_MAX_BYTES``, 16 MiB, never reaches here: ZeroMQ drops the connection.) The handlers read and
 change the daemon's state through the few methods of ``Daemon`` they call.
 """
 

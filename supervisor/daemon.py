@@ -59,10 +59,12 @@ log = logging.getLogger(__name__)
 
 #: Runner events processed (and committed) per batch, about (a message is not split).
 BATCH = 2000
-#: Queue lengths: runners block (XPUB_NODROP) when the supervisor's queue is full; web's SUB
-#: loses nothing it cannot fetch again through ``logs``.
-EVENTS_IN_HWM = 100_000
-EVENTS_OUT_HWM = 1_000_000
+#: Queue lengths, in messages. A runner's message may carry up to a thousand events, so the
+#: inbound queue stays short (bounded memory); runners block (XPUB_NODROP) when it is full,
+#: which is the back-pressure we want. Outbound, a subscriber past its queue loses live events
+#: and fetches them again through ``logs`` (up to ~100 MB of 1 KiB events per subscriber).
+EVENTS_IN_HWM = 1_000
+EVENTS_OUT_HWM = 100_000
 #: A control message this much over ``MAX_MESSAGE_BYTES`` is cut off by ZeroMQ (the peer is
 #: disconnected) instead of being read into memory; up to it, the client gets ``too_large``.
 CONTROL_MAX_BYTES = 16 * 1024 * 1024
@@ -239,7 +241,12 @@ class Daemon:
         waits = [r.exited.wait() for r in self.runners.values()]
         if waits:
             # terminate → grace → kill runs in each stopper; allow for the kill to land.
-            await asyncio.wait_for(asyncio.gather(*waits), self.settings.grace_seconds + 30)
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), self.settings.grace_seconds + 30)
+            except TimeoutError:
+                # Still starting (a fork server importing torch), say: the next start
+                # adopts or fails them; never hang the shutdown.
+                log.error("%d job(s) did not end in time; leaving them to the next start", len(self.runners))
         # Reaps finish their bookkeeping in the background tasks; let them.
         if self._background:
             await asyncio.wait(self._background, timeout=10)

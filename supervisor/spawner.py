@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import io
 import logging
+import multiprocessing.connection as mp_connection
 import multiprocessing.context as mp_context
 import os
 import select
@@ -48,10 +49,14 @@ log = logging.getLogger(__name__)
 PRELOAD: list[str] = ["runner.preload"]
 #: The warm job's entry (module, function): runs the job and exits with its code.
 WARM_TARGET = ("runner.entry", "run_and_exit")
+#: A standby's entry: waits for its spec on a pipe, then runs it like ``WARM_TARGET``.
+STANDBY_TARGET = ("runner.entry", "run_when_sent")
 #: Run in a child forked from a fresh server: exits 0 only when the preload really happened
 #: (``multiprocessing`` ignores an ImportError in a preload module, which would leave every
 #: job silently paying the full import cost).
 _PROBE = "import sys\nsys.exit(0 if {'torch', 'runner.entry'} <= set(sys.modules) else 3)\n"
+#: Seconds after a standby was used before the next one is forked.
+REFILL_DELAY = 0.25
 #: Longest a fork server may take to import its preload and answer the probe.
 READY_TIMEOUT = 180.0
 #: Environment variables that belong to the daemon alone (systemd notify/watchdog).
@@ -389,6 +394,11 @@ class Spawner:
         self._wanted_mode = settings.start_mode
         self._server: _ForkServer | None = None
         self._starting: asyncio.Task[None] | None = None
+        #: One runner forked ahead of demand, waiting for its spec (warm mode).
+        self._standby: _Standby | None = None
+        self._refilling: asyncio.Task[None] | None = None
+        #: Keep a standby (pre-forked runner): the fork leaves the job's start path.
+        self.standby_enabled = True
         #: Why warm start is unavailable (the fork server failed before ready); never retried.
         self.warm_failure: str | None = None
         self._stopping = False
@@ -403,6 +413,7 @@ class Spawner:
         """Prepare cgroups; in warm mode start the fork server and wait until it is ready.
         A server that fails before ready is not retried: jobs start cold (logged)."""
         self.cgroups.prepare()
+        self.sweep()
         if self._wanted_mode == "warm":
             await self._start_server()
 
@@ -438,6 +449,7 @@ class Spawner:
         self._server = server
         assert server.pidfd is not None
         asyncio.get_running_loop().add_reader(server.pidfd, self._server_died, server)
+        self._refill()
 
     def _server_died(self, server: _ForkServer) -> None:
         """The server exited. It was ready once, so replacing it is no startup loop; a
@@ -449,6 +461,9 @@ class Spawner:
         asyncio.get_running_loop().remove_reader(server.pidfd)
         if self._server is server:
             self._server = None
+        if self._standby is not None and self._standby.server is server:
+            self._standby.discard()
+            self._standby = None
         server.stop()
         server.reap(0.0)  # already exited: does not block
         if self._stopping:
@@ -462,6 +477,11 @@ class Spawner:
         self._stopping = True
         if self._starting is not None and not self._starting.done():
             await asyncio.shield(self._starting)
+        if self._refilling is not None and not self._refilling.done():
+            await asyncio.shield(self._refilling)
+        if self._standby is not None:
+            self._standby.discard()
+            self._standby = None
         server, self._server = self._server, None
         if server is not None:
             assert server.pidfd is not None
@@ -499,6 +519,9 @@ class Spawner:
             if self._server is None:  # failed before ready: never retried
                 spec_path = Path(spec.task_dir) / "spec.json"
                 return self._spawn_cold(spec, spec_path, cg, memory_mb)
+        popen = self._use_standby(spec)
+        if popen is not None:
+            return self._warm_handle(spec, popen, cg, memory_mb)
         process = mp_context.ForkServerProcess(
             target=_Named(*WARM_TARGET),  # type: ignore[arg-type]
             args=(spec,),
@@ -515,6 +538,54 @@ class Spawner:
             if self._server is None:  # the replacement failed before ready
                 return self._spawn_cold(spec, Path(spec.task_dir) / "spec.json", cg, memory_mb)
             popen = await asyncio.to_thread(self._server.spawn, process)
+        return self._warm_handle(spec, popen, cg, memory_mb)
+
+    def _use_standby(self, spec: JobSpec) -> _WarmPopen | None:
+        """Hand ``spec`` to the standby runner (and fork the next one in the background);
+        None when there is no usable standby."""
+        standby, self._standby = self._standby, None
+        # Fork the next standby a little later: a fork now would compete for the CPU with
+        # the start of the job just handed over (measured: +20 ms on 2 busy cores).
+        asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
+        if standby is None:
+            return None
+        if standby.server is not self._server or not standby.send(spec):
+            standby.discard()
+            return None
+        return standby.popen
+
+    def _refill(self) -> None:
+        """Fork a new standby in the background unless one exists or is on its way."""
+        if not self.standby_enabled or self._stopping or self._server is None or self._standby is not None:
+            return
+        if self._refilling is not None and not self._refilling.done():
+            return
+        self._refilling = asyncio.ensure_future(self._fork_standby(self._server))
+
+    async def _fork_standby(self, server: _ForkServer) -> None:
+        reader, writer = mp_connection.Pipe(duplex=False)
+        process = mp_context.ForkServerProcess(
+            target=_Named(*STANDBY_TARGET),  # type: ignore[arg-type]
+            args=(reader,),
+            name="rfuav-standby",
+        )
+        try:
+            popen = await asyncio.to_thread(server.spawn, process)
+        except _ServerLost as exc:
+            log.warning("no standby runner: %s", exc)
+            writer.close()
+            return
+        finally:
+            reader.close()  # the child has its own copy
+        standby = _Standby(server, popen, writer)
+        if self._stopping or self._server is not server or self._standby is not None:
+            standby.discard()
+            return
+        self._standby = standby
+
+    def _warm_handle(self, spec: JobSpec, popen: _WarmPopen, cg: JobCgroup, memory_mb: int) -> RunnerHandle:
+        """A handle for a runner forked by the fork server; its exit status comes from the
+        server's status pipe (the popen's sentinel)."""
         handle = RunnerHandle(popen.pid, _create_time(popen.pid), cg, cg.warning, memory_mb)
 
         def on_status() -> None:
@@ -578,9 +649,49 @@ class Spawner:
         handle._watch_pidfd()
         return handle
 
+    def sweep(self) -> list[str]:
+        """Remove this instance's job cgroups that no process uses any more (left by a
+        supervisor that died); those with live processes stay for ``adopt``. Returns the
+        task ids removed."""
+        removed = []
+        for task_id, dirs in self.cgroups.leftovers().items():
+            cg = self.cgroups.attach(dirs)
+            if cg is not None and not cg.pids() and cg.remove():
+                removed.append(task_id)
+        if removed:
+            log.info("removed %d stale job cgroup(s): %s", len(removed), ", ".join(removed))
+        return removed
+
     def leftovers(self) -> dict[str, dict[str, str]]:
         """This instance's job cgroups found on disk (task id -> dirs), e.g. after a crash."""
         return self.cgroups.leftovers()
+
+
+class _Standby:
+    """A runner forked ahead of demand, blocked reading its spec from ``conn``."""
+
+    def __init__(self, server: _ForkServer, popen: _WarmPopen, conn: mp_connection.Connection) -> None:
+        self.server = server
+        self.popen = popen
+        self.conn = conn
+
+    def send(self, spec: JobSpec) -> bool:
+        """Give it its job; False when it is gone (it then gets discarded)."""
+        readable, _, _ = select.select([self.popen.sentinel], [], [], 0)
+        if readable:  # exited (or its server did): the status pipe has news
+            return False
+        try:
+            self.conn.send(spec)
+        except OSError:
+            return False
+        finally:
+            self.conn.close()
+        return True
+
+    def discard(self) -> None:
+        """Let it go: EOF on its pipe makes it exit; its status pipe is closed unread."""
+        self.conn.close()
+        self.popen.close_sentinel()
 
 
 class _Module:

@@ -222,7 +222,7 @@ async def get_task(request: Request[State]) -> Response:
     return await _get(request, None)
 
 
-async def _cancel(request: Request[State], task_type: str | None, verb: str) -> Response:
+async def _cancel(request: Request[State], task_type: str | None, action: str, done: str) -> Response:
     task_id = _task_id(request)
     try:
         data = await _call(request, cmd.Cancel(task_id=task_id, task_type=task_type))
@@ -232,18 +232,18 @@ async def _cancel(request: Request[State], task_type: str | None, verb: str) -> 
         return envelope({"status": "error", "message": exc.message, "task_id": task_id}, 409, exc.message)
     task = data["task"]
     if task["status"] == "cancelled":
-        message = f"task {task_id} {verb}"
+        message = f"task {task_id} {done}"
     else:
-        message = f"{verb.removesuffix('ed')} requested: the task stops at its next safe point and ends cancelled"
+        message = f"{action} requested: the task stops at its next safe point and ends cancelled"
     return envelope({"status": "success", "message": message, "task_id": task_id, "task": task})
 
 
 async def stop_training(request: Request[State]) -> Response:
-    return await _cancel(request, "training", "stopped")
+    return await _cancel(request, "training", "stop", "stopped")
 
 
 async def cancel_task(request: Request[State]) -> Response:
-    return await _cancel(request, None, "cancelled")
+    return await _cancel(request, None, "cancel", "cancelled")
 
 
 async def delete_task(request: Request[State]) -> Response:
@@ -318,7 +318,7 @@ async def _stream(request: Request[State], task_type: str | None) -> ASGIApp:
     sub, first = await open_stream(
         task_id, after, control, lambda t: hub.subscribe(t, settings.sse_queue), check if task_type else None
     )
-    return EventStream(task_id, after, first, sub, control, settings.sse_heartbeat)
+    return EventStream(task_id, after, first, sub, control, settings.sse_heartbeat, hub.count_sent)
 
 
 async def training_logs(request: Request[State]) -> ASGIApp:
@@ -566,7 +566,9 @@ def create_app(settings: Settings, *, control_timeout: float | None = None) -> S
             await hub.stop()
             await control.stop()
 
-    routes: list[Any] = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
+    # Routes are tried in order: the hottest (task lookups, what clients poll) go first.
+    hot = [r for r in ROUTES if r.path.startswith("/api/v2/tasks")]
+    routes: list[Any] = [Route(r.path, r.endpoint, methods=[r.method]) for r in hot + [r for r in ROUTES if r not in hot]]
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"))
     app = Starlette(
         routes=routes,

@@ -135,6 +135,10 @@ class Hub:
         self.relayed = 0  # event deliveries to subscribers
         self.dropped = 0  # subscribers dropped for falling behind
         self.streams_total = 0
+        self.sent = 0  # events written to SSE clients (stored replay and live tail)
+
+    def count_sent(self, n: int) -> None:
+        self.sent += n
 
     async def start(self) -> None:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)

@@ -57,6 +57,9 @@ class _ServiceCollector(Collector):
             clients = GaugeMetricFamily("rfuav_sse_clients", "open SSE streams")
             clients.add_metric([], float(hub.active))
             yield clients
+            sent = CounterMetricFamily("rfuav_sse_events_sent", "events written to SSE clients (replay and live)")
+            sent.add_metric([], float(hub.sent))
+            yield sent
             dropped = CounterMetricFamily("rfuav_sse_dropped", "SSE clients dropped for falling behind")
             dropped.add_metric([], float(hub.dropped))
             yield dropped

@@ -35,6 +35,9 @@ class Confinement:
     def __init__(self, home: Path, roots: Iterable[Path]) -> None:
         self.home = Path(os.path.realpath(home))
         self.roots = tuple(Path(os.path.realpath(r)) for r in roots) or (self.home,)
+        # Plain strings on the hot path: every submission resolves several paths.
+        self._home = str(self.home)
+        self._roots = tuple((str(r), str(r).rstrip(os.sep) + os.sep) for r in self.roots)
 
     def resolve(self, field: str, value: str, *, must_exist: bool = False, allow_url: bool = False) -> str:
         """The absolute, symlink-free form of ``value`` (or the URL itself when allowed)."""
@@ -50,12 +53,12 @@ class Confinement:
             raise PathRefused(field, "must not be empty")
         if "\x00" in value:
             raise PathRefused(field, "must not contain NUL characters")
-        raw = Path(value)  # no "~" expansion: the service's user's home is nobody's business
-        candidate = raw if raw.is_absolute() else self.home / raw
-        resolved = Path(os.path.realpath(candidate))
-        if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
-            roots = ", ".join(str(r) for r in self.roots)
+        # No "~" expansion: the service user's home directory is nobody's business.
+        candidate = value if os.path.isabs(value) else os.path.join(self._home, value)
+        resolved = os.path.realpath(candidate)
+        if not any(resolved == root or resolved.startswith(prefix) for root, prefix in self._roots):
+            roots = ", ".join(root for root, _ in self._roots)
             raise PathRefused(field, f"path '{value}' resolves outside the data roots ({roots})")
-        if must_exist and not resolved.exists():
+        if must_exist and not os.path.exists(resolved):
             raise PathRefused(field, f"path '{value}' does not exist")
-        return str(resolved)
+        return resolved

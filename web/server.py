@@ -37,5 +37,5 @@ def config(settings: Settings) -> uvicorn.Config:
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(config(settings))
-    logging.getLogger(__name__).info("web listening on http://%s:%d", settings.host, settings.port)
+    logging.getLogger(__name__).info("starting web on http://%s:%d", settings.host, settings.port)
     server.run()

@@ -219,3 +219,26 @@ def test_class_count_mismatch_fails_clearly(spectro: Path, tmp_path: Path) -> No
     rp = run_job("training", params, tmp_path / "task", timeout=90, torch_threads=1)
     assert rp.final is not None and rp.final["status"] == "failed"
     assert "num_classes is 5 but the training set" in rp.final["message"] and "3 class folders" in rp.final["message"]
+
+
+@pytest.mark.timeout(200)
+def test_inference_upload_failure_keeps_results_and_completes(trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path) -> None:
+    """Decision (runner/upload.py): an upload that fails after its retries does not fail the
+    task; it is reported as ERROR events and the local results stay."""
+    sat = Satellite(fail_first=1000)
+    try:
+        out: Path = trained["out"]
+        source = digits["test"] / "3"
+        params = dict(cfg_path=str(out / "config.yaml"), weight_path=str(out / "best.pth"), source_path=str(source),
+                      save_path=str(tmp_path / "res"), enable_upload=True, upload_url=sat.url, token=TOKEN)  # fmt: skip
+        rp = run_job("inference", params, tmp_path / "task", timeout=180, torch_threads=1, config={"upload_retries": 1})
+    finally:
+        sat.close()
+    assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
+    assert len(sat.uploads) == 4  # two files, each tried twice
+    assert {u.files["file"][0] for u in sat.uploads} == {"results.json", "results.csv"}
+    assert all(u.fields == {"businessLabel": "SATEL_AGENT", "fileType": ""} for u in sat.uploads)
+    errors = [e["message"] for e in rp.events if e["level"] == "ERROR"]
+    assert any(m.startswith("upload failed (local results kept") for m in errors)
+    assert (tmp_path / "res" / "results.json").exists() and (tmp_path / "res" / "results.csv").exists()
+    assert TOKEN not in (tmp_path / "task" / "events.jsonl").read_text()

@@ -14,11 +14,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from supervisor.cgroups import UNIFIED, Cgroups, Hierarchy, JobLimits, discover
-from tests.support.processes import live, remove_dir, short_dir
+from tests.support.processes import remove_dir, short_dir, wait_gone
 
 
 def _why_not_usable() -> str | None:
@@ -141,11 +140,9 @@ def test_kill_reaches_processes_that_left_the_session() -> None:
         child = int(parent.stdout.readline())
         assert os.getsid(child) == child
         assert job.pids() == {parent.pid, child}
-        grandchild = psutil.Process(child)
         job.kill()
         assert parent.wait(10) == -signal.SIGKILL
-        _, still = psutil.wait_procs([grandchild], timeout=10)
-        assert still == [] and live([child]) == []
+        assert wait_gone([child]) == []
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -108,3 +108,12 @@ def test_ps_and_resources_while_running(supervisor: SupervisorProcess) -> None:
     supervisor.call("cancel", task_id=task_id)
     assert supervisor.wait_final(task_id)["status"] == "cancelled"
     assert supervisor.call("ps")["runners"] == []
+
+
+def test_cuda_without_gpu_runs_on_cpu_and_says_so(supervisor: SupervisorProcess) -> None:
+    task_id = supervisor.submit(params={}, device="cuda")
+    task = supervisor.wait_final(task_id)
+    assert (task["status"], task["device"]) == ("completed", "cpu")
+    warnings = [e for e in supervisor.logs(task_id) if e["level"] == "WARNING"]
+    assert [e["message"] for e in warnings] == ["device 'cuda' requested but this host has no GPU: running on the CPU"]
+    assert warnings[0]["source"] == "supervisor"

@@ -140,3 +140,33 @@ def test_resources_and_limits_view(supervisor: SupervisorProcess) -> None:
     assert set(data) >= {"device_usage", "active_tasks", "limits", "gpu_info", "queue_length", "running"}
     assert data["limits"]["cpu"]["training"] == 2 and data["limits"]["cpu"]["inference"] == 4
     assert data["gpu_info"]["available"] is False
+
+
+def test_malformed_runner_events_are_dropped_daemon_stays_up(supervisor: SupervisorProcess) -> None:
+    import orjson
+    import zmq
+
+    task_id = supervisor.submit(params={"events": 50, "sleep": 1.0})
+    supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["last_seq"] >= 3)
+    ctx: zmq.Context[bytes] = zmq.Context()
+    rogue = ctx.socket(zmq.XPUB)
+    rogue.setsockopt(zmq.LINGER, 1000)
+    rogue.connect(supervisor.settings.addresses.events_in)
+    try:
+        assert rogue.poll(10_000), "no subscription from the supervisor"
+        rogue.recv()
+        topic = task_id.encode()
+        rogue.send_multipart([topic, b"{not json"])
+        rogue.send_multipart([topic, orjson.dumps({"rseq": "x", "kind": "log"})])
+        rogue.send_multipart([topic, orjson.dumps([1, 2])])
+        rogue.send_multipart([b"no-such-task", orjson.dumps({"rseq": 1})])
+        rogue.send(b"lonely frame")
+    finally:
+        rogue.close()
+        ctx.term()
+    task = supervisor.wait_final(task_id)
+    assert task["status"] == "completed"
+    events = supervisor.logs(task_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["i"] for e in events if "i" in e] == list(range(1, 51))
+    assert supervisor.call("health")["events_dropped"] >= 5

@@ -24,10 +24,10 @@ from supervisor.spawner import ExitInfo, RunnerHandle, Spawner
 from tests.support.processes import (
     EventSink,
     diagnostic_spec,
-    live,
     remove_dir,
     settings_for,
     short_dir,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,7 +86,7 @@ needs_cgroups = pytest.mark.skipif(
 async def finish(handle: RunnerHandle, timeout: float = 60) -> ExitInfo:
     try:
         info = await asyncio.wait_for(handle.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"runner {handle.pid} did not end in {timeout} s: {describe(handle.pid)}") from None
     handle.cleanup()
     return info
@@ -97,7 +97,10 @@ def describe(pid: int) -> str:
     try:
         proc = psutil.Process(pid)
         threads = [(t.id, Path(f"/proc/{pid}/task/{t.id}/wchan").read_text()) for t in proc.threads()]
-        return f"status {proc.status()}, ppid {proc.ppid()}, threads (tid, wchan) {threads}"
+        return (
+            f"{pid}: {proc.cmdline()}, status {proc.status()}, ppid {proc.ppid()}, pgid {os.getpgid(pid)}, "
+            f"threads (tid, wchan) {threads}"
+        )
     except (psutil.Error, OSError) as exc:
         return f"gone ({exc})"
 
@@ -217,8 +220,9 @@ async def test_kill_leaves_nothing_of_an_uncooperative_job(env: Env, mode: str, 
     handle.kill()
     info = await finish(handle)
     assert info.code == -signal.SIGKILL
-    assert live([handle.pid, grandchild]) == []
-    assert handle.alive_pids() == []
+    assert wait_gone([handle.pid, grandchild]) == []  # SIGKILL was sent; exiting takes a moment
+    left = handle.alive_pids()
+    assert left == [], [describe(pid) for pid in left]
     assert not any(Path(p).exists() for p in handle.cgroup.values())
 
 
@@ -237,7 +241,7 @@ async def test_without_cgroups_the_job_runs_and_says_limits_are_not_enforced(env
     handle.kill()  # the process group still reaches the grandchild
     info = await finish(handle)
     assert info == ExitInfo(code=-signal.SIGKILL, oom_killed=False, memory_limit_mb=0)
-    assert live([handle.pid, started["grandchild_pid"]]) == []
+    assert wait_gone([handle.pid, started["grandchild_pid"]]) == []
 
 
 # -- adopt ----------------------------------------------------------------------------------
@@ -314,3 +318,28 @@ async def test_a_fork_server_that_fails_before_ready_is_not_retried(env: Env, pr
         assert (await finish(handle)).code == 0
     assert spawner.servers_started == 1
     await spawner.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_start_sweeps_stale_cgroups_of_this_instance_only(env: Env) -> None:
+    if cgroups_usable() is not None:
+        pytest.skip(f"cgroups not usable here: {cgroups_usable()}")
+    mine = Cgroups(instance_key(env.home))
+    other_home = short_dir()
+    try:
+        theirs = Cgroups(instance_key(other_home))
+        stale = mine.create("stale", JobLimits(0, 0, 0))
+        foreign = theirs.create("stale", JobLimits(0, 0, 0))
+        spec, busy = await spawn(env, "cold", {"sleep": 120})  # a live job's cgroups stay
+        await env.sink.until(spec.task_id, lambda e: e.get("message", "").startswith("sleeping"))
+        restarted = Spawner(settings_for(env.home, "cold"))
+        await restarted.start()
+        assert not any(Path(d).exists() for d in stale.dirs.values())
+        assert all(Path(d).exists() for d in foreign.dirs.values())
+        assert all(Path(d).exists() for d in busy.cgroup.values())
+        assert spec.task_id in restarted.leftovers()
+        busy.kill()
+        await finish(busy)
+        assert foreign.remove()
+    finally:
+        remove_dir(other_home)

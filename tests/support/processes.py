@@ -8,8 +8,11 @@ XPUB waits for that subscription before its first event, so nothing is lost to s
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -132,3 +135,27 @@ def live(pids: list[int]) -> list[int]:
         except psutil.Error:
             continue
     return out
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until each of ``pids`` has exited (a pidfd turns readable on exit, so a zombie
+    awaiting its reaper counts as gone); return those still running after ``timeout``."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    try:
+        deadline = time.monotonic() + timeout
+        pending = set(fds)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            readable, _, _ = select.select(list(pending), [], [], left)
+            pending -= set(readable)
+        return sorted(fds[fd] for fd in pending)
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -72,6 +72,8 @@ def test_replay_of_an_ended_task_then_the_stream_ends(api: Service) -> None:
     assert seqs(events) == list(range(1, len(events) + 1))
     assert events[-1]["kind"] == "status" and events[-1]["status"] == "completed"
     assert all({"timestamp", "level", "message"} <= set(e) for e in events)
+    sent = re.search(r"^rfuav_sse_events_sent_total (\S+)$", httpx.get(api.url("/metrics")).text, re.MULTILINE)
+    assert sent is not None and float(sent.group(1)) >= len(events)
 
 
 @pytest.mark.timeout(120)
@@ -261,5 +263,6 @@ def test_heartbeat_and_release_on_disconnect(make_service: Any) -> None:
                 break
     assert any(line.startswith("data: ") for line in lines)
     wait_until(lambda: active_streams(svc) == 0, 30, "stream released after the client left")
-    svc.client.cancel_task(task["task_id"])
+    action = svc.client.cancel_task(task["task_id"])  # running: SIGTERM, then it ends cancelled
+    assert action["status"] == "success" and action["message"].startswith("cancel requested"), action
     assert svc.client.wait_for(task["task_id"], timeout=60)["status"] == "cancelled"
