@@ -3,7 +3,10 @@ job's own memory (USS) at its first event.
 
 Through the spawner directly (a bound SUB socket stands in for the supervisor), three ways:
 
-- ``warm``: forked from the preloaded fork server (a diagnostic job);
+- ``warm``: forked from the preloaded fork server ahead of demand (a standby runner that
+  waits for its spec; a diagnostic job);
+- ``warm-fork``: forked from the fork server on demand (no standby), run interleaved with
+  ``warm`` so that both see the same load;
 - ``cold-ml``: ``python -m runner`` for a job that needs the ML stack (an ``inference`` job:
   the runner imports torch and cv2 before its first event) — the cold baseline the fork server
   replaces;
@@ -76,24 +79,27 @@ async def direct(warm_runs: int, cold_runs: int) -> dict[str, tuple[list[float],
     results: dict[str, tuple[list[float], list[int]]] = {}
     try:
         warm = Spawner(settings_for(home, "warm"))
+        fork = Spawner(settings_for(home, "warm"))
+        fork.standby_enabled = False
         t = time.perf_counter()
-        await warm.start()
-        print(f"fork server ready in {time.perf_counter() - t:.1f} s (mode {warm.mode})", flush=True)
+        await asyncio.gather(warm.start(), fork.start())
+        print(f"fork servers ready in {time.perf_counter() - t:.1f} s (mode {warm.mode})", flush=True)
         cold = Spawner(settings_for(home, "cold"))
         await cold.start()
-        for name, spawner, job, runs in (
-            ("warm", warm, "diagnostic", warm_runs),
-            ("cold-ml", cold, "inference", cold_runs),
-            ("cold-light", cold, "diagnostic", cold_runs),
-        ):
-            times, usses = [], []
+        for name in ("warm", "warm-fork", "cold-ml", "cold-light"):
+            results[name] = ([], [])
+        plan = [("warm", warm, "diagnostic"), ("warm-fork", fork, "diagnostic")] * warm_runs
+        plan += [("cold-ml", cold, "inference"), ("cold-light", cold, "diagnostic")] * cold_runs
+        for spawner, job in ((warm, "diagnostic"), (fork, "diagnostic"), (cold, "diagnostic")):
             await one(spawner, sink, home, job)  # warm-up (page cache, first fork)
-            for _ in range(runs):
-                elapsed, uss = await one(spawner, sink, home, job)
-                times.append(elapsed)
-                usses.append(uss)
-            results[name] = (times, usses)
+        for name, spawner, job in plan:
+            # Jobs a little apart, as submissions are: the standby is forked again meanwhile.
+            await asyncio.sleep(0.5)
+            elapsed, uss = await one(spawner, sink, home, job)
+            results[name][0].append(elapsed)
+            results[name][1].append(uss)
         await warm.stop()
+        await fork.stop()
     finally:
         sink.close()
         remove_dir(home)
@@ -137,7 +143,7 @@ def main() -> int:
         uss = statistics.median(usses) / MB if any(usses) else float("nan")
         print(f"{name:<11} {len(times):>3} {med:>10.1f} {p95:>9.1f} {uss:>16.1f}")
     warm_med = stats(results["warm"][0])[0]
-    for name in ("cold-ml", "cold-light"):
+    for name in ("warm-fork", "cold-ml", "cold-light"):
         print(f"ratio {name}/warm (median): {stats(results[name][0])[0] / warm_med:.1f}x")
 
     if not args.skip_daemon:

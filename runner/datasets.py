@@ -17,17 +17,18 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
 
-from protocol.catalog import IMAGE_EXTENSIONS  # noqa: E402
+from protocol.catalog import IMAGE_EXTENSIONS
 
 #: ImageNet statistics: what torchvision's pretrained weights expect; written to config.yaml.
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -50,23 +51,37 @@ def list_images(root: Path, recursive: bool = True) -> list[Path]:
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image(Path(f)))
+            found.extend(
+                Path(dirpath) / f
+                for f in filenames
+                if not f.startswith(".") and is_image(Path(f))
+            )
     else:
-        found = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_image(p)]
+        found = [
+            p
+            for p in root.iterdir()
+            if p.is_file() and not p.name.startswith(".") and is_image(p)
+        ]
     return sorted(found)
 
 
 def class_folders(root: Path) -> list[str]:
     """Class names of an ImageFolder root: its sub-folders that hold at least one image."""
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist or is not a directory")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise FileNotFoundError(
+            f"dataset folder {root} does not exist or is not a directory"
+        )
+    names = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     return [n for n in names if list_images(root / n)]
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode ``path`` to RGB uint8. ``cv2.imread`` fails silently (None) on a bad file: say so."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # imread cannot take every path (unicode)
+    data = np.fromfile(
+        str(path), dtype=np.uint8
+    )  # imread cannot take every path (unicode)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"cannot decode image {path}")
@@ -97,7 +112,9 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     """An ImageFolder tree read with OpenCV. ``class_names`` fixes the index of each class
     (pass the training set's names to the validation set so both agree)."""
 
-    def __init__(self, root: Path, transform: A.Compose, class_names: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, transform: A.Compose, class_names: list[str] | None = None
+    ) -> None:
         self.root = root
         self.transform = transform
         found = class_folders(root)
@@ -115,7 +132,9 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
             (path, index[name]) for name in found for path in list_images(root / name)
         ]
         if not self.samples:
-            raise ValueError(f"no images found in {root} (expected one sub-folder per class)")
+            raise ValueError(
+                f"no images found in {root} (expected one sub-folder per class)"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -134,7 +153,9 @@ class ImageList(Dataset[tuple[torch.Tensor, int, bool]]):
     """Images for inference: ``(tensor, index, ok)``; an unreadable image yields ``ok=False``
     (and a zero tensor) so one bad file does not stop the batch."""
 
-    def __init__(self, paths: list[Path], transform: A.Compose, image_size: int) -> None:
+    def __init__(
+        self, paths: list[Path], transform: A.Compose, image_size: int
+    ) -> None:
         self.paths = paths
         self.transform = transform
         self.image_size = image_size

@@ -8,8 +8,9 @@ job loops keep one code path.
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -47,7 +48,9 @@ def resolve(name: str) -> Device:
     this process cannot see a GPU (the scheduler should have sent the job to the CPU)."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA device is visible to the runner")
+        raise RuntimeError(
+            f"device {name!r} requested but no CUDA device is visible to the runner"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {name!r}: expected 'cpu' or 'cuda[:N]'")
     return Device(device)

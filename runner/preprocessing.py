@@ -23,21 +23,22 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import random  # noqa: E402
-import shutil  # noqa: E402
-import threading  # noqa: E402
-import zlib  # noqa: E402
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterable, TypeVar  # noqa: E402
+import random
+import shutil
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, TypeVar
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
 
-from protocol.catalog import AUGMENT_METHODS  # noqa: E402
-from runner import datasets, fetch  # noqa: E402
-from runner.context import JobContext  # noqa: E402
+from protocol.catalog import AUGMENT_METHODS
+from runner import datasets, fetch
+from runner.context import JobContext
 
 T = TypeVar("T")
 
@@ -50,7 +51,9 @@ _METHODS: dict[str, Callable[[], Any]] = {
         sigma_x_limit=(0.6, 1.5), sigma_y_limit=(0.6, 1.5), beta_limit=(0.9, 4.0), p=1.0
     ),
     "CLAHE": lambda: A.CLAHE(p=1.0),
-    "ColorJitter": lambda: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0),
+    "ColorJitter": lambda: A.ColorJitter(
+        brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0
+    ),
     "GaussNoise": lambda: A.GaussNoise(std_range=(0.03, 0.1), p=1.0),
     "ISONoise": lambda: A.ISONoise(p=1.0),
     "Sharpen": lambda: A.Sharpen(p=1.0),
@@ -59,7 +62,9 @@ assert set(_METHODS) == set(AUGMENT_METHODS)
 
 
 # -- shared -------------------------------------------------------------------------------
-def _parallel(ctx: JobContext, items: list[T], work: Callable[[T], Any], what: str) -> list[Any]:
+def _parallel(
+    ctx: JobContext, items: list[T], work: Callable[[T], Any], what: str
+) -> list[Any]:
     """Run ``work`` over ``items`` on the thread pool; progress and stop checks from this thread.
     Returns the results in ``items`` order."""
     results: list[Any] = [None] * len(items)
@@ -114,12 +119,16 @@ def _read_unchanged(path: Path) -> np.ndarray | None:
 
 
 def _io(ctx: JobContext) -> fetch.Inputs:
-    return fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
+    return fetch.Inputs(
+        ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
+    )
 
 
 def _separate(source: Path, output: Path) -> None:
     if output == source or output.is_relative_to(source):
-        raise ValueError(f"output_path {output} must not lie inside the input folder {source}")
+        raise ValueError(
+            f"output_path {output} must not lie inside the input folder {source}"
+        )
 
 
 # -- split --------------------------------------------------------------------------------
@@ -129,10 +138,18 @@ def check_ratios(train_ratio: float, val_ratio: float) -> None:
     if not 0 <= val_ratio < 1:
         raise ValueError(f"val_ratio must be >= 0 and < 1, got {val_ratio}")
     if train_ratio + val_ratio > 1 + 1e-9:
-        raise ValueError(f"train_ratio + val_ratio must be <= 1, got {train_ratio + val_ratio:g}")
+        raise ValueError(
+            f"train_ratio + val_ratio must be <= 1, got {train_ratio + val_ratio:g}"
+        )
 
 
-def plan_split(files: list[Path], klass: str, train_ratio: float, val_ratio: float, seed: int | None) -> dict[str, list[Path]]:
+def plan_split(
+    files: list[Path],
+    klass: str,
+    train_ratio: float,
+    val_ratio: float,
+    seed: int | None,
+) -> dict[str, list[Path]]:
     """Which files of one class go to train, val and test (see the module docstring)."""
     order = sorted(files)
     rng = random.Random(f"{seed}/{klass}") if seed is not None else random.Random()
@@ -140,12 +157,19 @@ def plan_split(files: list[Path], klass: str, train_ratio: float, val_ratio: flo
     n = len(order)
     n_train = min(n, round(n * train_ratio))
     n_val = min(n - n_train, round(n * val_ratio))
-    return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    return {
+        "train": order[:n_train],
+        "val": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
 
 
 def split(ctx: JobContext) -> str:
     p = ctx.params
-    train_ratio, val_ratio = float(p.get("train_ratio", 0.7)), float(p.get("val_ratio", 0.2))
+    train_ratio, val_ratio = (
+        float(p.get("train_ratio", 0.7)),
+        float(p.get("val_ratio", 0.2)),
+    )
     check_ratios(train_ratio, val_ratio)
     seed = p.get("seed", 42)
     io = _io(ctx)
@@ -154,22 +178,33 @@ def split(ctx: JobContext) -> str:
     _separate(source, output)
     classes = datasets.class_folders(source)
     if not classes:
-        raise ValueError(f"no class folders with images in {p['input_path']} (expected ImageFolder layout)")
+        raise ValueError(
+            f"no class folders with images in {p['input_path']} (expected ImageFolder layout)"
+        )
     jobs: list[tuple[Path, Path]] = []
     counts: dict[str, dict[str, int]] = {}
     for klass in classes:
-        plan = plan_split(datasets.list_images(source / klass), klass, train_ratio, val_ratio, seed)
+        plan = plan_split(
+            datasets.list_images(source / klass), klass, train_ratio, val_ratio, seed
+        )
         counts[klass] = {part: len(files) for part, files in plan.items()}
         for part, files in plan.items():
-            jobs += [(f, output / part / klass / f.relative_to(source / klass)) for f in files]
-    ctx.log(f"split of {len(jobs)} images in {len(classes)} classes (train {train_ratio:g}, val {val_ratio:g}, seed {seed})")
+            jobs += [
+                (f, output / part / klass / f.relative_to(source / klass))
+                for f in files
+            ]
+    ctx.log(
+        f"split of {len(jobs)} images in {len(classes)} classes (train {train_ratio:g}, val {val_ratio:g}, seed {seed})"
+    )
 
     def copy(job: tuple[Path, Path]) -> None:
         job[1].parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(job[0], job[1])
 
     _parallel(ctx, jobs, copy, "split")
-    totals = {part: sum(c[part] for c in counts.values()) for part in ("train", "val", "test")}
+    totals = {
+        part: sum(c[part] for c in counts.values()) for part in ("train", "val", "test")
+    }
     for klass, c in counts.items():
         ctx.log(f"class {klass}: train {c['train']}, val {c['val']}, test {c['test']}")
     message = f"split {len(jobs)} images: train {totals['train']}, val {totals['val']}, test {totals['test']} into {output}"
@@ -189,7 +224,9 @@ def augment(ctx: JobContext) -> str:
     methods = list(p.get("methods") or [])
     unknown = [m for m in methods if m not in _METHODS]
     if not methods or unknown:
-        raise ValueError(f"methods must be a non-empty list of {', '.join(AUGMENT_METHODS)}; unknown: {unknown}")
+        raise ValueError(
+            f"methods must be a non-empty list of {', '.join(AUGMENT_METHODS)}; unknown: {unknown}"
+        )
     copies = int(p.get("copies", 1))
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
@@ -223,11 +260,16 @@ def augment(ctx: JobContext) -> str:
                 if s is not None:
                     compose.set_random_seed(s)
                 out = compose(image=image)["image"]
-                _write_image(target.with_name(f"{path.stem}_{method}_{n}{path.suffix}"), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+                _write_image(
+                    target.with_name(f"{path.stem}_{method}_{n}{path.suffix}"),
+                    cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                )
                 written += 1
         return written
 
-    ctx.log(f"augmenting {len(images)} images with {', '.join(methods)} ({copies} per method)")
+    ctx.log(
+        f"augmenting {len(images)} images with {', '.join(methods)} ({copies} per method)"
+    )
     written = sum(_parallel(ctx, images, work, "augment"))
     message = f"augmented {len(images)} images: {written} files ({len(images)} originals) in {output}"
     ctx.log(message, progress=100)
@@ -239,7 +281,9 @@ def crop(ctx: JobContext) -> str:
     p = ctx.params
     x, y, width, height = (int(p[k]) for k in ("x", "y", "width", "height"))
     if x < 0 or y < 0 or width < 1 or height < 1:
-        raise ValueError(f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}")
+        raise ValueError(
+            f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}"
+        )
     io = _io(ctx)
     source = io.resolve(str(p["input_path"]), "input")
     output = io.output(str(p["output_path"]))
@@ -257,7 +301,9 @@ def crop(ctx: JobContext) -> str:
         if x + width > w or y + height > h:
             return f"{w}x{h} is smaller than the box"
         rel = path.relative_to(source) if path != source else Path(path.name)
-        _write_image(output / rel, np.ascontiguousarray(image[y : y + height, x : x + width]))
+        _write_image(
+            output / rel, np.ascontiguousarray(image[y : y + height, x : x + width])
+        )
         return None
 
     ctx.log(f"cropping {len(images)} images to {width}x{height} at ({x}, {y})")
@@ -265,10 +311,15 @@ def crop(ctx: JobContext) -> str:
     skipped = [(path, why) for path, why in zip(images, outcomes) if why is not None]
     cropped = len(images) - len(skipped)
     if skipped:
-        names = "; ".join(f"{path.relative_to(source) if path != source else path.name} ({why})" for path, why in skipped)
+        names = "; ".join(
+            f"{path.relative_to(source) if path != source else path.name} ({why})"
+            for path, why in skipped
+        )
         ctx.warning(f"{len(skipped)} images not cropped: {names}")
     message = f"cropped {cropped} of {len(images)} images into {output}; {len(skipped)} too small or unreadable"
     if cropped == 0:
-        raise ValueError(f"no image could be cropped: {len(skipped)} too small for the box {(x, y, width, height)} or unreadable")
+        raise ValueError(
+            f"no image could be cropped: {len(skipped)} too small for the box {(x, y, width, height)} or unreadable"
+        )
     ctx.log(message, progress=100)
     return message

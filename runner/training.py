@@ -68,11 +68,15 @@ class TrainingParams:
     num_workers: int | None = None
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TrainingParams":
+    def from_params(cls, params: dict[str, Any]) -> TrainingParams:
         """Known keys only (web validated them); a missing required key raises ``ValueError``."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in params.items() if k in known and v is not None}
-        missing = [k for k in ("model", "num_classes", "train_path", "val_path", "save_path") if k not in values]
+        missing = [
+            k
+            for k in ("model", "num_classes", "train_path", "val_path", "save_path")
+            if k not in values
+        ]
         if missing:
             raise ValueError(f"training parameter(s) missing: {', '.join(missing)}")
         return cls(**values)
@@ -143,13 +147,17 @@ class _Trainer:
         self.ctx = ctx
         self.p = p
         self.device = devices.resolve(ctx.device)
-        self.inputs = fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
+        self.inputs = fetch.Inputs(
+            ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
+        )
         self.state = _State()
 
     # setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
         p, ctx = self.p, self.ctx
-        self.out_dir = self.inputs.output(str(Path(p.save_path) / p.name) if p.name else p.save_path)
+        self.out_dir = self.inputs.output(
+            str(Path(p.save_path) / p.name) if p.name else p.save_path
+        )
         train_dir = self.inputs.resolve(p.train_path, "train")
         val_dir = self.inputs.resolve(p.val_path, "val")
         if p.seed is not None:
@@ -166,7 +174,9 @@ class _Trainer:
                 f"num_classes is {p.num_classes} but the training set {p.train_path} has "
                 f"{len(names)} class folders ({', '.join(names[:20])})"
             )
-        self.val_set = datasets.ImageFolder(val_dir, datasets.transforms(p.image_size), class_names=names)
+        self.val_set = datasets.ImageFolder(
+            val_dir, datasets.transforms(p.image_size), class_names=names
+        )
         ctx.log(
             f"data: {len(self.train_set)} training and {len(self.val_set)} validation images, "
             f"{p.num_classes} classes ({', '.join(names[:20])})"
@@ -176,8 +186,12 @@ class _Trainer:
         cap = ctx.spec.batch_cap
         if not self.device.is_cuda and cap and p.batch_size > cap:
             self.batch_size = cap
-            ctx.warning(f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP)")
-        workers = p.num_workers if p.num_workers is not None else ctx.spec.dataloader_workers
+            ctx.warning(
+                f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP)"
+            )
+        workers = (
+            p.num_workers if p.num_workers is not None else ctx.spec.dataloader_workers
+        )
         self.train_loader = make_loader(
             self.train_set, batch_size=self.batch_size, workers=workers, shuffle=p.shuffle,
             seed=p.seed, pin_memory=self.device.pin_memory,
@@ -188,7 +202,9 @@ class _Trainer:
         )  # fmt: skip
         self.model.to(self.device.torch_device)
         self.optimizer = make_optimizer(self.model, p.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, p.num_epochs))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, p.num_epochs)
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.device.is_cuda else None
         self.criterion = nn.CrossEntropyLoss()
         if self._resume is not None:
@@ -206,7 +222,9 @@ class _Trainer:
         p, ctx = self.p, self.ctx
         self._resume: dict[str, Any] | None = None
         if p.weight_path:
-            path = self.inputs.resolve_file(p.weight_path, "weights", (".pth", ".pt", ".pth.tar", ".bin"))
+            path = self.inputs.resolve_file(
+                p.weight_path, "weights", (".pth", ".pt", ".pth.tar", ".bin")
+            )
             checkpoint = models.load_weights_file(path)
             model = models.build(p.model, p.num_classes)
             resumable = (
@@ -216,26 +234,37 @@ class _Trainer:
                 and checkpoint.get("num_classes") == p.num_classes
             )
             if resumable:
-                models.load_state(model, models.state_of(checkpoint), what=f"checkpoint {path.name}")
+                models.load_state(
+                    model, models.state_of(checkpoint), what=f"checkpoint {path.name}"
+                )
                 self._resume = checkpoint
                 self.state.epoch = int(checkpoint["epoch"])
                 self.state.step = int(checkpoint.get("step", 0))
                 self.state.best_acc = float(checkpoint.get("best_acc", -1.0))
-                ctx.log(f"resuming from {path.name}: {self.state.epoch} epochs done, best_acc {self.state.best_acc:.2f}%")
+                ctx.log(
+                    f"resuming from {path.name}: {self.state.epoch} epochs done, best_acc {self.state.best_acc:.2f}%"
+                )
                 return model
             skipped = models.load_state(
-                model, models.state_of(checkpoint), what=f"weights {path.name}", allow_shape_mismatch=True
+                model,
+                models.state_of(checkpoint),
+                what=f"weights {path.name}",
+                allow_shape_mismatch=True,
             )
             ctx.log(f"initial weights from {path.name}")
             if skipped:
-                ctx.warning(f"skipped {len(skipped)} tensors of another shape ({', '.join(skipped[:4])}): a head for another class count")
+                ctx.warning(
+                    f"skipped {len(skipped)} tensors of another shape ({', '.join(skipped[:4])}): a head for another class count"
+                )
             return model
         if p.pretrained:
             state, why = models.cached_imagenet_state(p.model)
             if state is not None:
                 ctx.log(f"pretrained: {why}")
                 return models.build(p.model, p.num_classes, imagenet_state=state)
-            ctx.warning(f"pretrained requested but {why} (no download at run time): training from scratch")
+            ctx.warning(
+                f"pretrained requested but {why} (no download at run time): training from scratch"
+            )
         return models.build(p.model, p.num_classes)
 
     # the loop ------------------------------------------------------------------------
@@ -268,7 +297,9 @@ class _Trainer:
         p, ctx = self.p, self.ctx
         total = p.num_epochs
         if self.state.epoch >= total:
-            ctx.log(f"the checkpoint already has {self.state.epoch} epochs (num_epochs {total}): nothing to train")
+            ctx.log(
+                f"the checkpoint already has {self.state.epoch} epochs (num_epochs {total}): nothing to train"
+            )
         for epoch in range(self.state.epoch + 1, total + 1):
             ctx.emit(
                 ev.LOG, f"epoch {epoch}/{total} started", stage=ev.EPOCH_START, epoch=epoch,
@@ -280,7 +311,9 @@ class _Trainer:
                 val = self._evaluate(epoch)
             except Cancelled:
                 path = self._save("last.pth")
-                ctx.warning(f"stopped during epoch {epoch}: {path} holds {self.state.epoch} complete epochs")
+                ctx.warning(
+                    f"stopped during epoch {epoch}: {path} holds {self.state.epoch} complete epochs"
+                )
                 raise
             self.scheduler.step()
             self.state.epoch = epoch
@@ -351,7 +384,11 @@ class _Trainer:
         elapsed = time.perf_counter() - started
         ctx.check_stop()
         seen = max(seen, 1)
-        return float(loss_sum.item() / seen), float(correct.item() * 100.0 / seen), seen / max(elapsed, 1e-9)
+        return (
+            float(loss_sum.item() / seen),
+            float(correct.item() * 100.0 / seen),
+            seen / max(elapsed, 1e-9),
+        )
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         ctx, device, model = self.ctx, self.device, self.model
@@ -365,11 +402,17 @@ class _Trainer:
                 images, targets = device.to(images), device.to(targets)
                 with device.autocast():
                     logits = model(images)
-                loss_sum += float(self.criterion(logits.float(), targets).item()) * targets.shape[0]
+                loss_sum += (
+                    float(self.criterion(logits.float(), targets).item())
+                    * targets.shape[0]
+                )
                 all_logits.append(logits.float().cpu())
                 all_targets.append(targets.cpu())
         logits_cat, targets_cat = torch.cat(all_logits), torch.cat(all_targets)
-        result = {"val_loss": loss_sum / max(1, targets_cat.shape[0]), **metrics.classification(logits_cat, targets_cat)}
+        result = {
+            "val_loss": loss_sum / max(1, targets_cat.shape[0]),
+            **metrics.classification(logits_cat, targets_cat),
+        }
         ctx.metrics(
             f"validation {epoch}/{self.p.num_epochs}: val_loss {result['val_loss']:.4f}, val_acc {result['val_acc']:.2f}%",
             {"val_loss": result["val_loss"], "val_acc": result["val_acc"], "epoch": epoch},
@@ -381,12 +424,16 @@ class _Trainer:
     def upload(self) -> str | None:
         """Upload config.yaml and best.pth; returns the failure summary, or None."""
         cfg = upload.UploadConfig.from_job(self.ctx.params, self.ctx.config)
-        items = [upload.UploadItem(self.out_dir / "config.yaml", *upload.TRAINING_CONFIG)]
+        items = [
+            upload.UploadItem(self.out_dir / "config.yaml", *upload.TRAINING_CONFIG)
+        ]
         best = self.out_dir / "best.pth"
         if best.exists():
             items.append(upload.UploadItem(best, *upload.TRAINING_WEIGHTS))
         self.ctx.log(f"uploading {len(items)} files to the satellite platform")
-        failures = upload.upload(items, cfg, upload.Reporter(self.ctx.log, self.ctx.error, self.ctx.wait))
+        failures = upload.upload(
+            items, cfg, upload.Reporter(self.ctx.log, self.ctx.error, self.ctx.wait)
+        )
         return "; ".join(failures) if failures else None
 
 
@@ -400,6 +447,8 @@ def run(ctx: JobContext) -> str:
     if p.enable_upload:
         failed = trainer.upload()
         if failed:
-            ctx.error(f"upload failed (local results kept in {trainer.out_dir}): {failed}")
+            ctx.error(
+                f"upload failed (local results kept in {trainer.out_dir}): {failed}"
+            )
             return f"completed; upload failed: {failed}"
     return "completed"

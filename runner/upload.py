@@ -13,9 +13,10 @@ header and never appears in an event, a log line or an exception message.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -43,10 +44,12 @@ class UploadConfig:
     allow_hosts: tuple[str, ...] = ()
 
     @classmethod
-    def from_job(cls, params: dict[str, Any], config: dict[str, Any]) -> "UploadConfig":
+    def from_job(cls, params: dict[str, Any], config: dict[str, Any]) -> UploadConfig:
         url = params.get("upload_url") or config.get("upload_url") or ""
         if not url:
-            raise ValueError("enable_upload is set but neither upload_url nor the configured default is given")
+            raise ValueError(
+                "enable_upload is set but neither upload_url nor the configured default is given"
+            )
         hosts = config.get("url_allow_hosts") or ()
         if isinstance(hosts, str):
             hosts = hosts.split(",")
@@ -72,8 +75,12 @@ class UploadItem:
 class Reporter:
     """What the uploader tells the job: ``info(message)`` and ``error(message)``."""
 
-    def __init__(self, info: Callable[[str], None], error: Callable[[str], None],
-                 wait: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        info: Callable[[str], None],
+        error: Callable[[str], None],
+        wait: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.info = info
         self.error = error
         self.wait = wait
@@ -114,7 +121,11 @@ def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list
                     _post(session, cfg, item)
                 except (requests.RequestException, RuntimeError, OSError) as exc:
                     # requests' messages carry the URL, never the headers: safe to report.
-                    reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RuntimeError) else str(exc)
+                    reason = (
+                        f"{type(exc).__name__}: {exc}"
+                        if not isinstance(exc, RuntimeError)
+                        else str(exc)
+                    )
                     if attempt < cfg.retries:
                         report.error(
                             f"upload of {item.path.name} failed (attempt {attempt + 1}/{cfg.retries + 1}): "
@@ -124,10 +135,14 @@ def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list
                         delay *= 2
                         continue
                     failures.append(f"{item.path.name}: {reason}")
-                    report.error(f"upload of {item.path.name} failed after {cfg.retries + 1} attempts: {reason}")
+                    report.error(
+                        f"upload of {item.path.name} failed after {cfg.retries + 1} attempts: {reason}"
+                    )
                 else:
                     shown_type = item.file_type or '""'
-                    report.info(f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}")
+                    report.info(
+                        f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}"
+                    )
                 break
     finally:
         session.close()

@@ -398,13 +398,17 @@ class Daemon:
         # Events still in flight on the socket are all in the journal: read its tail.
         self.pipeline.catch_up(task)
         self._cleanup(task, handle)
+        reason = runner.cancel_reason or "cancelled"
+        report = self.pipeline.exit_report(task.task_id)
+        if report:
+            reason = f"{reason} (the runner reported on its way out: {report})"
         result = jobs.outcome(
             self.pipeline.final_status(task.task_id),
             info.code,
             info.oom_killed,
             info.memory_limit_mb,
             runner.cancel_reason is not None,
-            runner.cancel_reason or "cancelled",
+            reason,
         )
         log.info("task %s: %s (%s; exit %s)", task.task_id, result.status, result.message, info.code)
         self._finish(task, result.status, result.message, info.code, result.from_supervisor)
@@ -456,6 +460,7 @@ class Daemon:
         if runner is None or runner.cancel_reason is not None:
             return
         runner.cancel_reason = reason
+        self.pipeline.cancelling(task_id)
         self.pipeline.emit(task, LOG, f"cancel requested: {reason}", "WARNING")
         if runner.handle is not None:
             runner.stopper = asyncio.ensure_future(self._stop(runner))

@@ -4,10 +4,8 @@
 reads (device mapping, thread counts, the settings a job needs). ``outcome`` decides how a task
 ends from what the runner said and how its process exited:
 
-1. the runner's own final status event wins — except that a task whose cancel was asked
-   through the API ends ``cancelled`` even when the runner reported ``failed`` (a job torn down
-   mid-batch often fails on the way out: its DataLoader workers got the SIGTERM too); the
-   contract knows no other end for a stopped task;
+1. the runner's own final status event wins (a ``failed`` reported after a cancel request
+   never gets here as final: see ``supervisor.pipeline``);
 2. else a cancel asked through the API → ``cancelled``;
 3. else the exit: OOM kill → failed "out of memory (limit N MiB)"; SIGTERM (an operator's
    ``kill -TERM``) → cancelled; another signal → failed "killed by signal SIGKILL"; code 3 →
@@ -108,8 +106,6 @@ def outcome(
 ) -> Outcome:
     """How a task ends (see the module docstring for the order of the rules)."""
     if final is not None:
-        if cancel_requested and final[0] == FAILED:
-            return Outcome(CANCELLED, f"{cancel_reason} (the runner reported on its way out: {final[1]})")
         return Outcome(final[0], final[1], from_supervisor=False)
     if cancel_requested:
         return Outcome(CANCELLED, cancel_reason)

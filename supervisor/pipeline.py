@@ -14,6 +14,12 @@ with tens of thousands of events per second. Store first, then publish: a subscr
 A runner's final status event (``completed``/``failed``/``cancelled``) is stored and published
 at once but not applied to the task: the daemon applies the outcome when it reaps the runner
 (``final_status``), so a task is never final while its process still holds a slot.
+
+Every task's stream ends with exactly one final status event (subscribers stop there). So a
+``failed`` that a runner reports *after* its cancel was requested (``cancelling``) — a job torn
+down mid-batch often fails on the way out, its DataLoader workers got the SIGTERM too — is
+stored as an ERROR log line instead, kept as ``exit_report``, and the daemon ends the task
+``cancelled`` (the contract knows no other end for a stopped task).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import orjson
 
 from protocol import events as ev
-from protocol.tasks import FINAL_STATUSES, RUNNING, TaskRecord, now_iso
+from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
 from supervisor.journal import Journal
 from supervisor.store import Store
 
@@ -48,6 +54,8 @@ class Pipeline:
         self._tasks = tasks
         self._journals: dict[str, Journal] = {}
         self._finals: dict[str, tuple[str, str]] = {}
+        self._cancelling: set[str] = set()
+        self._exit_reports: dict[str, str] = {}
         self.received = 0
         self.dropped = 0
 
@@ -60,10 +68,20 @@ class Pipeline:
     def detach(self, task_id: str) -> None:
         self._journals.pop(task_id, None)
         self._finals.pop(task_id, None)
+        self._cancelling.discard(task_id)
+        self._exit_reports.pop(task_id, None)
+
+    def cancelling(self, task_id: str) -> None:
+        """A cancel was requested: a ``failed`` reported from now on is not the task's end."""
+        self._cancelling.add(task_id)
 
     def final_status(self, task_id: str) -> tuple[str, str] | None:
         """The runner's own final ``(status, message)``, if it reported one."""
         return self._finals.get(task_id)
+
+    def exit_report(self, task_id: str) -> str | None:
+        """The failure a runner reported while being cancelled, if any."""
+        return self._exit_reports.get(task_id)
 
     # -- runner events -------------------------------------------------------------------
     def ingest(self, frames: list[list[bytes]]) -> int:
@@ -148,11 +166,12 @@ class Pipeline:
         elif rseq > task.last_rseq + 1:
             log.error("task %s: journal jumps from rseq %d to %d", task.task_id, task.last_rseq, rseq)
         task.last_rseq = rseq
+        rewritten = False
         if event["kind"] != ev.LOG or "progress" in event:  # a plain log line changes nothing
-            self._apply(task, event)
+            rewritten = self._apply(task, event)
         task.last_seq += 1
         seq = task.last_seq
-        if "seq" not in event and "source" not in event and raw.startswith(_SPLICE_PREFIX):
+        if not rewritten and "seq" not in event and "source" not in event and raw.startswith(_SPLICE_PREFIX):
             # The publisher's own encoding: prepend seq instead of re-encoding 1 KiB.
             data = b'{"seq":%d,' % seq + raw[1:]
         else:
@@ -163,8 +182,8 @@ class Pipeline:
         out.append((task.task_id.encode(), data))
         dirty[task.task_id] = task
 
-    def _apply(self, task: TaskRecord, event: dict[str, Any]) -> None:
-        """Reflect one runner event in its task record."""
+    def _apply(self, task: TaskRecord, event: dict[str, Any]) -> bool:
+        """Reflect one runner event in its task record; True when ``event`` was rewritten."""
         kind = event["kind"]
         if "progress" in event:
             task.progress = max(0, min(100, event["progress"]))
@@ -181,12 +200,18 @@ class Pipeline:
             task.result = event.get("result")
         elif kind == ev.STATUS:
             status = event.get("status")
+            if status == FAILED and task.task_id in self._cancelling:
+                event["kind"] = ev.LOG
+                del event["status"]
+                self._exit_reports[task.task_id] = event["message"]
+                return True
             if status in FINAL_STATUSES:
                 self._finals[task.task_id] = (str(status), event["message"])
             else:
                 task.message = event["message"]
         elif kind == ev.PROGRESS:
             task.message = event["message"]
+        return False
 
     # -- supervisor events ---------------------------------------------------------------
     def _make(self, task: TaskRecord, kind: str, message: str, level: str, **fields: Any) -> dict[str, Any]:

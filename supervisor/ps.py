@@ -51,7 +51,7 @@ def _cpu_percent(proc: psutil.Process) -> float:
     _SEEN[key] = proc
     proc.cpu_percent(interval=None)  # primes the next call
     times = proc.cpu_times()
-    age = max(time.time() - key[1], 1e-3)
+    age: float = max(time.time() - key[1], 1e-3)
     busy: float = times.user + times.system
     return round(100.0 * busy / age, 1)
 

@@ -5,9 +5,11 @@ Two start modes (``settings.start_mode``):
 
 - **warm**: a ``multiprocessing`` fork server that imported ``runner.preload`` (torch,
   torchvision, albumentations, sklearn, cv2; no torch operation ever runs in it) forks each
-  job, whose target is ``runner.entry.run_and_exit(spec)``. A job starts in tens of
-  milliseconds and shares the preloaded pages copy-on-write. Each job is still a process of
-  its own, never reused.
+  job, whose target is ``runner.entry.run_and_exit(spec)``. The fork itself (10–20 ms for a
+  1 GB process) is taken off the start path by a *standby*: one runner forked ahead of
+  demand that waits for its spec on a pipe (``runner.entry.run_when_sent``) and is replaced
+  shortly after it is used. A job starts in milliseconds and shares the preloaded pages
+  copy-on-write; each job is still a process of its own, never reused.
 - **cold**: ``python -m runner <task_dir>/spec.json`` in a new session (about 3 s and 680 MB
   of imports per job); the fallback when the fork server cannot be brought to ready.
 
@@ -394,6 +396,8 @@ class Spawner:
         self._wanted_mode = settings.start_mode
         self._server: _ForkServer | None = None
         self._starting: asyncio.Task[None] | None = None
+        #: Task ids spawned by this object (``sweep`` leaves their cgroups alone).
+        self._spawned: set[str] = set()
         #: One runner forked ahead of demand, waiting for its spec (warm mode).
         self._standby: _Standby | None = None
         self._refilling: asyncio.Task[None] | None = None
@@ -493,6 +497,7 @@ class Spawner:
     async def spawn(self, spec: JobSpec, limits: JobLimits) -> RunnerHandle:
         """Create the job's cgroups, write ``spec.json`` (0600) and start the runner; return
         once its pid is known. The runner joins the cgroups itself before any work."""
+        self._spawned.add(spec.task_id)
         cg = self.cgroups.create(spec.task_id, limits)
         spec = dataclasses.replace(spec, cgroup_procs=cg.procs_files)
         task_dir = Path(spec.task_dir)
@@ -553,6 +558,14 @@ class Spawner:
             standby.discard()
             return None
         return standby.popen
+
+    async def wait_standby(self) -> int | None:
+        """The standby runner's pid once one is ready (forking one now if none is on its
+        way); None when there can be none (cold mode, no server, standby disabled)."""
+        self._refill()
+        if self._refilling is not None and not self._refilling.done():
+            await asyncio.shield(self._refilling)
+        return self._standby.popen.pid if self._standby is not None else None
 
     def _refill(self) -> None:
         """Fork a new standby in the background unless one exists or is on its way."""
@@ -628,7 +641,8 @@ class Spawner:
         """A handle for a runner a previous supervisor started, if it still runs: the pid must
         exist with the same create time (else it is another process now). ``wait`` resolves on
         its exit with ``code=None`` (only its parent could read the status). Recorded cgroup
-        dirs that are not this instance's job cgroups are ignored (never touched)."""
+        dirs that are not this instance's job cgroups are ignored (never touched). Call it
+        from the event loop (the handle watches a pidfd there)."""
         try:
             proc = psutil.Process(pid)
             if abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
@@ -655,6 +669,8 @@ class Spawner:
         task ids removed."""
         removed = []
         for task_id, dirs in self.cgroups.leftovers().items():
+            if task_id in self._spawned:  # ours, perhaps not joined by its runner yet
+                continue
             cg = self.cgroups.attach(dirs)
             if cg is not None and not cg.pids() and cg.remove():
                 removed.append(task_id)

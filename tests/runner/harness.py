@@ -15,8 +15,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import orjson
 import zmq
@@ -73,7 +74,10 @@ class RunnerProcess:
         spec_path.write_bytes(self.spec.dump())
         env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", str(spec_path)], cwd=ROOT, env=env, start_new_session=True
+            [sys.executable, "-m", "runner", str(spec_path)],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
         )
         self.events: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
@@ -95,24 +99,32 @@ class RunnerProcess:
             self.final = event
         return event
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
         """Collect events until one matches ``predicate``; fail on the deadline or on the end."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no matching event within {timeout} s; last: {self.events[-3:]}")
+                raise AssertionError(
+                    f"no matching event within {timeout} s; last: {self.events[-3:]}"
+                )
             event = self.next_event(min(remaining, 1.0))
             if event is None:
                 if self.proc.poll() is not None and self.final is None:
                     self._drain()
                     if self.final is None:
-                        raise AssertionError(f"runner exited ({self.proc.returncode}) without a final event: {self.log_tail()}")
+                        raise AssertionError(
+                            f"runner exited ({self.proc.returncode}) without a final event: {self.log_tail()}"
+                        )
                 continue
             if predicate(event):
                 return event
             if self.final is not None:
-                raise AssertionError(f"job ended before the awaited event: {self.final['message']}\n{self.log_tail()}")
+                raise AssertionError(
+                    f"job ended before the awaited event: {self.final['message']}\n{self.log_tail()}"
+                )
 
     def _drain(self) -> None:
         while self.final is None and self.next_event(0.5) is not None:
@@ -121,7 +133,9 @@ class RunnerProcess:
     def finish(self, timeout: float) -> dict[str, Any]:
         """Wait for the final status event and the process exit; returns the final event."""
         if self.final is None:
-            self.wait_for(lambda e: e["kind"] == "status" and e.get("status") in FINAL, timeout)
+            self.wait_for(
+                lambda e: e["kind"] == "status" and e.get("status") in FINAL, timeout
+            )
         assert self.final is not None
         self.proc.wait(timeout=30)
         return self.final
@@ -147,14 +161,16 @@ class RunnerProcess:
         self._zctx.term()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
-    def __enter__(self) -> "RunnerProcess":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def run_job(job: str, params: dict[str, Any], task_dir: Path, timeout: float = 240, **kw: Any) -> RunnerProcess:
+def run_job(
+    job: str, params: dict[str, Any], task_dir: Path, timeout: float = 240, **kw: Any
+) -> RunnerProcess:
     """Run a job to its end; returns the finished ``RunnerProcess`` (events, final)."""
     with RunnerProcess(job, params, task_dir, **kw) as rp:
         rp.finish(timeout)

@@ -8,9 +8,10 @@ import io
 import stat
 import threading
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,11 +33,13 @@ def server() -> Iterator[dict[str, Any]]:
     files = {"/file.bin": b"x" * 1024, "/data.zip": archive.getvalue()}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.startswith("/redirect/"):
                 n = int(self.path.rsplit("/", 1)[1])
                 self.send_response(302)
-                self.send_header("Location", f"/redirect/{n - 1}" if n > 1 else "/file.bin")
+                self.send_header(
+                    "Location", f"/redirect/{n - 1}" if n > 1 else "/file.bin"
+                )
                 self.end_headers()
             elif self.path == "/to-metadata":
                 self.send_response(302)
@@ -127,7 +130,9 @@ def test_zip_extracts_and_unwraps_single_top_folder(tmp_path: Path) -> None:
     archive = _zip(tmp_path / "a.zip", [("data/x/1.txt", b"1"), ("data/y/2.txt", b"2")])
     root = fetch.extract_zip(archive, tmp_path / "out", LIMITS)
     assert root == tmp_path / "out" / "data"
-    assert (root / "x" / "1.txt").read_bytes() == b"1" and (root / "y" / "2.txt").read_bytes() == b"2"
+    assert (root / "x" / "1.txt").read_bytes() == b"1" and (
+        root / "y" / "2.txt"
+    ).read_bytes() == b"2"
     flat = _zip(tmp_path / "b.zip", [("x/1.txt", b"1"), ("top.txt", b"t")])
     assert fetch.extract_zip(flat, tmp_path / "out2", LIMITS) == tmp_path / "out2"
 
@@ -147,17 +152,28 @@ def _fifo_info(name: str) -> zipfile.ZipInfo:
 @pytest.mark.parametrize(
     "entries, reason",
     [
-        ([("ok.txt", b"1"), ("../evil.txt", b"x")], r"leaves the extraction folder \(\.\.\)"),
+        (
+            [("ok.txt", b"1"), ("../evil.txt", b"x")],
+            r"leaves the extraction folder \(\.\.\)",
+        ),
         ([("a/../../evil.txt", b"x")], r"leaves the extraction folder"),
         ([("/etc/evil.txt", b"x")], "absolute path"),
         ([(_symlink_info("link"), b"/etc/passwd")], "symbolic link"),
         ([(_fifo_info("pipe"), b"")], "special file"),
-        ([(f"f{i}.txt", b"x") for i in range(101)], "101 entries exceeds unzip_max_entries"),
-        ([("bomb.bin", b"\0" * (900 << 10))], "compression ratio .* exceeds unzip_max_ratio"),
+        (
+            [(f"f{i}.txt", b"x") for i in range(101)],
+            "101 entries exceeds unzip_max_entries",
+        ),
+        (
+            [("bomb.bin", b"\0" * (900 << 10))],
+            "compression ratio .* exceeds unzip_max_ratio",
+        ),
         ([("big.bin", bytes(range(256)) * 8200)], "over unzip_max_bytes"),
     ],
 )
-def test_unsafe_zips_refused_before_writing(entries: list[tuple[Any, bytes]], reason: str, tmp_path: Path) -> None:
+def test_unsafe_zips_refused_before_writing(
+    entries: list[tuple[Any, bytes]], reason: str, tmp_path: Path
+) -> None:
     archive = _zip(tmp_path / "bad.zip", entries)
     with pytest.raises(fetch.FetchError, match=reason):
         fetch.extract_zip(archive, tmp_path / "out", LIMITS)
@@ -184,8 +200,8 @@ def test_training_from_a_zip_bomb_url_fails_clearly(tmp_path: Path) -> None:
     """Through a real runner: a zip bomb given as the training set fails the task, nothing is
     extracted, and the reason is in the task's final message."""
     bomb = _zip(tmp_path / "bomb.zip", [("set/a/x.png", b"\0" * (4 << 20))])
-    params = dict(model="resnet18", num_classes=1, train_path=str(bomb), val_path=str(bomb),
-                  save_path=str(tmp_path / "out"), num_epochs=1, image_size=32)  # fmt: skip
+    params = {"model": "resnet18", "num_classes": 1, "train_path": str(bomb), "val_path": str(bomb),
+                  "save_path": str(tmp_path / "out"), "num_epochs": 1, "image_size": 32}  # fmt: skip
     rp = run_job("training", params, tmp_path / "task", timeout=90, torch_threads=1,
                  config={"data_roots": [str(tmp_path)]})  # fmt: skip
     assert rp.final is not None and rp.final["status"] == "failed"
@@ -195,7 +211,14 @@ def test_training_from_a_zip_bomb_url_fails_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(100)
 def test_job_refuses_paths_outside_data_roots(spectro: Path, tmp_path: Path) -> None:
-    params = dict(input_path=str(spectro), output_path=str(tmp_path / "out"), x=0, y=0, width=8, height=8)
+    params = {
+        "input_path": str(spectro),
+        "output_path": str(tmp_path / "out"),
+        "x": 0,
+        "y": 0,
+        "width": 8,
+        "height": 8,
+    }
     rp = run_job("crop", params, tmp_path / "task", timeout=90, torch_threads=1,
                  config={"data_roots": [str(tmp_path)]})  # fmt: skip
     assert rp.final is not None and rp.final["status"] == "failed"

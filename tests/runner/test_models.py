@@ -27,7 +27,9 @@ NUM_CLASSES = 7
 
 
 def test_catalog_names_are_torchvision_classifiers() -> None:
-    assert sorted(MODELS) == sorted(torchvision.models.list_models(module=torchvision.models))
+    assert sorted(MODELS) == sorted(
+        torchvision.models.list_models(module=torchvision.models)
+    )
 
 
 def _out_features(module: nn.Module) -> int:
@@ -48,7 +50,13 @@ def test_slow_models_heads_are_replaced_on_meta() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.timeout(600)]) if n in SLOW else n for n in MODELS]
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow, pytest.mark.timeout(600)])
+        if n in SLOW
+        else n
+        for n in MODELS
+    ],
 )
 def test_model_builds_and_classifies(name: str) -> None:
     model = models.build(name, NUM_CLASSES).eval()
@@ -85,7 +93,9 @@ def test_weights_of_another_head_are_skipped_others_must_fit(tmp_path: Path) -> 
         models.load_state(models.build("resnet34", 10), source.state_dict(), what="w")
 
 
-def test_cached_imagenet_weights_never_downloaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cached_imagenet_weights_never_downloaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     state, why = models.cached_imagenet_state("resnet18")
     assert state is None and "not in the local cache" in why

@@ -3,8 +3,8 @@ requests, retries with backoff, failures reported and local results kept."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -41,9 +41,15 @@ def test_one_multipart_request_per_file(satellite: Satellite, tmp_path: Path) ->
     a.write_text('{"x": 1}')
     b.write_bytes(b"image,top_class\n" + bytes(range(256)))
     rec = Recorder()
-    items = [upload.UploadItem(a, *upload.INFERENCE_RESULT), upload.UploadItem(b, *upload.INFERENCE_RESULT)]
+    items = [
+        upload.UploadItem(a, *upload.INFERENCE_RESULT),
+        upload.UploadItem(b, *upload.INFERENCE_RESULT),
+    ]
     assert upload.upload(items, _config(satellite.url), rec.reporter()) == []
-    assert [u.files["file"] for u in satellite.uploads] == [("results.json", a.read_bytes()), ("results.csv", b.read_bytes())]
+    assert [u.files["file"] for u in satellite.uploads] == [
+        ("results.json", a.read_bytes()),
+        ("results.csv", b.read_bytes()),
+    ]
     for u in satellite.uploads:
         assert u.fields == {"businessLabel": "SATEL_AGENT", "fileType": ""}
         assert u.headers["X-Token"] == "t0k" and "Authorization" not in u.headers
@@ -57,19 +63,42 @@ def test_retry_after_500_then_success(satellite: Satellite, tmp_path: Path) -> N
     f = tmp_path / "config.yaml"
     f.write_text("model: resnet18\n")
     rec = Recorder()
-    assert upload.upload([upload.UploadItem(f, *upload.TRAINING_CONFIG)], _config(satellite.url), rec.reporter()) == []
+    assert (
+        upload.upload(
+            [upload.UploadItem(f, *upload.TRAINING_CONFIG)],
+            _config(satellite.url),
+            rec.reporter(),
+        )
+        == []
+    )
     assert [u.status for u in satellite.uploads] == [500, 500, 200]
-    assert rec.waits == [upload.BACKOFF_START, upload.BACKOFF_START * 2]  # exponential backoff
-    assert len(rec.errors) == 2 and "HTTP 500" in rec.errors[0] and "retrying" in rec.errors[0]
-    assert satellite.uploads[-1].fields == {"businessLabel": "SATEL_AGENT", "fileType": "cfg_path"}
+    assert rec.waits == [
+        upload.BACKOFF_START,
+        upload.BACKOFF_START * 2,
+    ]  # exponential backoff
+    assert (
+        len(rec.errors) == 2
+        and "HTTP 500" in rec.errors[0]
+        and "retrying" in rec.errors[0]
+    )
+    assert satellite.uploads[-1].fields == {
+        "businessLabel": "SATEL_AGENT",
+        "fileType": "cfg_path",
+    }
 
 
-def test_failure_after_retries_is_reported_and_file_kept(satellite: Satellite, tmp_path: Path) -> None:
+def test_failure_after_retries_is_reported_and_file_kept(
+    satellite: Satellite, tmp_path: Path
+) -> None:
     satellite.fail_first = 100
     f = tmp_path / "best.pth"
     f.write_bytes(b"weights")
     rec = Recorder()
-    failures = upload.upload([upload.UploadItem(f, *upload.TRAINING_WEIGHTS)], _config(satellite.url), rec.reporter())
+    failures = upload.upload(
+        [upload.UploadItem(f, *upload.TRAINING_WEIGHTS)],
+        _config(satellite.url),
+        rec.reporter(),
+    )
     assert len(satellite.uploads) == 3  # the first attempt and upload_retries=2 retries
     assert failures == ["best.pth: HTTP 500 Internal Server Error"]
     assert "failed after 3 attempts" in rec.errors[-1]
@@ -90,5 +119,7 @@ def test_unreachable_and_refused_urls(tmp_path: Path) -> None:
 
 
 def test_no_url_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="neither upload_url nor the configured default"):
+    with pytest.raises(
+        ValueError, match="neither upload_url nor the configured default"
+    ):
         upload.UploadConfig.from_job({"enable_upload": True}, {})

@@ -39,7 +39,7 @@ def tmp() -> Iterator[Path]:
 @pytest.fixture()
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     """A process (in its own session) that a test moves into a job cgroup."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True)
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -128,11 +128,11 @@ def test_kill_reaches_processes_that_left_the_session() -> None:
     job = cgroups.create("job-b", JobLimits(0, 0, 0))
     # A parent in the job cgroup starts a child that calls setsid (as a job's grandchild may).
     script = (
-        "import subprocess, sys, time\n"
+        "import signal, subprocess, sys\n"
         "for p in sys.argv[1:]: open(p, 'w').write(str(__import__('os').getpid()))\n"
-        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'], start_new_session=True)\n"
         "print(c.pid, flush=True)\n"
-        "time.sleep(600)\n"
+        "signal.pause()\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script, *job.procs_files], stdout=subprocess.PIPE)
     try:

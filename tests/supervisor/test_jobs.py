@@ -16,12 +16,9 @@ from supervisor.jobs import job_spec, outcome
     "final, code, oom, cancel, status, message",
     [
         (("completed", "completed"), 0, False, False, "completed", "completed"),
-        # The runner's own word wins over a later signal ...
+        # The runner's own word wins over a later signal or cancel.
         (("failed", "RuntimeError: boom"), -9, False, False, "failed", "RuntimeError: boom"),
         (("completed", "completed"), 0, False, True, "completed", "completed"),
-        # ... but a stopped task ends cancelled, even if it failed on the way out.
-        (("failed", "RuntimeError: worker killed"), 1, False, True, "cancelled",
-         "cancelled on request (the runner reported on its way out: RuntimeError: worker killed)"),
         (None, -9, False, True, "cancelled", "cancelled on request"),
         (None, -9, True, False, "failed", "out of memory (limit 64 MiB)"),
         (None, -9, False, False, "failed", "killed by signal SIGKILL"),
@@ -35,7 +32,7 @@ from supervisor.jobs import job_spec, outcome
 def test_outcome(final: tuple[str, str] | None, code: int, oom: bool, cancel: bool, status: str, message: str) -> None:
     result = outcome(final, code, oom, 64, cancel, "cancelled on request")
     assert (result.status, result.message) == (status, message)
-    assert result.from_supervisor is (final is None or final[0] != status)
+    assert result.from_supervisor is (final is None)
 
 
 def test_outcome_unknown_exit_of_adopted_runner() -> None:

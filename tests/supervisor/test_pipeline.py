@@ -123,3 +123,21 @@ def test_journal_tail_found_by_bisection(tmp_path: Path) -> None:
         fh.write(b'ng"}\n')
     (event, _), = journal.read(20_000)
     assert event["rseq"] == 20_001
+
+
+def test_failure_after_cancel_request_is_a_log_line(rig: Rig) -> None:
+    rig.send(orjson.dumps(_event(1, "status", status="running")))
+    rig.pipeline.cancelling("t1")
+    rig.send(orjson.dumps({**_event(2, "status", status="failed"), "level": "ERROR", "message": "RuntimeError: worker died"}))
+    stored = rig.stored()
+    assert stored[-1]["kind"] == "log" and "status" not in stored[-1] and stored[-1]["level"] == "ERROR"
+    assert stored[-1]["rseq"] == 2 and stored[-1]["seq"] == 2
+    assert rig.pipeline.final_status("t1") is None
+    assert rig.pipeline.exit_report("t1") == "RuntimeError: worker died"
+
+
+def test_final_before_cancel_request_stays_final(rig: Rig) -> None:
+    rig.send(orjson.dumps(_event(1, "status", status="failed")))
+    rig.pipeline.cancelling("t1")
+    assert rig.pipeline.final_status("t1") == ("failed", "e1")
+    assert rig.stored()[-1]["status"] == "failed"

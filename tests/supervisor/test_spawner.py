@@ -343,3 +343,20 @@ async def test_start_sweeps_stale_cgroups_of_this_instance_only(env: Env) -> Non
         assert foreign.remove()
     finally:
         remove_dir(other_home)
+
+
+@pytest.mark.timeout(120)
+async def test_a_standby_runner_takes_one_job_and_is_replaced(env: Env) -> None:
+    warm = env.spawners["warm"]
+    standby = await warm.wait_standby()
+    assert standby is not None and psutil.pid_exists(standby)
+    spec, handle = await spawn(env, "warm", {"report": True})
+    assert handle.pid == standby  # the pre-forked process ran this job...
+    report = (await env.sink.until(spec.task_id, lambda e: "process" in e))["process"]
+    assert report["pid"] == standby and report["title"] == f"rfuav-runner diagnostic {spec.task_id}"
+    assert (await finish(handle)).code == 0
+    nxt = await warm.wait_standby()
+    assert nxt not in (None, standby)  # ...and only this one: the next job gets a new process
+    _, handle2 = await spawn(env, "warm", {})
+    assert handle2.pid == nxt
+    assert (await finish(handle2)).code == 0
