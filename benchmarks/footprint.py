@@ -52,7 +52,9 @@ def main() -> int:
         others = 0
         for child in daemon.children(recursive=True):
             try:
-                others += int(child.memory_info().rss)
+                # USS: warm-started runners share the fork server's pages; RSS would count
+                # them twenty times over.
+                others += int(child.memory_full_info().uss)
             except psutil.Error:
                 continue
         started = time.monotonic()
@@ -64,7 +66,7 @@ def main() -> int:
     print(f"bare `python -c 'import zmq'`        {base / MB:7.1f} MB")
     print(f"supervisor idle ({args.mode} start)         {idle / MB:7.1f} MB   ratio {idle / base:.2f}   (goal ≤ 60 MB)")
     print(f"supervisor with {args.runners} runners           {busy / MB:7.1f} MB   ratio {busy / base:.2f}")
-    print(f"(its child processes, not counted: {others / MB:.1f} MB RSS; {args.runners} cancels took {cancel_s:.2f} s)")
+    print(f"(its child processes, not counted: {others / MB:.1f} MB USS in all; {args.runners} cancels took {cancel_s:.2f} s)")
     return 0
 
 

@@ -18,6 +18,7 @@ Same thread count everywhere (the service gives a job 50% of the cores).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import tempfile
@@ -52,7 +53,9 @@ def per_image(paths: list[Path], model: torch.nn.Module, size: int) -> float:
 def batched(
     paths: list[Path], model: torch.nn.Module, size: int, batch: int, workers: int
 ) -> float:
-    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = copy.deepcopy(model).to(
+        memory_format=torch.channels_last
+    )  # the caller's model stays as is
     dataset = datasets.ImageList(paths, datasets.transforms(size), size)
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers,
                         worker_init_fn=datasets.seed_worker if workers else None)  # fmt: skip
@@ -66,6 +69,26 @@ def batched(
     return len(paths) / (time.perf_counter() - started)
 
 
+def runner_rate(
+    params: dict[str, object], task_dir: Path, threads: int, workers: int
+) -> float:
+    """A real runner process: images/s of its prediction loop (the final result's summary)."""
+    params = dict(params, save_path=str(task_dir / "results"))
+    with RunnerProcess(
+        "inference", params, task_dir, torch_threads=threads, dataloader_workers=workers
+    ) as rp:
+        final = rp.finish(timeout=1800)
+    if final["status"] != "completed":
+        raise SystemExit(
+            f"runner inference failed: {final['message']}\n{rp.log_tail()}"
+        )
+    return float(
+        [e for e in rp.events if e["kind"] == "result"][-1]["result"]["summary"][
+            "images_per_s"
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +98,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -97,25 +121,32 @@ def main() -> int:
         print(f"{MODEL} @ {args.size}px, {len(paths)} PNG images, batch {args.batch}, {args.threads} thread(s), "
               f"{args.workers} worker(s)")  # fmt: skip
         params = {"cfg_path": str(work / "model" / "config.yaml"), "weight_path": str(work / "model" / "best.pth"),
-                      "source_path": str(data["all"]), "save_path": str(work / "results"), "batch_size": args.batch, "top_k": 5}  # fmt: skip
-        with RunnerProcess("inference", params, work / "task", torch_threads=args.threads,
-                           dataloader_workers=args.workers) as rp:  # fmt: skip
-            final = rp.finish(timeout=1800)
-        if final["status"] != "completed":
-            raise SystemExit(
-                f"runner inference failed: {final['message']}\n{rp.log_tail()}"
+                  "source_path": str(data["all"]), "batch_size": args.batch, "top_k": 5}  # fmt: skip
+        rates: dict[str, list[float]] = {"runner": [], "per-image": [], "batched": []}
+        for n in range(
+            args.rounds
+        ):  # interleaved, so that all three see the same machine load
+            rates["runner"].append(
+                runner_rate(params, work / f"task{n}", args.threads, args.workers)
             )
-        runner_rate = float(
-            [e for e in rp.events if e["kind"] == "result"][-1]["result"]["summary"][
-                "images_per_s"
-            ]
+            rates["per-image"].append(per_image(paths, model, args.size))
+            rates["batched"].append(
+                batched(paths, model, args.size, args.batch, args.workers)
+            )
+            print(
+                "  round "
+                + str(n + 1)
+                + ": "
+                + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+                + " img/s"
+            )
+        runner_best, single, plain = (
+            max(rates[k]) for k in ("runner", "per-image", "batched")
         )
-        single = per_image(paths, model, args.size)
-        plain = batched(paths, model, args.size, args.batch, args.workers)
-        print(f"  runner   {runner_rate:8.1f} img/s")
+        print(f"  runner    {runner_best:8.1f} img/s (best of {args.rounds})")
         print(f"  per-image {single:8.1f} img/s  (the article's loop)")
         print(f"  batched  {plain:8.1f} img/s  (best plain batched loop)")
-        r1, r2 = runner_rate / single, runner_rate / plain
+        r1, r2 = runner_best / single, runner_best / plain
         print(f"inference images/s: runner/per-image {r1:.2f}x (goal >= 3) {'OK' if r1 >= 3 else 'BELOW GOAL'}; "
               f"runner/batched {r2:.3f} (goal >= 0.95) {'OK' if r2 >= 0.95 else 'BELOW GOAL'}")  # fmt: skip
         return 0

@@ -120,22 +120,36 @@ def load_model(
     note = "eval, conv+bn fused, channels-last"
     try:
         fused = fx_optimization.fuse(model)
-    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
+    except (
+        torch.fx.proxy.TraceError,
+        TypeError,
+        RuntimeError,
+        NotImplementedError,
+        AttributeError,
+    ) as exc:
         fused, note = model, f"eval, channels-last (not fused: {type(exc).__name__})"
     if fused is not model and not _same_outputs(model, fused, cfg.image_size):
         # A traced graph can miss what the eager forward does (inception_v3 here): trust the
         # check, not the trace.
-        fused, note = model, "eval, channels-last (fusion changed the outputs: not fused)"
+        fused, note = (
+            model,
+            "eval, channels-last (fusion changed the outputs: not fused)",
+        )
     fused.to(memory_format=torch.channels_last)
     return fused, note
 
 
-def _same_outputs(reference: torch.nn.Module, candidate: torch.nn.Module, size: int) -> bool:
+def _same_outputs(
+    reference: torch.nn.Module, candidate: torch.nn.Module, size: int
+) -> bool:
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = reference(x), candidate(x)
     scale = max(1.0, float(want.abs().max()))
-    return bool(want.shape == got.shape and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale))
+    return bool(
+        want.shape == got.shape
+        and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale)
+    )
 
 
 def predict(

@@ -30,6 +30,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,8 @@ EVENTS_OUT_HWM = 100_000
 #: A control message this much over ``MAX_MESSAGE_BYTES`` is cut off by ZeroMQ (the peer is
 #: disconnected) instead of being read into memory; up to it, the client gets ``too_large``.
 CONTROL_MAX_BYTES = 16 * 1024 * 1024
+#: Seconds between WAL checkpoints while events arrive.
+CHECKPOINT_SECONDS = 1.0
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
@@ -138,6 +141,7 @@ class Daemon:
             asyncio.ensure_future(self._events_loop(sub)),
             asyncio.ensure_future(self._subscription_loop(xpub)),
         ]
+        workers.append(asyncio.ensure_future(self._checkpoint_loop()))
         interval = notify.watchdog_interval() if notify else None
         if interval:
             workers.append(asyncio.ensure_future(self._watchdog_loop(interval)))
@@ -292,6 +296,19 @@ class Daemon:
                 self.subscriptions += 1
             elif msg[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
+
+    async def _checkpoint_loop(self) -> None:
+        """WAL checkpoints in a worker thread, off the event path (see ``Store.checkpoint``)."""
+        stored = -1
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            if self.pipeline.received == stored:
+                continue  # nothing new since the last one
+            stored = self.pipeline.received
+            try:
+                await asyncio.to_thread(self.store.checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
