@@ -333,3 +333,66 @@ def test_inference_upload_failure_keeps_results_and_completes(
         tmp_path / "res" / "results.csv"
     ).exists()
     assert TOKEN not in (tmp_path / "task" / "events.jsonl").read_text()
+
+
+@pytest.mark.timeout(200)
+def test_inference_from_urls(
+    trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path
+) -> None:
+    """cfg, weights and a zip of images all given as URLs (a real http.server on loopback):
+    downloaded into the task directory, the zip extracted and then removed."""
+    import functools
+    import threading
+    import zipfile
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    out: Path = trained["out"]
+    (served / "config.yaml").write_bytes((out / "config.yaml").read_bytes())
+    (served / "best.pth").write_bytes((out / "best.pth").read_bytes())
+    images = datasets.list_images(digits["test"] / "5")
+    with zipfile.ZipFile(served / "images.zip", "w") as zf:
+        for p in images:
+            zf.write(p, f"batch/{p.name}")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(served))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        params = {
+            "cfg_path": f"{base}/config.yaml",
+            "weight_path": f"{base}/best.pth",
+            "source_path": f"{base}/images.zip",
+        }
+        rp = run_job(
+            "inference", params, tmp_path / "task", timeout=180, torch_threads=1
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
+    results = json.loads((tmp_path / "task" / "results" / "results.json").read_text())[
+        "results"
+    ]
+    assert sorted(Path(r["image"]).name for r in results) == sorted(
+        p.name for p in images
+    )
+    assert all(
+        Path(r["image"]).is_relative_to(
+            tmp_path / "task" / "inputs" / "source" / "batch"
+        )
+        for r in results
+    )
+    assert not (
+        tmp_path / "task" / "downloads" / "source" / "images.zip"
+    ).exists()  # removed after extraction
+    assert sum(r["top_class"] == "5" for r in results) / len(results) >= 0.9

@@ -70,3 +70,24 @@ def test_sigterm_cancels_running_keeps_pending(supervisor: SupervisorProcess) ->
     task = supervisor.get(running)
     assert task["status"] == "cancelled"
     assert supervisor.wait_final(pending)["status"] == "completed"
+
+
+@pytest.mark.timeout(180)
+def test_second_signal_kills_jobs_at_once(make_supervisor: Callable[..., SupervisorProcess]) -> None:
+    supervisor = make_supervisor(RFUAV_GRACE_SECONDS="120")
+    task_id = supervisor.submit(params={"sleep": 300, "ignore_sigterm": True})
+    supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
+    assert supervisor.proc is not None
+    supervisor.proc.send_signal(signal.SIGTERM)
+    # Still serving while it waits out the grace period for the uncooperative job.
+    supervisor.wait_task(
+        task_id,
+        lambda t: any("shutting down" in e["message"] for e in supervisor.logs(task_id)),
+        60,
+        "shutdown cancel",
+    )
+    supervisor.proc.send_signal(signal.SIGTERM)
+    assert supervisor.proc.wait(60) == 0  # far sooner than the 120 s grace
+    supervisor.start()
+    task = supervisor.get(task_id)
+    assert (task["status"], task["message"]) == ("cancelled", "cancelled: the supervisor is shutting down")
