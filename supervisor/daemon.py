@@ -455,6 +455,8 @@ class Daemon:
         if announce:
             level = "ERROR" if status == FAILED else "WARNING" if status == CANCELLED else "INFO"
             self.pipeline.emit(task, STATUS, message, level, status=status)
+        elif self.pipeline.release_final(task):
+            pass  # the runner's own final event went out with the final record
         else:
             task.updated_at = task.finished_at
             self.store.update_task(task)

@@ -11,9 +11,11 @@ A batch is one ``executemany`` and one commit, then one burst of sends: that is 
 with tens of thousands of events per second. Store first, then publish: a subscriber that sees
 ``seq`` N can always fetch 1..N from the store.
 
-A runner's final status event (``completed``/``failed``/``cancelled``) is stored and published
-at once but not applied to the task: the daemon applies the outcome when it reaps the runner
-(``final_status``), so a task is never final while its process still holds a slot.
+A runner's final status event (``completed``/``failed``/``cancelled``) is numbered but held
+back: the daemon applies the outcome when it reaps the runner (``final_status``), so a task is
+never final while its process still holds a slot, and only then stores and publishes the held
+event together with the final task record (``release_final``). A client that sees the final
+event therefore always finds the task final.
 
 Every task's stream ends with exactly one final status event (subscribers stop there). So a
 ``failed`` that a runner reports *after* its cancel was requested (``cancelling``) — a job torn
@@ -56,6 +58,7 @@ class Pipeline:
         self._finals: dict[str, tuple[str, str]] = {}
         self._cancelling: set[str] = set()
         self._exit_reports: dict[str, str] = {}
+        self._held: dict[str, tuple[tuple[str, int, bytes], tuple[bytes, bytes]]] = {}
         self.received = 0
         self.dropped = 0
 
@@ -70,6 +73,7 @@ class Pipeline:
         self._finals.pop(task_id, None)
         self._cancelling.discard(task_id)
         self._exit_reports.pop(task_id, None)
+        self._held.pop(task_id, None)
 
     def cancelling(self, task_id: str) -> None:
         """A cancel was requested: a ``failed`` reported from now on is not the task's end."""
@@ -178,8 +182,11 @@ class Pipeline:
             event.pop("source", None)
             event["seq"] = seq
             data = orjson.dumps(event)
-        rows.append((task.task_id, seq, data))
-        out.append((task.task_id.encode(), data))
+        if event["kind"] == ev.STATUS and event.get("status") in FINAL_STATUSES:
+            self._held[task.task_id] = ((task.task_id, seq, data), (task.task_id.encode(), data))
+        else:
+            rows.append((task.task_id, seq, data))
+            out.append((task.task_id.encode(), data))
         dirty[task.task_id] = task
 
     def _apply(self, task: TaskRecord, event: dict[str, Any]) -> bool:
@@ -241,6 +248,16 @@ class Pipeline:
         out: list[tuple[bytes, bytes]] = []
         self._store_one(task, self._make(task, kind, message, level, **fields), rows, out)
         self._flush(rows, out, {task.task_id: task})
+
+    def release_final(self, task: TaskRecord) -> bool:
+        """Store and publish the runner's held final event with the (now final) task record.
+        Returns False when there is none (the caller then announces the end itself)."""
+        held = self._held.pop(task.task_id, None)
+        if held is None:
+            return False
+        row, message = held
+        self._flush([row], [message], {task.task_id: task})
+        return True
 
     def _flush(self, rows: list[tuple[str, int, bytes]], out: list[tuple[bytes, bytes]], dirty: dict[str, TaskRecord]) -> None:
         if not rows and not dirty:

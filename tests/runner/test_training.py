@@ -396,3 +396,41 @@ def test_inference_from_urls(
         tmp_path / "task" / "downloads" / "source" / "images.zip"
     ).exists()  # removed after extraction
     assert sum(r["top_class"] == "5" for r in results) / len(results) >= 0.9
+
+
+@pytest.mark.timeout(150)
+def test_inference_reports_unreadable_images(
+    trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    good = datasets.list_images(digits["test"] / "2")[0]
+    (src / "good.png").write_bytes(good.read_bytes())
+    (src / "broken.png").write_bytes(b"not a png at all")
+    out: Path = trained["out"]
+    params = {
+        "cfg_path": str(out / "config.yaml"),
+        "weight_path": str(out / "best.pth"),
+        "source_path": str(src),
+    }
+    rp = run_job("inference", params, tmp_path / "task", timeout=120, torch_threads=1)
+    assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
+    summary = [e for e in rp.events if e["kind"] == "result"][-1]["result"]["summary"]
+    assert summary["count"] == 2 and summary["failed"] == 1
+    results = {
+        Path(r["image"]).name: r
+        for r in json.loads(
+            (tmp_path / "task" / "results" / "results.json").read_text()
+        )["results"]
+    }
+    assert (
+        results["broken.png"]["error"] == "cannot decode image"
+        and "predictions" not in results["broken.png"]
+    )
+    assert (
+        results["good.png"]["top_class"] in [str(i) for i in range(10)]
+        and "error" not in results["good.png"]
+    )
+    assert any(
+        e["level"] == "WARNING" and "broken.png" in e["message"] for e in rp.events
+    )

@@ -140,4 +140,11 @@ def test_final_before_cancel_request_stays_final(rig: Rig) -> None:
     rig.send(orjson.dumps(_event(1, "status", status="failed")))
     rig.pipeline.cancelling("t1")
     assert rig.pipeline.final_status("t1") == ("failed", "e1")
+    # Held back until the daemon has made the task final, then stored and published with it.
+    assert rig.stored() == [] and rig.published == []
+    rig.task.status = "failed"
+    assert rig.pipeline.release_final(rig.task)
     assert rig.stored()[-1]["status"] == "failed"
+    assert orjson.loads(rig.published[-1][1])["status"] == "failed"
+    assert rig.store.get_task("t1").status == "failed"  # type: ignore[union-attr]
+    assert not rig.pipeline.release_final(rig.task)
