@@ -77,23 +77,33 @@ EPOCH_METRICS: tuple[str, ...] = (
 )
 
 
+_KIND_SET = frozenset(KINDS)
+_LEVEL_SET = frozenset(LEVELS)
+_INT_FIELDS = ("step", "progress", "epoch", "total_epochs")
+_OBJECT_FIELDS = ("metrics", "result")
+
+
 def check_event(event: dict[str, Any]) -> str | None:
-    """Return why ``event`` is not a well-formed runner event, or None when it is."""
-    if not isinstance(event.get("rseq"), int) or isinstance(event.get("rseq"), bool):
+    """Return why ``event`` is not a well-formed runner event, or None when it is.
+
+    On the supervisor's hot path (tens of thousands of calls a second): exact ``type`` checks
+    (``bool`` is not an ``int`` here) and set look-ups only.
+    """
+    if type(event.get("rseq")) is not int:
         return "rseq must be an integer"
-    if event.get("kind") not in KINDS:
+    if event.get("kind") not in _KIND_SET:
         return f"kind must be one of {KINDS}"
-    if event.get("level") not in LEVELS:
+    if event.get("level") not in _LEVEL_SET:
         return f"level must be one of {LEVELS}"
-    if not isinstance(event.get("message"), str):
+    if type(event.get("message")) is not str:
         return "message must be a string"
-    if not isinstance(event.get("timestamp"), str):
+    if type(event.get("timestamp")) is not str:
         return "timestamp must be a string"
-    for key in ("metrics", "result"):
-        if key in event and not isinstance(event[key], dict):
+    for key in _OBJECT_FIELDS:
+        if key in event and type(event[key]) is not dict:
             return f"{key} must be an object"
-    for key in ("step", "progress", "epoch", "total_epochs"):
-        if key in event and (not isinstance(event[key], int) or isinstance(event[key], bool)):
+    for key in _INT_FIELDS:
+        if key in event and type(event[key]) is not int:
             return f"{key} must be an integer"
     return None
 

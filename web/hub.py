@@ -196,21 +196,23 @@ class Hub:
         self._loop.call_soon(self._drain)
 
     def _deliver(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            log.warning("dropping an events-out message of %d frames", len(frames))
+        # [task_id, event, event, ...]: one or more events of one task (protocol.events).
+        if len(frames) < 2:
+            log.warning("dropping an events-out message of %d frame(s)", len(frames))
             return
         subs = self._subs.get(frames[0])
         if not subs:
             return
-        try:
-            event = orjson.loads(frames[1])
-            if not isinstance(event, dict):
-                raise TypeError(f"expected an object, got {type(event).__name__}")
-            entry = item(event)
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            log.warning("dropping a malformed event of task %r: %s", frames[0][:64], exc)
-            return
-        self.received += 1
-        for sub in list(subs):  # a push may drop (and unsubscribe) a subscriber
-            sub.push(entry)
-        self.relayed += len(subs)
+        for data in frames[1:]:
+            try:
+                event = orjson.loads(data)
+                if not isinstance(event, dict):
+                    raise TypeError(f"expected an object, got {type(event).__name__}")
+                entry = item(event)
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                log.warning("dropping a malformed event of task %r: %s", frames[0][:64], exc)
+                continue
+            self.received += 1
+            for sub in list(subs):  # a push may drop (and unsubscribe) a subscriber
+                sub.push(entry)
+            self.relayed += len(subs)

@@ -37,6 +37,7 @@ What it does:
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -73,13 +74,17 @@ class EventSubscriber:
         self.sock.setsockopt(zmq.RCVHWM, 0)  # unbounded: a test reads in bursts
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         self.sock.connect(endpoint)
+        self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
 
     def recv(self, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
         """The next ``(task_id, event)``; raises ``TimeoutError`` after ``timeout`` seconds."""
-        if not self.sock.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no event within {timeout} s")
-        topic, data = self.sock.recv_multipart()
-        return topic.decode(), orjson.loads(data)
+        if not self._pending:
+            if not self.sock.poll(int(timeout * 1000)):
+                raise TimeoutError(f"no event within {timeout} s")
+            # [task_id, event, event, ...] (protocol.events)
+            topic, *payloads = self.sock.recv_multipart()
+            self._pending.extend((topic.decode(), orjson.loads(data)) for data in payloads)
+        return self._pending.popleft()
 
     def until_final(self, task_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Events of ``task_id`` up to and including its final status event."""
