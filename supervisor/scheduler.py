@@ -164,7 +164,13 @@ class Scheduler:
     def place(self) -> list[Placement]:
         """Reserve slots for every queued task that may start now and return them in order."""
         placed: list[Placement] = []
+        # (requested device, type) pairs found full in this pass: the rest of the queue
+        # behind them needs no look (a long queue must not make every submit slow).
+        blocked: set[tuple[str, str]] = set()
         for entry in list(self._queue):
+            key = (entry.device, entry.task_type)
+            if key in blocked:
+                continue
             warning = None
             if entry.device == "cuda":
                 if self.gpu_count == 0:
@@ -173,11 +179,13 @@ class Scheduler:
                 else:
                     picked = self._pick_gpu(entry.task_type)
                     if picked is None:
+                        blocked.add(key)
                         continue
                     device = picked
             else:
                 device = entry.device
             if self._count(device, entry.task_type) >= self.limit(device, entry.task_type):
+                blocked.add(key)
                 continue
             self._queue.remove(entry)
             del self._queued[entry.task_id]
