@@ -49,6 +49,6 @@ class JobSpec:
         return orjson.dumps(as_dict(self))
 
     @classmethod
-    def load(cls, data: bytes) -> "JobSpec":
+    def load(cls, data: bytes) -> JobSpec:
         obj = decode_object(data)
         return build(cls, obj, where="job spec")  # type: ignore[no-any-return]

@@ -7,9 +7,10 @@ default; the README's table is generated from it (``python -m protocol.settings`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from protocol.addresses import Addresses, default_runtime_dir
 
@@ -117,7 +118,7 @@ class Settings:
         return self.home / "tasks"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
         """Read settings from ``env`` (default ``os.environ``) over ``env_file``
         (default ``$RFUAV_ENV_FILE`` or ``./.env`` when it exists). Raises ``ValueError``
         naming the variable when a value does not parse."""

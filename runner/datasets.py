@@ -14,6 +14,7 @@ Contracts:
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -173,7 +174,12 @@ class ImageList(Dataset[tuple[torch.Tensor, int, bool]]):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: each worker gets its own, reproducible augmentation RNG
-    (forked workers would otherwise share albumentations' state) and one OpenCV thread."""
+    (forked workers would otherwise share albumentations' state) and one OpenCV thread.
+
+    Workers ignore SIGTERM: a cancel signals the job's whole process group, and a worker that
+    died of it would fail the job before it reaches its batch boundary (and saves ``last.pth``).
+    The runner shuts its workers down itself; SIGKILL after the grace period still ends them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed() % 2**32

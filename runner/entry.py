@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Callable
 
 from protocol import events as ev
 from protocol.jobs import JobSpec
@@ -85,7 +85,7 @@ def _configure_compute(spec: JobSpec) -> None:
         cv2.setNumThreads(spec.opencv_threads)
 
 
-def _resolve(job: str) -> Callable[[JobContext], None]:
+def _resolve(job: str) -> Callable[[JobContext], str | None]:
     target = JOBS.get(job)
     if target is None:
         raise ValueError(f"unknown job {job!r}")
@@ -125,7 +125,7 @@ def run(spec: JobSpec) -> int:
     try:
         _configure_compute(spec)
         ctx.emit(ev.STATUS, f"running on {spec.host_device} (pid {os.getpid()})", status="running")
-        _resolve(spec.job)(ctx)
+        outcome = _resolve(spec.job)(ctx)
         ctx.check_stop()
     except Cancelled:
         ctx.emit(ev.STATUS, "cancelled", "WARNING", status="cancelled")
@@ -135,7 +135,9 @@ def run(spec: JobSpec) -> int:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ctx.emit(ev.STATUS, message, "ERROR", status="failed")
     else:
-        ctx.emit(ev.STATUS, "completed", status="completed", progress=100)
+        # A job may return its closing message (e.g. "completed; upload failed: ...").
+        message = outcome if isinstance(outcome, str) and outcome else "completed"
+        ctx.emit(ev.STATUS, message, status="completed", progress=100)
     finally:
         publisher.close()
         sys.stdout.flush()

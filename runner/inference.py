@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch.fx.experimental import optimization as fx_optimization
 import yaml
+from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.data import DataLoader
 
 from protocol.catalog import IMAGE_EXTENSIONS

@@ -54,7 +54,7 @@ def test_bad_commands_name_the_problem(data: bytes, fragment: str) -> None:
 def test_bad_command_keeps_request_id_for_the_reply() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_command(_wire(kind="nope"))
-    assert getattr(info.value, "request_id") == "r1"
+    assert info.value.request_id == "r1"
 
 
 def test_oversized_message_is_refused_before_parsing() -> None:
