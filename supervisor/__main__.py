@@ -66,8 +66,12 @@ def run_web(settings: Settings) -> int:
 
 def run_all() -> int:
     """Supervisor and web as children; stop both on a signal or when either dies."""
+    # Each child in a process group of its own: a terminal's Ctrl-C reaches only this process,
+    # which stops the children in order with one SIGTERM each (a second signal would make the
+    # supervisor kill running jobs at once instead of granting them the grace period).
     children = {
-        name: subprocess.Popen([sys.executable, "-m", "supervisor", name]) for name in ("supervisor", "web")
+        name: subprocess.Popen([sys.executable, "-m", "supervisor", name], process_group=0)
+        for name in ("supervisor", "web")
     }
     # Block the signals we wait for only now, after the children started: a blocked mask is
     # inherited across exec, and the children must see SIGTERM. A child that died before the
@@ -100,6 +104,9 @@ def run_all() -> int:
                     proc.kill()
                     proc.wait()
                     code = 1
+        # Consume signals that arrived meanwhile so unblocking does not deliver them now.
+        while signal.sigtimedwait(watched, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
     return code
 
