@@ -12,7 +12,7 @@ import contextlib
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "RFUAV Model Service"
 STATIC_DIR = Path(__file__).parent / "static"
+Endpoint = Callable[[Request["State"]], Awaitable[Response]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -144,18 +145,6 @@ async def _submit_one(request: Request[State], spec: dict[str, Any]) -> Response
     return envelope(data["tasks"][0])
 
 
-async def start_training(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.TrainingRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("training", "training", params, req.device))
-
-
-async def start_inference(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.InferenceRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("inference", "inference", params, req.device))
-
-
 async def start_batch_inference(request: Request[State]) -> Response:
     req = await _validate(request, schemas.BatchInferenceRequest)
     ids = [str(uuid.uuid4()) for _ in req.source_paths]
@@ -176,28 +165,24 @@ async def start_batch_inference(request: Request[State]) -> Response:
     })  # fmt: skip
 
 
-async def start_split(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.SplitRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("preprocessing", "split", params, req.device))
+def _starter(model: type[schemas.TaskFields], task_type: str, job: str) -> Endpoint:
+    """The endpoint that validates ``model``, confines its paths and submits one ``job`` task."""
+
+    async def start(request: Request[State]) -> Response:
+        req: Any = await _validate(request, model)
+        params = _params(request, req.params)
+        return await _submit_one(request, req.spec(task_type, job, params, req.device))
+
+    start.__name__ = start.__qualname__ = f"start_{job}"
+    return start
 
 
-async def start_augment(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.AugmentRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("preprocessing", "augment", params, req.device))
-
-
-async def start_crop(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.CropRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("preprocessing", "crop", params, req.device))
-
-
-async def start_diagnostic(request: Request[State]) -> Response:
-    req = await _validate(request, schemas.DiagnosticRequest)
-    params = _params(request, req.params)
-    return await _submit_one(request, req.spec("diagnostic", "diagnostic", params, req.device))
+start_training = _starter(schemas.TrainingRequest, "training", "training")
+start_inference = _starter(schemas.InferenceRequest, "inference", "inference")
+start_split = _starter(schemas.SplitRequest, "preprocessing", "split")
+start_augment = _starter(schemas.AugmentRequest, "preprocessing", "augment")
+start_crop = _starter(schemas.CropRequest, "preprocessing", "crop")
+start_diagnostic = _starter(schemas.DiagnosticRequest, "diagnostic", "diagnostic")
 
 
 # -- tasks: queries and actions -------------------------------------------------------------
