@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/ruff check protocol supervisor runner web tests benchmarks
 
 typecheck: setup
-	$(BIN)/mypy protocol supervisor web
+	$(BIN)/mypy protocol supervisor runner web
 
 bench: setup
 	$(BIN)/python -m benchmarks

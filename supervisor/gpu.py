@@ -89,7 +89,7 @@ class Gpus:
         self.cuda_version: str | None = None
         self._nvml: Any = None
         try:
-            import pynvml  # type: ignore[import-untyped]
+            import pynvml
         except ImportError as exc:
             self.reason = f"nvidia-ml-py not installed ({exc})"
             return
