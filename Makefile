@@ -33,7 +33,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy protocol supervisor runner web
 
+## benchmarks.http drives Debian's wrk as its load generator.
 bench: setup
+	@command -v wrk >/dev/null 2>&1 || { \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) >/dev/null 2>&1 \
+	  || echo "wrk could not be installed: benchmarks.http will say so"; }
 	$(BIN)/python -m benchmarks
 
 clean:
