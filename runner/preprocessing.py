@@ -124,11 +124,25 @@ def _io(ctx: JobContext) -> fetch.Inputs:
     )
 
 
-def _separate(source: Path, output: Path) -> None:
+def _source_and_output(ctx: JobContext, input_key: str, label: str) -> tuple[Path, Path]:
+    """The job's input (fetched if a URL or zip) and its output folder, kept apart."""
+    io = _io(ctx)
+    source = io.resolve(str(ctx.params[input_key]), label)
+    output = io.output(str(ctx.params["output_path"]))
     if output == source or output.is_relative_to(source):
         raise ValueError(
             f"output_path {output} must not lie inside the input folder {source}"
         )
+    return source, output
+
+
+def _images(ctx: JobContext, input_key: str, label: str) -> tuple[Path, Path, list[Path]]:
+    """``_source_and_output`` plus every image below the source; none is an error."""
+    source, output = _source_and_output(ctx, input_key, label)
+    images = datasets.list_images(source)
+    if not images:
+        raise ValueError(f"no images found in {ctx.params[input_key]}")
+    return source, output, images
 
 
 # -- split --------------------------------------------------------------------------------
@@ -172,10 +186,7 @@ def split(ctx: JobContext) -> str:
     )
     check_ratios(train_ratio, val_ratio)
     seed = p.get("seed", 42)
-    io = _io(ctx)
-    source = io.resolve(str(p["input_path"]), "input")
-    output = io.output(str(p["output_path"]))
-    _separate(source, output)
+    source, output = _source_and_output(ctx, "input_path", "input")
     classes = datasets.class_folders(source)
     if not classes:
         raise ValueError(
@@ -231,13 +242,7 @@ def augment(ctx: JobContext) -> str:
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
     seed = p.get("seed")
-    io = _io(ctx)
-    source = io.resolve(str(p["dataset_path"]), "dataset")
-    output = io.output(str(p["output_path"]))
-    _separate(source, output)
-    images = datasets.list_images(source)
-    if not images:
-        raise ValueError(f"no images found in {p['dataset_path']}")
+    source, output, images = _images(ctx, "dataset_path", "dataset")
     local = threading.local()  # a Compose is not thread-safe: one per thread and method
 
     def transform(method: str) -> A.Compose:
@@ -284,13 +289,7 @@ def crop(ctx: JobContext) -> str:
         raise ValueError(
             f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}"
         )
-    io = _io(ctx)
-    source = io.resolve(str(p["input_path"]), "input")
-    output = io.output(str(p["output_path"]))
-    _separate(source, output)
-    images = datasets.list_images(source)
-    if not images:
-        raise ValueError(f"no images found in {p['input_path']}")
+    source, output, images = _images(ctx, "input_path", "input")
 
     def work(path: Path) -> str | None:
         """None when cropped, else why not."""
