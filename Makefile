@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test lint typecheck bench browser clean
+.PHONY: setup run test lint typecheck bench browser clean gpu-check
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: setup
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) >/dev/null 2>&1 \
 	  || echo "wrk could not be installed: benchmarks.http will say so"; }
 	$(BIN)/python -m benchmarks
+
+## Every GPU path against the whole service (at most 5 minutes); says so and passes without a GPU.
+gpu-check: setup
+	$(BIN)/python deploy/gpu_check.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

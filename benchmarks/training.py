@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from runner import datasets, models
-from runner.training import make_loader, make_optimizer, seed_everything
+from runner.trainparts import make_loader, make_optimizer, seed_everything
 from tests.runner.harness import RunnerProcess
 from tests.support.datasets import digits
 

@@ -59,8 +59,13 @@ class Get:
 
 @dataclass(frozen=True, slots=True)
 class List:
+    """One page of tasks, newest first: at most ``limit``, older than ``cursor`` (the reply's
+    ``next_cursor`` of the page before; None: from the newest)."""
+
     task_type: str | None = None
     status: str | None = None
+    limit: int = 100
+    cursor: int | None = None
     kind: Literal["list"] = "list"
 
 

@@ -39,9 +39,20 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "limits_cpu_diagnostic": ("RFUAV_LIMIT_CPU_DIAGNOSTIC", "8", "concurrent diagnostic jobs"),
     "limits_gpu_training": ("RFUAV_LIMIT_GPU_TRAINING", "1", "concurrent training jobs per GPU"),
     "limits_gpu_inference": ("RFUAV_LIMIT_GPU_INFERENCE", "3", "concurrent inference jobs per GPU"),
-    "job_memory_mb": ("RFUAV_JOB_MEMORY_MB", "8192", "cgroup memory limit per job (0: none)"),
+    "job_memory_mb": (
+        "RFUAV_JOB_MEMORY_MB",
+        "auto",
+        "cgroup memory limit per job in MiB (0: none; `auto`: the host's memory less 1 GiB for the daemons, "
+        "shared by the CPU job slots, at least 512)",
+    ),
     "job_cpus": ("RFUAV_JOB_CPUS", "0", "cgroup CPU quota per job in cores (0: none)"),
     "job_pids": ("RFUAV_JOB_PIDS", "512", "cgroup pids limit per job (0: none)"),
+    "job_cpu_weight": (
+        "RFUAV_JOB_CPU_WEIGHT",
+        "20",
+        "CPU weight of jobs beside the daemons' 100 (1-10000; cgroup v2 `cpu.weight`, v1 `cpu.shares` scaled): "
+        "the control plane stays fast while jobs saturate the CPU",
+    ),
     "cpu_batch_cap": ("RFUAV_CPU_BATCH_CAP", "8", "training on the CPU clamps batch_size to this"),
     "cpu_worker_fraction": ("RFUAV_CPU_WORKER_FRACTION", "0.5", "DataLoader workers on the CPU, as a fraction of cores"),
     "cpu_thread_fraction": ("RFUAV_CPU_THREAD_FRACTION", "0.5", "torch threads on the CPU, as a fraction of cores"),
@@ -54,12 +65,14 @@ SETTINGS_DOC: dict[str, tuple[str, str, str]] = {
     "upload_retries": ("RFUAV_UPLOAD_RETRIES", "3", "retries per file after the first attempt"),
     "download_max_bytes": ("RFUAV_DOWNLOAD_MAX_BYTES", "2147483648", "largest download"),
     "download_timeout": ("RFUAV_DOWNLOAD_TIMEOUT", "600", "seconds a download may take in all"),
-    "url_allow_hosts": ("RFUAV_URL_ALLOW_HOSTS", "", "comma-separated host allowlist for URLs (empty: any non-link-local host)"),
+    "url_allow_hosts": ("RFUAV_URL_ALLOW_HOSTS", "", "comma-separated host allowlist for URLs (empty: any host the address rules allow)"),
+    "url_allow_loopback": ("RFUAV_URL_ALLOW_LOOPBACK", "0", "`1`: URLs may reach loopback addresses (127.0.0.0/8, ::1); 0.0.0.0, :: and link-local never"),
     "unzip_max_bytes": ("RFUAV_UNZIP_MAX_BYTES", "8589934592", "largest total size a zip may expand to"),
     "unzip_max_ratio": ("RFUAV_UNZIP_MAX_RATIO", "200", "largest compression ratio a zip may have"),
     "unzip_max_entries": ("RFUAV_UNZIP_MAX_ENTRIES", "200000", "most entries a zip may have"),
     "sse_heartbeat": ("RFUAV_SSE_HEARTBEAT", "15", "seconds between SSE comment heartbeats when idle"),
     "sse_queue": ("RFUAV_SSE_QUEUE", "10000", "events buffered per SSE client before it is dropped (it resumes losslessly)"),
+    "diagnostic": ("RFUAV_DIAGNOSTIC", "0", "`1`: serve the diagnostic job type (tests, benchmarks, operators); off: 404"),
 }
 
 
@@ -86,6 +99,7 @@ class Settings:
     job_memory_mb: int = 8192
     job_cpus: float = 0.0
     job_pids: int = 512
+    job_cpu_weight: int = 20
     cpu_batch_cap: int = 8
     cpu_worker_fraction: float = 0.5
     cpu_thread_fraction: float = 0.5
@@ -99,11 +113,13 @@ class Settings:
     download_max_bytes: int = 2 << 30
     download_timeout: float = 600.0
     url_allow_hosts: tuple[str, ...] = ()
+    url_allow_loopback: bool = False
     unzip_max_bytes: int = 8 << 30
     unzip_max_ratio: float = 200.0
     unzip_max_entries: int = 200_000
     sse_heartbeat: float = 15.0
     sse_queue: int = 10_000
+    diagnostic: bool = False
 
     @property
     def addresses(self) -> Addresses:
@@ -145,6 +161,9 @@ class Settings:
         values["runtime_dir"] = Path(merged["RFUAV_RUNTIME_DIR"]) if merged.get("RFUAV_RUNTIME_DIR") else default_runtime_dir(home)
         roots = merged.get("RFUAV_DATA_ROOTS", "")
         values["data_roots"] = tuple(Path(p).absolute() for p in roots.split(":") if p) or (home,)
+        memory = merged.get("RFUAV_JOB_MEMORY_MB", "").strip()
+        if memory in ("", "auto"):
+            merged["RFUAV_JOB_MEMORY_MB"] = str(auto_job_memory_mb(merged))
         hosts = merged.get("RFUAV_URL_ALLOW_HOSTS", "")
         values["url_allow_hosts"] = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
         typed = {f.name: f.type for f in fields(cls)}
@@ -152,10 +171,12 @@ class Settings:
             if name in values or name.startswith("limits_"):
                 continue
             kind = str(typed[name])
-            conv: Callable[[str], Any] = {"int": _pos_int, "float": _pos_float}.get(kind, str)
+            conv: Callable[[str], Any] = {"int": _pos_int, "float": _pos_float, "bool": _flag}.get(kind, str)
             value = get(name, conv)
             if value is not None:
                 values[name] = value
+        if not 1 <= values.get("job_cpu_weight", 20) <= 10_000:
+            raise ValueError(f"RFUAV_JOB_CPU_WEIGHT={values['job_cpu_weight']}: must be between 1 and 10000")
         if values.get("start_mode", "warm") not in ("warm", "cold"):
             raise ValueError(f"RFUAV_START_MODE={values['start_mode']!r}: must be 'warm' or 'cold'")
         limits = {k: dict(v) for k, v in DEFAULT_LIMITS.items()}
@@ -169,11 +190,35 @@ class Settings:
         return cls(**values)
 
 
+def host_memory_mb() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def auto_job_memory_mb(env: Mapping[str, str]) -> int:
+    """The default per-job memory limit: what the host has, less 1 GiB kept for the daemons,
+    split over the CPU slots for real jobs (training, inference, preprocessing), so that the
+    jobs together can never take the machine (a limit of a third of it per job could)."""
+    slots = 0
+    for task_type in ("training", "inference", "preprocessing"):
+        raw = env.get(f"RFUAV_LIMIT_CPU_{task_type.upper()}", "").strip()
+        slots += int(raw) if raw.isascii() and raw.isdigit() else DEFAULT_LIMITS["cpu"][task_type]
+    return max(512, (host_memory_mb() - 1024) // max(1, slots))
+
+
 def _pos_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
 
 
 def _pos_float(raw: str) -> float:

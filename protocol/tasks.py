@@ -34,8 +34,9 @@ FINAL_STATUSES: frozenset[str] = frozenset({COMPLETED, FAILED, CANCELLED})
 LIVE_STATUSES: frozenset[str] = frozenset({PENDING, RUNNING})
 
 #: Custom task ids: safe as a directory name and in a URL path.
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
+#: Use with ``fullmatch``: ``$`` would also match before a final newline.
+TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+DEVICE_RE = re.compile(r"cpu|cuda|cuda:[0-9]{1,2}")
 
 #: Keys of ``params`` that are secrets: stored for the runner, never shown, never logged.
 SECRET_KEYS: frozenset[str] = frozenset({"token"})

@@ -6,12 +6,47 @@ import os
 import select
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from protocol import events as ev
 from protocol.jobs import JobSpec
 from runner.publisher import Publisher
+
+#: Job parameters whose values are secrets (the upload ``token``).
+SECRET_PARAMS = ("token",)
+REDACTED = "***"
+
+
+def secret_forms(values: Iterable[Any]) -> tuple[str, ...]:
+    """Every form in which a secret can show up in a message: as given, without surrounding
+    whitespace, and escaped as ``repr`` writes it (how exception messages quote values).
+    Longest first, so that a longer form is replaced before a part of it."""
+    forms: set[str] = set()
+    for value in values:
+        if not isinstance(value, str) or not value:
+            continue
+        for v in (value, value.strip()):
+            forms |= {v, repr(v)[1:-1], v.encode("unicode_escape").decode("ascii")}
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v, secrets) for v in value]
+    return value
 
 
 class Cancelled(Exception):
@@ -77,16 +112,17 @@ class JobContext:
         self.stop_requested = StopFlag()
         self._pub = publisher
         self._last_progress = -1
+        self._secrets = secret_forms(self.params.get(key) for key in SECRET_PARAMS)
 
     # -- events ------------------------------------------------------------------------
     def log(self, message: str, level: str = "INFO", **fields: Any) -> None:
-        self._pub.emit(ev.LOG, message, level, **fields)
+        self._emit(ev.LOG, message, level, fields)
 
     def warning(self, message: str, **fields: Any) -> None:
-        self._pub.emit(ev.LOG, message, "WARNING", **fields)
+        self._emit(ev.LOG, message, "WARNING", fields)
 
     def error(self, message: str, **fields: Any) -> None:
-        self._pub.emit(ev.LOG, message, "ERROR", **fields)
+        self._emit(ev.LOG, message, "ERROR", fields)
 
     def progress(self, percent: float, message: str | None = None, **fields: Any) -> None:
         """Report progress (0–100). Unchanged whole percentages without a message are skipped."""
@@ -94,15 +130,23 @@ class JobContext:
         if message is None and pct == self._last_progress and not fields:
             return
         self._last_progress = pct
-        self._pub.emit(ev.PROGRESS, message or f"progress {pct}%", "INFO", progress=pct, **fields)
+        self._emit(ev.PROGRESS, message or f"progress {pct}%", "INFO", dict(fields, progress=pct))
 
     def metrics(self, message: str, metrics: dict[str, Any], **fields: Any) -> None:
-        self._pub.emit(ev.METRICS, message, "INFO", metrics=metrics, **fields)
+        self._emit(ev.METRICS, message, "INFO", dict(fields, metrics=metrics))
 
     def result(self, message: str, result: dict[str, Any], **fields: Any) -> None:
-        self._pub.emit(ev.RESULT, message, "INFO", result=result, **fields)
+        self._emit(ev.RESULT, message, "INFO", dict(fields, result=result))
 
     def emit(self, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
+        self._emit(kind, message, level, fields)
+
+    def _emit(self, kind: str, message: str, level: str, fields: dict[str, Any]) -> None:
+        """The one way out for every event of the job (log, metrics, result, the final status
+        with its error message): a secret of the job never leaves in one."""
+        if self._secrets:
+            message = redact(message, self._secrets)
+            fields = {k: _redact_value(v, self._secrets) for k, v in fields.items()}
         self._pub.emit(kind, message, level, **fields)
 
     def flush(self) -> None:

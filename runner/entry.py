@@ -58,7 +58,7 @@ def _isolate(spec: JobSpec) -> None:
 
 def _redirect_output(task_dir: Path) -> None:
     for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
-        out = os.open(task_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        out = os.open(task_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.dup2(out, fd)
         os.close(out)
     sys.stdout = open(1, "w", buffering=1, closefd=False)

@@ -2,52 +2,48 @@
 
 Contracts (every refusal raises ``FetchError`` with a precise message, which fails the task):
 
-- URLs: ``http``/``https`` only; every address the host resolves to is checked, and link-local
-  (169.254.0.0/16, fe80::/10) and cloud-metadata addresses (169.254.169.254, fd00:ec2::254,
-  ``metadata.google.internal``) are refused; private ranges are allowed unless a host allowlist
-  (``url_allow_hosts``) is configured. At most ``MAX_REDIRECTS`` redirects, each checked again.
-  Downloads stream into the task directory under a size (``download_max_bytes``) and a total time
-  (``download_timeout``) limit.
+- URLs: the policy of ``runner.urls`` (http/https only; unspecified, link-local and metadata
+  addresses always refused; loopback only with ``url_allow_loopback``; optional host allowlist),
+  checked before each request and again at connect time for every connection. At most
+  ``MAX_REDIRECTS`` redirects, each checked again. Downloads stream into the task directory under
+  a size (``download_max_bytes``) and a total time (``download_timeout``) limit: a server that
+  stalls or trickles is cut off at the deadline.
 - Zips: entries with absolute paths, ``..``, links or special files, encrypted entries, more
   than ``unzip_max_entries`` entries, a total over ``unzip_max_bytes`` or a compression ratio
   over ``unzip_max_ratio`` are refused before anything is written; the byte count is enforced
   again while writing (declared sizes can lie). A zip whose content is one top folder unwraps to
   it. A downloaded zip is removed after extraction; a user's local zip is left alone.
 - Local paths must resolve (symlinks followed) inside ``data_roots`` — defence in depth, web
-  checks first.
-
-Known limit: the DNS check and the connection resolve separately, so a host that changes its
-answer between the two (DNS rebinding) is not caught; ``url_allow_hosts`` closes that gap.
+  checks first. Everything a job writes goes through ``runner.safefs.OutputTree``: no write
+  follows a symbolic link below a confined folder.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
-import socket
 import stat
+import threading
 import time
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+
+from runner import urls
+from runner.safefs import OutputTree
+from runner.urls import FetchError, UrlPolicy, check_url, is_url
+
+__all__ = ["FetchError", "Inputs", "Limits", "check_url", "confine", "download", "extract_zip", "is_url"]
 
 MAX_REDIRECTS = 3
 CHUNK = 1 << 20
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
-_METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 _IGNORED_TOP = ("__MACOSX",)
-
-
-class FetchError(ValueError):
-    """An input that cannot be fetched or unpacked safely; the message says exactly why."""
 
 
 @dataclass(frozen=True)
@@ -57,80 +53,28 @@ class Limits:
     unzip_max_bytes: int = 8 << 30
     unzip_max_ratio: float = 200.0
     unzip_max_entries: int = 200_000
-    allow_hosts: tuple[str, ...] = ()
+    url_policy: UrlPolicy = field(default_factory=UrlPolicy)
     data_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Limits:
         """Read the job spec's ``config`` (missing keys keep the settings' defaults)."""
-        hosts = config.get("url_allow_hosts") or ()
-        if isinstance(hosts, str):
-            hosts = [h for h in hosts.split(",")]
         roots = config.get("data_roots") or ()
         if isinstance(roots, str):
-            roots = [r for r in roots.split(":")]
+            roots = roots.split(":")
         d = cls()
         return cls(
-            download_max_bytes=int(
-                config.get("download_max_bytes", d.download_max_bytes)
-            ),
+            download_max_bytes=int(config.get("download_max_bytes", d.download_max_bytes)),
             download_timeout=float(config.get("download_timeout", d.download_timeout)),
             unzip_max_bytes=int(config.get("unzip_max_bytes", d.unzip_max_bytes)),
             unzip_max_ratio=float(config.get("unzip_max_ratio", d.unzip_max_ratio)),
             unzip_max_entries=int(config.get("unzip_max_entries", d.unzip_max_entries)),
-            allow_hosts=tuple(h.strip().lower() for h in hosts if h and h.strip()),
+            url_policy=UrlPolicy.from_config(config),
             data_roots=tuple(Path(r) for r in roots if r),
         )
 
 
-# -- URLs -------------------------------------------------------------------------------
-def is_url(value: str) -> bool:
-    return value.lower().startswith(("http://", "https://"))
-
-
-def _refused_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if addr in _METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if addr.is_link_local:
-        return "link-local"
-    return None
-
-
-def check_url(url: str, allow_hosts: tuple[str, ...] = ()) -> None:
-    """Refuse ``url`` unless it is http(s) to an allowed host whose every address is allowed."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise FetchError(f"URL {url!r} refused: only http and https are allowed")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise FetchError(f"URL {url!r} refused: no host")
-    if host in _METADATA_HOSTS:
-        raise FetchError(f"URL {url!r} refused: {host} is a cloud metadata host")
-    if allow_hosts and not any(
-        host == h or host.endswith("." + h) for h in allow_hosts
-    ):
-        raise FetchError(f"URL {url!r} refused: host {host} is not in url_allow_hosts")
-    try:
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError as exc:
-        raise FetchError(f"URL {url!r} refused: {exc}") from None
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise FetchError(
-            f"URL {url!r}: cannot resolve host {host}: {exc.strerror}"
-        ) from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        why = _refused_address(address)
-        if why:
-            raise FetchError(
-                f"URL {url!r} refused: {host} resolves to {address}, {why}"
-            )
-
-
+# -- downloads ----------------------------------------------------------------------------
 def _filename(url: str) -> str:
     name = PurePosixPath(urlsplit(url).path).name
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
@@ -143,22 +87,16 @@ def download(
     limits: Limits,
     check_stop: Callable[[], None] | None = None,
 ) -> tuple[Path, bool]:
-    """Download ``url`` into ``dest_dir``; returns ``(path, looks_like_zip)``."""
+    """Download ``url`` into ``dest_dir`` (created); returns ``(path, looks_like_zip)``."""
     deadline = time.monotonic() + limits.download_timeout
     dest_dir.mkdir(parents=True, exist_ok=True)
     current = url
-    session = requests.Session()
-    session.trust_env = (
-        False  # no proxy from the environment: the address checks must hold
-    )
-    try:
+    with urls.session(limits.url_policy) as session:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, limits.allow_hosts)
+            check_url(current, limits.url_policy)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise FetchError(
-                    f"download of {url} exceeded {limits.download_timeout:g} s"
-                )
+                raise _timeout(url, limits)
             try:
                 response = session.get(
                     current,
@@ -167,6 +105,8 @@ def download(
                     timeout=(min(30.0, remaining), min(60.0, remaining)),
                 )
             except requests.RequestException as exc:
+                if time.monotonic() >= deadline:
+                    raise _timeout(url, limits) from None
                 raise FetchError(f"download of {current} failed: {exc}") from None
             if response.is_redirect:
                 location = response.headers.get("Location", "")
@@ -175,11 +115,32 @@ def download(
                 continue
             with response:
                 return _save(response, current, dest_dir, limits, deadline, check_stop)
-        raise FetchError(
-            f"download of {url} refused: more than {MAX_REDIRECTS} redirects"
-        )
+        raise FetchError(f"download of {url} refused: more than {MAX_REDIRECTS} redirects")
+
+
+def _timeout(url: str, limits: Limits) -> FetchError:
+    return FetchError(f"download of {url} exceeded download_timeout ({limits.download_timeout:g} s)")
+
+
+def _chunks(response: requests.Response, deadline: float) -> Iterator[bytes]:
+    """The body as it arrives (``read1``: each piece as soon as the socket has it). At the
+    deadline a timer shuts the socket down, so a server that stalls or trickles cannot hold a
+    read past it."""
+
+    def cut() -> None:
+        try:
+            response.raw.shutdown()
+        except (ValueError, RuntimeError, OSError):  # already released or closed
+            pass
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        while chunk := response.raw.read1(CHUNK, decode_content=True):
+            yield chunk
     finally:
-        session.close()
+        timer.cancel()
 
 
 def _save(
@@ -191,43 +152,35 @@ def _save(
     check_stop: Callable[[], None] | None,
 ) -> tuple[Path, bool]:
     if response.status_code != 200:
-        raise FetchError(
-            f"download of {url} failed: HTTP {response.status_code} {response.reason}"
-        )
+        raise FetchError(f"download of {url} failed: HTTP {response.status_code} {response.reason}")
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.download_max_bytes:
         raise FetchError(
             f"download of {url} refused: {declared} bytes exceeds download_max_bytes "
             f"({limits.download_max_bytes})"
         )
-    path = dest_dir / _filename(url)
+    name = _filename(url)
     size = 0
     try:
-        with open(path, "wb") as out:
-            for chunk in response.iter_content(CHUNK):
+        with OutputTree(dest_dir).create(name) as out:
+            for chunk in _chunks(response, deadline):
                 size += len(chunk)
                 if size > limits.download_max_bytes:
                     raise FetchError(
                         f"download of {url} refused: more than download_max_bytes "
                         f"({limits.download_max_bytes}) bytes"
                     )
-                if time.monotonic() > deadline:
-                    raise FetchError(
-                        f"download of {url} exceeded download_timeout ({limits.download_timeout:g} s)"
-                    )
                 if check_stop is not None:
                     check_stop()
                 out.write(chunk)
-    except requests.RequestException as exc:
-        path.unlink(missing_ok=True)
-        raise FetchError(f"download of {url} failed: {exc}") from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    content_type = (
-        response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    )
-    return path, path.suffix.lower() == ".zip" or content_type in _ZIP_TYPES
+            if time.monotonic() >= deadline:  # the timer cut the body short
+                raise _timeout(url, limits)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if time.monotonic() >= deadline:
+            raise _timeout(url, limits) from None
+        raise FetchError(f"download of {url} failed: {type(exc).__name__}: {exc}") from None
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return dest_dir / name, name.lower().endswith(".zip") or content_type in _ZIP_TYPES
 
 
 # -- zips -------------------------------------------------------------------------------
@@ -278,20 +231,17 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
                 f"unzip_max_ratio ({limits.unzip_max_ratio:g}) — a zip bomb?"
             )
         dest.mkdir(parents=True, exist_ok=True)
-        root = dest.resolve()
+        tree = OutputTree(dest)
         written = 0
         for info in infos:
-            target = (root / info.filename.replace("\\", "/")).resolve()
-            if not target.is_relative_to(root):
-                raise FetchError(
-                    f"zip refused: entry {info.filename!r} leaves the extraction folder"
-                )
+            rel = PurePosixPath(info.filename.replace("\\", "/"))
+            if not rel.parts:
+                continue  # "./": the extraction folder itself
             if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
+                tree.mkdir(rel)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with zf.open(info) as src, open(target, "wb") as out:
+                with zf.open(info) as src, tree.create(rel) as out:
                     while chunk := src.read(CHUNK):
                         written += len(chunk)
                         if written > limits.unzip_max_bytes:
@@ -344,6 +294,7 @@ class Inputs:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.task_dir = task_dir
+        self.task_tree = OutputTree(task_dir)
         self.limits = limits
         self.check_stop = check_stop
         self.log = log or (lambda message: None)
@@ -352,26 +303,20 @@ class Inputs:
         """A URL (downloaded, a zip extracted and removed), a local zip (extracted into the
         task directory) or a local path (confined), as a local path."""
         if is_url(value):
-            path, is_zip = download(
-                value,
-                self.task_dir / "downloads" / purpose,
-                self.limits,
-                self.check_stop,
-            )
+            downloads = self.task_tree.mkdir(f"downloads/{purpose}")
+            path, is_zip = download(value, downloads, self.limits, self.check_stop)
             self.log(f"{purpose}: downloaded {value} ({path.stat().st_size} bytes)")
             if not is_zip:
                 return path
             try:
-                root = extract_zip(
-                    path, self.task_dir / "inputs" / purpose, self.limits
-                )
+                root = extract_zip(path, self.task_tree.mkdir(f"inputs/{purpose}"), self.limits)
             finally:
                 path.unlink(missing_ok=True)
             self.log(f"{purpose}: extracted to {root}")
             return root
         local = confine(value, self.limits.data_roots)
         if local.is_file() and local.suffix.lower() == ".zip":
-            root = extract_zip(local, self.task_dir / "inputs" / purpose, self.limits)
+            root = extract_zip(local, self.task_tree.mkdir(f"inputs/{purpose}"), self.limits)
             self.log(f"{purpose}: extracted {local.name} to {root}")
             return root
         return local
@@ -391,13 +336,14 @@ class Inputs:
             )
         return matches[0]
 
-    def output(self, value: str) -> Path:
-        """A local output folder (created), confined to the data roots."""
+    def output(self, value: str) -> OutputTree:
+        """A local output folder (created), confined to the data roots; every write below it
+        goes through the returned ``OutputTree`` (no symbolic link followed)."""
         if is_url(value):
             raise FetchError(f"output path {value!r} must be a local folder, not a URL")
         path = confine(value, self.limits.data_roots, must_exist=False)
         path.mkdir(parents=True, exist_ok=True)
-        return path
+        return OutputTree(path)
 
 
 def remove_tree(path: Path) -> None:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from protocol.catalog import IMAGE_EXTENSIONS
 from runner import datasets, devices, fetch, models, upload
 from runner.context import JobContext
+from runner.safefs import OutputTree, text_writer
 
 
 @dataclass(frozen=True)
@@ -189,31 +190,31 @@ def _result(
 
 
 def _write(
-    out_dir: Path, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int
+    out: OutputTree, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int
 ) -> tuple[Path, Path]:
-    json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
-    json_path.write_text(
-        json.dumps(
-            {"summary": summary, "results": results}, ensure_ascii=False, indent=1
-        )
+    json_path = out.write_text(
+        "results.json", json.dumps({"summary": summary, "results": results}, ensure_ascii=False, indent=1)
     )
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        header = ["image", "top_class", "probability"]
-        for k in range(1, top_k + 1):
-            header += [f"class_{k}", f"probability_{k}"]
-        writer.writerow(header + ["error"])
-        for r in results:
-            row = [r["image"], r.get("top_class", ""), r.get("probability", "")]
-            for k in range(top_k):
-                preds = r.get("predictions", [])
-                row += (
-                    [preds[k]["class_name"], preds[k]["probability"]]
-                    if k < len(preds)
-                    else ["", ""]
-                )
-            writer.writerow(row + [r.get("error", "")])
+    csv_path = out.write_with("results.csv", text_writer(lambda fh: _write_csv(fh, results, top_k)))
     return json_path, csv_path
+
+
+def _write_csv(fh: Any, results: list[dict[str, Any]], top_k: int) -> None:
+    writer = csv.writer(fh)
+    header = ["image", "top_class", "probability"]
+    for k in range(1, top_k + 1):
+        header += [f"class_{k}", f"probability_{k}"]
+    writer.writerow(header + ["error"])
+    for r in results:
+        row = [r["image"], r.get("top_class", ""), r.get("probability", "")]
+        for k in range(top_k):
+            preds = r.get("predictions", [])
+            row += (
+                [preds[k]["class_name"], preds[k]["probability"]]
+                if k < len(preds)
+                else ["", ""]
+            )
+        writer.writerow(row + [r.get("error", "")])
 
 
 def run(ctx: JobContext) -> str:
@@ -234,12 +235,10 @@ def run(ctx: JobContext) -> str:
             f"no images found in {p.source_path} (extensions {', '.join(IMAGE_EXTENSIONS)})"
         )
     if p.save_path:
-        out_dir = inputs.output(
-            str(Path(p.save_path) / p.name) if p.name else p.save_path
-        )
+        out = inputs.output(str(Path(p.save_path) / p.name) if p.name else p.save_path)
     else:
-        out_dir = ctx.task_dir / "results" / (p.name or "")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out = OutputTree(inputs.task_tree.mkdir(Path("results", p.name or "")))
+    out_dir = out.root
 
     model, prepared = load_model(cfg, weights, device)
     top_k = min(p.top_k, cfg.num_classes)
@@ -296,7 +295,7 @@ def run(ctx: JobContext) -> str:
         "count": len(images), "failed": failed, "class_counts": counts,
         "images_per_s": round(len(images) / max(elapsed, 1e-9), 2), "model": cfg.model,
     }  # fmt: skip
-    json_path, csv_path = _write(out_dir, results, summary, top_k)
+    json_path, csv_path = _write(out, results, summary, top_k)
     summary.update(results_json=str(json_path), results_csv=str(csv_path))
     last = next((r for r in reversed(results) if "top_class" in r), results[-1])
     ctx.result(

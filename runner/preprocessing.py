@@ -24,7 +24,6 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import random
-import shutil
 import threading
 import zlib
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ import numpy as np
 from protocol.catalog import AUGMENT_METHODS
 from runner import datasets, fetch
 from runner.context import JobContext
+from runner.safefs import OutputTree
 
 T = TypeVar("T")
 
@@ -104,13 +104,12 @@ def _take(it: Iterable[tuple[int, T]], n: int) -> list[tuple[int, T]]:
     return out
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
+def _write_image(out: OutputTree, rel: Path, image: np.ndarray) -> None:
     """Encode by the file's extension (``imwrite`` cannot take every path; a bad write raises)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(path.suffix or ".png", image)
+    ok, data = cv2.imencode(rel.suffix or ".png", image)
     if not ok:
-        raise OSError(f"cannot encode {path.name}")
-    data.tofile(str(path))
+        raise OSError(f"cannot encode {rel.name}")
+    out.write_bytes(rel, data.tobytes())
 
 
 def _read_unchanged(path: Path) -> np.ndarray | None:
@@ -124,25 +123,26 @@ def _io(ctx: JobContext) -> fetch.Inputs:
     )
 
 
-def _source_and_output(ctx: JobContext, input_key: str, label: str) -> tuple[Path, Path]:
+def _source_and_output(ctx: JobContext, input_key: str, label: str) -> tuple[Path, OutputTree]:
     """The job's input (fetched if a URL or zip) and its output folder, kept apart."""
     io = _io(ctx)
     source = io.resolve(str(ctx.params[input_key]), label)
-    output = io.output(str(ctx.params["output_path"]))
+    out = io.output(str(ctx.params["output_path"]))
+    output = out.root
     if output == source or output.is_relative_to(source):
         raise ValueError(
             f"output_path {output} must not lie inside the input folder {source}"
         )
-    return source, output
+    return source, out
 
 
-def _images(ctx: JobContext, input_key: str, label: str) -> tuple[Path, Path, list[Path]]:
+def _images(ctx: JobContext, input_key: str, label: str) -> tuple[Path, OutputTree, list[Path]]:
     """``_source_and_output`` plus every image below the source; none is an error."""
-    source, output = _source_and_output(ctx, input_key, label)
+    source, out = _source_and_output(ctx, input_key, label)
     images = datasets.list_images(source)
     if not images:
         raise ValueError(f"no images found in {ctx.params[input_key]}")
-    return source, output, images
+    return source, out, images
 
 
 # -- split --------------------------------------------------------------------------------
@@ -186,7 +186,8 @@ def split(ctx: JobContext) -> str:
     )
     check_ratios(train_ratio, val_ratio)
     seed = p.get("seed", 42)
-    source, output = _source_and_output(ctx, "input_path", "input")
+    source, out = _source_and_output(ctx, "input_path", "input")
+    output = out.root
     classes = datasets.class_folders(source)
     if not classes:
         raise ValueError(
@@ -200,17 +201,13 @@ def split(ctx: JobContext) -> str:
         )
         counts[klass] = {part: len(files) for part, files in plan.items()}
         for part, files in plan.items():
-            jobs += [
-                (f, output / part / klass / f.relative_to(source / klass))
-                for f in files
-            ]
+            jobs += [(f, Path(part, klass, f.relative_to(source / klass))) for f in files]
     ctx.log(
         f"split of {len(jobs)} images in {len(classes)} classes (train {train_ratio:g}, val {val_ratio:g}, seed {seed})"
     )
 
     def copy(job: tuple[Path, Path]) -> None:
-        job[1].parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(job[0], job[1])
+        out.copy_from(*job)
 
     _parallel(ctx, jobs, copy, "split")
     totals = {
@@ -242,7 +239,8 @@ def augment(ctx: JobContext) -> str:
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
     seed = p.get("seed")
-    source, output, images = _images(ctx, "dataset_path", "dataset")
+    source, out, images = _images(ctx, "dataset_path", "dataset")
+    output = out.root
     local = threading.local()  # a Compose is not thread-safe: one per thread and method
 
     def transform(method: str) -> A.Compose:
@@ -253,9 +251,7 @@ def augment(ctx: JobContext) -> str:
 
     def work(path: Path) -> int:
         rel = path.relative_to(source) if path != source else Path(path.name)
-        target = output / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        out.copy_from(path, rel)
         image = datasets.read_rgb(path)
         written = 1
         for method in methods:
@@ -264,11 +260,11 @@ def augment(ctx: JobContext) -> str:
                 s = _seed_of(seed, rel, method, n)
                 if s is not None:
                     compose.set_random_seed(s)
-                out = compose(image=image)["image"]
+                augmented = compose(image=image)["image"]
                 _write_image(
-                    target.with_name(f"{path.stem}_{method}_{n}{path.suffix}"),
-                    cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
-                )
+                    out, rel.with_name(f"{path.stem}_{method}_{n}{path.suffix}"),
+                    cv2.cvtColor(augmented, cv2.COLOR_RGB2BGR),
+                )  # fmt: skip
                 written += 1
         return written
 
@@ -289,7 +285,8 @@ def crop(ctx: JobContext) -> str:
         raise ValueError(
             f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}"
         )
-    source, output, images = _images(ctx, "input_path", "input")
+    source, out, images = _images(ctx, "input_path", "input")
+    output = out.root
 
     def work(path: Path) -> str | None:
         """None when cropped, else why not."""
@@ -300,9 +297,7 @@ def crop(ctx: JobContext) -> str:
         if x + width > w or y + height > h:
             return f"{w}x{h} is smaller than the box"
         rel = path.relative_to(source) if path != source else Path(path.name)
-        _write_image(
-            output / rel, np.ascontiguousarray(image[y : y + height, x : x + width])
-        )
+        _write_image(out, rel, np.ascontiguousarray(image[y : y + height, x : x + width]))
         return None
 
     ctx.log(f"cropping {len(images)} images to {width}x{height} at ({x}, {y})")

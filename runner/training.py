@@ -24,113 +24,23 @@ epoch are bit-identical to a bare loop that calls ``seed_everything``, ``models.
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from protocol import events as ev
 from runner import datasets, devices, fetch, metrics, models, upload
 from runner.context import Cancelled, JobContext
+from runner.trainparts import TrainingParams, make_loader, make_optimizer, seed_everything, write_config
+
+__all__ = ["TrainingParams", "make_loader", "make_optimizer", "run", "seed_everything", "write_config"]
 
 #: Seconds between two ``training`` stage events (a few per second at most).
 STEP_EVENT_INTERVAL = 0.5
-
-
-@dataclass(frozen=True)
-class TrainingParams:
-    model: str
-    num_classes: int
-    train_path: str
-    val_path: str
-    save_path: str
-    name: str | None = None
-    batch_size: int = 8
-    num_epochs: int = 100
-    learning_rate: float = 1e-4
-    image_size: int = 224
-    weight_path: str = ""
-    pretrained: bool = True
-    shuffle: bool = True
-    enable_upload: bool = False
-    upload_url: str | None = None
-    token: str | None = field(default=None, repr=False)
-    seed: int | None = None
-    deterministic: bool = False
-    augment: bool = True
-    num_workers: int | None = None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainingParams:
-        """Known keys only (web validated them); a missing required key raises ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in params.items() if k in known and v is not None}
-        missing = [
-            k
-            for k in ("model", "num_classes", "train_path", "val_path", "save_path")
-            if k not in values
-        ]
-        if missing:
-            raise ValueError(f"training parameter(s) missing: {', '.join(missing)}")
-        return cls(**values)
-
-
-# -- building blocks (shared with benchmarks/training.py) --------------------------------
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every RNG the job uses; ``deterministic`` also forbids non-deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def make_loader(
-    dataset: Dataset[Any],
-    *,
-    batch_size: int,
-    workers: int,
-    shuffle: bool,
-    seed: int | None,
-    pin_memory: bool = False,
-) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        worker_init_fn=datasets.seed_worker if workers > 0 else None,
-        generator=generator,
-        persistent_workers=workers > 0,
-        drop_last=False,
-    )
-
-
-def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=learning_rate)
-
-
-def write_config(path: Path, p: TrainingParams, class_names: list[str]) -> None:
-    config = {
-        "model": p.model,
-        "num_classes": p.num_classes,
-        "class_names": list(class_names),
-        "image_size": p.image_size,
-        "mean": list(datasets.MEAN),
-        "std": list(datasets.STD),
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -151,13 +61,13 @@ class _Trainer:
             ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
         )
         self.state = _State()
+        self._amp_reported = False
 
     # setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
         p, ctx = self.p, self.ctx
-        self.out_dir = self.inputs.output(
-            str(Path(p.save_path) / p.name) if p.name else p.save_path
-        )
+        self.out = self.inputs.output(str(Path(p.save_path) / p.name) if p.name else p.save_path)
+        self.out_dir = self.out.root
         train_dir = self.inputs.resolve(p.train_path, "train")
         val_dir = self.inputs.resolve(p.val_path, "val")
         if p.seed is not None:
@@ -211,7 +121,7 @@ class _Trainer:
             self.optimizer.load_state_dict(self._resume["optimizer"])
             if isinstance(self._resume.get("scheduler"), dict):
                 self.scheduler.load_state_dict(self._resume["scheduler"])
-        write_config(self.out_dir / "config.yaml", p, names)
+        write_config(self.out, p, names)
         ctx.log(
             f"training {p.model} on {self.device} for {p.num_epochs} epochs: batch_size {self.batch_size}, "
             f"lr {p.learning_rate:g}, image_size {p.image_size}, {workers} loader workers, "
@@ -287,11 +197,9 @@ class _Trainer:
         }
 
     def _save(self, name: str) -> Path:
-        path = self.out_dir / name
-        tmp = path.with_suffix(".tmp")
-        torch.save(self._checkpoint(), tmp)
-        tmp.replace(path)  # a reader (or a kill) never sees half a file
-        return path
+        # A new file renamed over the old one: a reader (or a kill) never sees half a file.
+        checkpoint = self._checkpoint()
+        return self.out.write_with(name, lambda fh: torch.save(checkpoint, fh))
 
     def train(self) -> None:
         p, ctx = self.p, self.ctx
@@ -342,6 +250,17 @@ class _Trainer:
             stage=ev.COMPLETED, epoch=self.state.epoch, total_epochs=total, progress=100,
         )  # fmt: skip
 
+    def _report_amp(self, dtype: torch.dtype, scaler: torch.amp.GradScaler) -> None:
+        """Once per job on CUDA, after the first step: what mixed precision actually did (the
+        ``amp`` field; ``deploy/gpu_check.py`` checks it)."""
+        self._amp_reported = True
+        amp = {
+            "autocast_dtype": str(dtype).removeprefix("torch."),
+            "grad_scaler_enabled": scaler.is_enabled(),
+            "grad_scale": float(scaler.get_scale()),
+        }
+        self.ctx.log(f"mixed precision: autocast {amp['autocast_dtype']}, GradScaler scale {amp['grad_scale']:g}", amp=amp)
+
     def _train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
         ctx, device, model = self.ctx, self.device, self.model
         model.train()
@@ -363,6 +282,8 @@ class _Trainer:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if not self._amp_reported:
+                    self._report_amp(logits.dtype, self.scaler)
             else:
                 loss.backward()
                 self.optimizer.step()

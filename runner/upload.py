@@ -6,8 +6,12 @@ retried with exponential backoff (``upload_retries`` retries after the first att
 
 Decision: an upload failure does not fail the task. The local results are complete and kept;
 the failure is reported as an ERROR event per file and in the returned summary, which the job
-turns into its final message ("completed; upload failed: ..."). The token is sent only in the
-header and never appears in an event, a log line or an exception message.
+turns into its final message ("completed; upload failed: ..."). A URL refused by the policy of
+``runner.urls`` (checked again at connect time) is reported at once, without retries.
+
+The token is sent only in the header. An exception about the request's headers (which quotes
+the header value) is reported by its type alone; whatever else a message carries, the job's
+context replaces the token in every event (``runner.context``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 import requests
 
-from runner.fetch import FetchError, check_url
+from runner import urls
+from runner.urls import FetchError, UrlPolicy, check_url
 
 #: (business label, file type) per kind of result file.
 TRAINING_CONFIG = ("SATEL_AGENT", "cfg_path")
@@ -41,7 +46,7 @@ class UploadConfig:
     type_field: str = "fileType"
     auth_header: str = "Authorization"
     retries: int = 3
-    allow_hosts: tuple[str, ...] = ()
+    policy: UrlPolicy = UrlPolicy()
 
     @classmethod
     def from_job(cls, params: dict[str, Any], config: dict[str, Any]) -> UploadConfig:
@@ -50,9 +55,6 @@ class UploadConfig:
             raise ValueError(
                 "enable_upload is set but neither upload_url nor the configured default is given"
             )
-        hosts = config.get("url_allow_hosts") or ()
-        if isinstance(hosts, str):
-            hosts = hosts.split(",")
         return cls(
             url=str(url),
             token=params.get("token") or None,
@@ -61,7 +63,7 @@ class UploadConfig:
             type_field=str(config.get("upload_type_field") or "fileType"),
             auth_header=str(config.get("upload_auth_header") or "Authorization"),
             retries=int(config.get("upload_retries", 3)),
-            allow_hosts=tuple(h.strip().lower() for h in hosts if h and h.strip()),
+            policy=UrlPolicy.from_config(config),
         )
 
 
@@ -102,31 +104,43 @@ def _post(session: requests.Session, cfg: UploadConfig, item: UploadItem) -> Non
             raise RuntimeError(f"HTTP {response.status_code} {response.reason}")
 
 
+def _header_error(exc: Exception) -> bool:
+    """An error about the request's headers: its message quotes the header value (the token)."""
+    return isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeError)) or (
+        isinstance(exc, ValueError) and "header" in str(exc).lower()
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """What to report of a failed attempt; of a header error only its type."""
+    if isinstance(exc, RuntimeError):
+        return str(exc)
+    if _header_error(exc):
+        return f"{type(exc).__name__}: the token is not a valid HTTP header value"
+    return f"{type(exc).__name__}: {exc}"  # requests' messages carry the URL, not the headers
+
+
 def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list[str]:
     """Upload each item; returns one line per file that failed after every retry (empty when
     all went through)."""
     try:
-        check_url(cfg.url, cfg.allow_hosts)
+        check_url(cfg.url, cfg.policy)
     except FetchError as exc:
         report.error(f"upload refused: {exc}")
         return [str(exc)]
     failures: list[str] = []
-    session = requests.Session()
-    session.trust_env = False
-    try:
+    with urls.session(cfg.policy) as session:
         for n, item in enumerate(items, 1):
             delay = BACKOFF_START
             for attempt in range(cfg.retries + 1):
                 try:
                     _post(session, cfg, item)
-                except (requests.RequestException, RuntimeError, OSError) as exc:
-                    # requests' messages carry the URL, never the headers: safe to report.
-                    reason = (
-                        f"{type(exc).__name__}: {exc}"
-                        if not isinstance(exc, RuntimeError)
-                        else str(exc)
-                    )
-                    if attempt < cfg.retries:
+                except FetchError as exc:  # refused at connect time: retrying cannot help
+                    failures.append(f"{item.path.name}: {exc}")
+                    report.error(f"upload of {item.path.name} refused: {exc}")
+                except (requests.RequestException, RuntimeError, OSError, ValueError) as exc:
+                    reason = _reason(exc)
+                    if attempt < cfg.retries and not _header_error(exc):  # that one cannot heal
                         report.error(
                             f"upload of {item.path.name} failed (attempt {attempt + 1}/{cfg.retries + 1}): "
                             f"{reason}; retrying in {delay:g} s"
@@ -135,15 +149,12 @@ def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list
                         delay *= 2
                         continue
                     failures.append(f"{item.path.name}: {reason}")
-                    report.error(
-                        f"upload of {item.path.name} failed after {cfg.retries + 1} attempts: {reason}"
-                    )
+                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+                    report.error(f"upload of {item.path.name} failed after {tries}: {reason}")
                 else:
                     shown_type = item.file_type or '""'
                     report.info(
                         f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}"
                     )
                 break
-    finally:
-        session.close()
     return failures

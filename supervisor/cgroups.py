@@ -16,7 +16,9 @@ Two layouts are supported:
   ``pids`` hierarchies; membership in the v2 ("unified") hierarchy too when it is mounted,
   because its ``cgroup.kill`` kills every process of a cgroup atomically.
 
-Where nothing is writable the job runs anyway and says its limits are not enforced, and why.
+Fail closed: where the supervisor manages cgroups, a job whose cgroup cannot be created or
+limited does not start (``CgroupError``). Only on a host that offers no usable cgroup at all do
+jobs run without limits, said at startup and in every such task.
 """
 
 from __future__ import annotations
@@ -40,17 +42,30 @@ V1_CONTROLLERS: tuple[str, ...] = ("memory", "cpu", "pids")
 UNIFIED = "unified"
 #: v1 ``cpu.cfs_period_us`` used with a quota (the kernel default).
 CFS_PERIOD_US = 100_000
+#: cgroup v2's default ``cpu.weight`` (v1: ``cpu.shares`` 1024).
+DEFAULT_CPU_WEIGHT = 100
 #: How long ``remove`` retries ``rmdir`` while the kernel finishes reaping the job's tasks.
 REMOVE_RETRY_SECONDS = 1.0
 
 
+#: The controller behind each kind of limit ``_write_limits`` writes.
+_CONTROLLER = {"weight": "cpu", "memory": "memory", "cpu": "cpu", "pids": "pids"}
+
+
+class CgroupError(OSError):
+    """A job's cgroup or one of its limits could not be made: the job must not start."""
+
+
 @dataclass(frozen=True)
 class JobLimits:
-    """A job's cgroup limits; 0 means "no limit" for each."""
+    """A job's cgroup limits; 0 means "no limit" for each. ``cpu_weight`` is the job's CPU
+    share beside the daemons' 100 (cgroup v2 ``cpu.weight``; v1 ``cpu.shares`` scaled to 1024):
+    below 100, the supervisor and web keep their answers fast while jobs saturate the CPU."""
 
     memory_mb: int
     cpus: float
     pids: int
+    cpu_weight: int = DEFAULT_CPU_WEIGHT
 
 
 def instance_key(home: Path | str) -> str:
@@ -262,6 +277,7 @@ class JobCgroup:
             self.kill()
         deadline = time.monotonic() + timeout
         pending = [Path(d) for d in self.dirs.values()]
+        refused: list[Path] = []  # an error other than "busy": retrying will not help
         while True:
             left = []
             for d in pending:
@@ -272,12 +288,13 @@ class JobCgroup:
                 except OSError as exc:
                     if exc.errno != errno.EBUSY:
                         log.warning("cannot remove cgroup %s: %s", d, exc)
+                        refused.append(d)
                         continue
                     left.append(d)
             pending = left
             if not pending:
-                self._removed = True
-                return True
+                self._removed = not refused
+                return not refused
             if time.monotonic() > deadline:
                 log.warning("cgroups still busy after %.1f s: %s", timeout, ", ".join(map(str, pending)))
                 return False
@@ -298,6 +315,11 @@ class Cgroups:
         self.unified_v2 = False
         #: Why limits cannot be enforced at all ("" when they can).
         self.unavailable = ""
+        #: Controllers (of memory, cpu, pids) this host does not offer us: limits of theirs are
+        #: not enforced (said at startup and in every task), never a reason to refuse a job.
+        self.missing: set[str] = set()
+        #: v2: the weight of the jobs' parent cgroup beside the supervisor's (see ``JobLimits``).
+        self.jobs_cpu_weight = DEFAULT_CPU_WEIGHT
 
     # -- setup -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -311,6 +333,7 @@ class Cgroups:
         if unified and wanted & unified.controllers:
             try:
                 self._prepare_v2(unified.own, wanted & unified.controllers)
+                self.missing = wanted - unified.controllers
                 return
             except OSError as exc:
                 log.warning("cgroup v2 delegation of %s failed (%s); trying v1", unified.own, exc)
@@ -320,6 +343,7 @@ class Cgroups:
                 self.parents[name] = h.own
         if unified and os.access(unified.own, os.W_OK):
             self.parents[UNIFIED] = unified.own
+        self.missing = {name for name in V1_CONTROLLERS if name not in self.parents}
         if not any(name in self.parents for name in V1_CONTROLLERS):
             self.unavailable = "no writable memory/cpu/pids cgroup below this process's own"
             if not self.hierarchies:
@@ -345,14 +369,20 @@ class Cgroups:
             _write(jobs / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
         self.parents[UNIFIED] = jobs
         self.unified_v2 = True
+        # Siblings share CPU by weight: the jobs' parent beside our own leaf. Each job's weight
+        # (``JobLimits.cpu_weight``) only orders jobs among themselves under it.
+        if self.jobs_cpu_weight != DEFAULT_CPU_WEIGHT and (jobs / "cpu.weight").exists():
+            _write(jobs / "cpu.weight", str(self.jobs_cpu_weight))
 
     # -- jobs --------------------------------------------------------------------------
     def job_name(self, task_id: str) -> str:
         return f"{PREFIX}{self.instance}-{task_id}"
 
     def create(self, task_id: str, limits: JobLimits) -> JobCgroup:
-        """Create (or reuse) the job's cgroups and write its limits. Never raises for an
-        unwritable hierarchy: the result says what is not enforced and why."""
+        """Create (or reuse) the job's cgroups and write its limits. Where this host offers no
+        usable cgroup at all (``unavailable``) the result says the limits are not enforced and
+        why; otherwise any cgroup or limit that cannot be made raises ``CgroupError`` (fail
+        closed: the job does not start)."""
         self.prepare()
         name = self.job_name(task_id)
         dirs: dict[str, str] = {}
@@ -369,21 +399,29 @@ class Cgroups:
             dirs[hier] = str(d)
         cg = JobCgroup(dirs, limits, unified_v2=self.unified_v2)
         if not self.unavailable:
-            problems += self._write_limits(cg, limits)
+            failed, unoffered = self._write_limits(cg, limits)
+            problems += failed
+            if problems:
+                # Fail closed: where we manage cgroups, a job never runs without its limits.
+                cg.remove()
+                raise CgroupError("cgroup limits could not be applied: " + "; ".join(problems))
+            problems = unoffered  # the host's own gap, said at startup and in every task
         if problems:
             cg.enforced = False
             cg.warning = "cgroup limits not enforced: " + "; ".join(problems)
             log.warning("task %s: %s", task_id, cg.warning)
         return cg
 
-    def _write_limits(self, cg: JobCgroup, limits: JobLimits) -> list[str]:
-        """Write each requested limit; return what could not be written."""
+    def _write_limits(self, cg: JobCgroup, limits: JobLimits) -> tuple[list[str], list[str]]:
+        """Write each requested limit; return what could not be written, and the requested
+        limits whose controller this host does not offer us (``missing``)."""
         writes: list[tuple[str, str, str, str]] = []  # (what, hierarchy, file, value)
         if self.unified_v2:
             mem = str(limits.memory_mb << 20) if limits.memory_mb > 0 else "max"
             cpu = f"{int(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}" if limits.cpus > 0 else "max"
             pids = str(limits.pids) if limits.pids > 0 else "max"
             writes += [
+                ("weight", UNIFIED, "cpu.weight", str(limits.cpu_weight)),
                 ("memory", UNIFIED, "memory.max", mem),
                 ("memory", UNIFIED, "memory.swap.max", "0" if limits.memory_mb > 0 else "max"),
                 ("cpu", UNIFIED, "cpu.max", cpu),
@@ -395,6 +433,7 @@ class Cgroups:
                 # memory+swap may never be below memory: lift it first, set it last.
                 ("memory", "memory", "memory.memsw.limit_in_bytes", "-1"),
                 ("memory", "memory", "memory.limit_in_bytes", mem),
+                ("weight", "cpu", "cpu.shares", str(max(2, limits.cpu_weight * 1024 // DEFAULT_CPU_WEIGHT))),
                 ("cpu", "cpu", "cpu.cfs_period_us", str(CFS_PERIOD_US)),
                 ("cpu", "cpu", "cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD_US)) if limits.cpus > 0 else "-1"),
                 ("pids", "pids", "pids.max", str(limits.pids) if limits.pids > 0 else "max"),
@@ -404,12 +443,19 @@ class Cgroups:
                 # OOM-killed; the file is absent when the kernel does not account swap.
                 writes.append(("memory", "memory", "memory.memsw.limit_in_bytes", mem))
         requested = {
+            "weight": limits.cpu_weight != DEFAULT_CPU_WEIGHT,
             "memory": limits.memory_mb > 0,
             "cpu": limits.cpus > 0,
             "pids": limits.pids > 0,
         }
         problems: list[str] = []
+        unoffered: list[str] = []
         for what, hier, fname, value in writes:
+            controller = _CONTROLLER[what]
+            if controller in self.missing:
+                if requested[what] and not any(u.startswith(f"{what}:") for u in unoffered):
+                    unoffered.append(f"{what}: this host offers no {controller} controller")
+                continue
             d = cg.dirs.get(hier)
             if d is None:
                 if requested[what] and f"{what}:" not in " ".join(problems):
@@ -423,7 +469,7 @@ class Cgroups:
             except OSError as exc:
                 if requested[what]:
                     problems.append(f"{what}: cannot write {path}: {exc.strerror}")
-        return problems
+        return problems, unoffered
 
     def attach(self, dirs: dict[str, str], limits: JobLimits | None = None) -> JobCgroup | None:
         """A ``JobCgroup`` for directories recorded earlier (adoption after a restart), or None

@@ -10,6 +10,7 @@ change the daemon's state through the few methods of ``Daemon`` they call.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -33,14 +34,22 @@ from protocol.tasks import (
     TaskRecord,
     TaskSpec,
 )
+from supervisor import jobs
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
+#: A ``"token": "..."`` member of a raw request (the upload token): never quoted in a log line.
+_TOKEN_MEMBER = re.compile(rb'("token"\s*:\s*)"(?:[^"\\]|\\.)*"?')
+
 #: Most tasks one ``submit`` may carry.
 MAX_SUBMIT = 1000
+#: The largest seq (or count) a request may name: SQLite integers end at 2**63 - 1.
+MAX_SEQ = 2**63 - 1
+#: Most tasks one ``list`` page may carry.
+MAX_LIST = 1000
 #: A ``logs`` reply stops adding events past this many bytes (the client refuses replies over
 #: ``protocol.codec.MAX_MESSAGE_BYTES``); ``final`` is then false and the caller asks again.
 LOGS_REPLY_BYTES = 3 * 1024 * 1024
@@ -81,7 +90,7 @@ class Control:
         except CommandError as exc:
             reply = error(request_id, exc.code, exc.message)
         except Exception as exc:
-            log.exception("command failed: %.200r", data)
+            log.exception("command failed: %.200r", _TOKEN_MEMBER.sub(rb'\1"***"', data))
             reply = error(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         return encode(reply)
 
@@ -117,13 +126,18 @@ class Control:
                     ErrorCode.BAD_REQUEST,
                     f"{where}: job {spec.job!r} is not of task type {spec.task_type!r} (it is {JOBS.get(spec.job)!r})",
                 )
+            if spec.job == "diagnostic":
+                why = jobs.diagnostic_problem(self.d.settings, spec.params)
+                if why is not None:
+                    code = ErrorCode.NOT_FOUND if not self.d.settings.diagnostic else ErrorCode.BAD_REQUEST
+                    raise CommandError(code, f"{where}: {why}")
             if not 1 <= spec.priority <= 10:
                 raise CommandError(ErrorCode.BAD_REQUEST, f"{where}: priority must be between 1 and 10, got {spec.priority}")
             why = self.d.scheduler.check_device(spec.device)
             if why is not None:
                 raise CommandError(ErrorCode.BAD_REQUEST, f"{where}: {why}")
             task_id = spec.task_id if spec.task_id is not None else str(uuid.uuid4())
-            if not TASK_ID_RE.match(task_id):
+            if not TASK_ID_RE.fullmatch(task_id):
                 raise CommandError(
                     ErrorCode.BAD_REQUEST,
                     f"{where}: task_id must be 1-128 characters of letters, digits, '_', '.', '-' "
@@ -165,12 +179,23 @@ class Control:
             raise CommandError(ErrorCode.BAD_REQUEST, f"task_type must be one of {', '.join(TASK_TYPES)}, got {c.task_type!r}")
         if c.status is not None and c.status not in STATUSES:
             raise CommandError(ErrorCode.BAD_REQUEST, f"status must be one of {', '.join(STATUSES)}, got {c.status!r}")
+        if not 1 <= c.limit <= MAX_LIST:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and {MAX_LIST}, got {c.limit}")
+        if c.cursor is not None and not 0 <= c.cursor <= MAX_SEQ:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"cursor must be between 0 and {MAX_SEQ}, got {c.cursor}")
         now = time.time()
         tasks = []
-        for stored in self.d.store.list_tasks(c.task_type, c.status):
+        # One more than the page: whether there is a next page, without a count.
+        rows = self.d.store.list_tasks(c.task_type, c.status, c.limit + 1, c.cursor)
+        for _, stored in rows[: c.limit]:
             live = self.d.tasks.get(stored.task_id)
             tasks.append((live or stored).response(now))
-        return {"tasks": tasks}
+        totals = {t: 0 for t in TASK_TYPES}
+        for task_type, counts in self.d.store.counts().items():
+            if c.task_type is None or task_type == c.task_type:
+                totals[task_type] = sum(n for status, n in counts.items() if c.status is None or status == c.status)
+        next_cursor = rows[c.limit - 1][0] if len(rows) > c.limit else None
+        return {"tasks": tasks, "totals": totals, "next_cursor": next_cursor}
 
     def cancel(self, c: cmd.Cancel) -> dict[str, Any]:
         task = self._task(c.task_id, c.task_type)
@@ -195,10 +220,10 @@ class Control:
 
     def logs(self, c: cmd.Logs) -> dict[str, Any]:
         task = self._task(c.task_id)
-        if c.after < 0:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"after must be >= 0, got {c.after}")
-        if c.limit < 1:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"limit must be >= 1, got {c.limit}")
+        if not 0 <= c.after <= MAX_SEQ:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"after must be between 0 and {MAX_SEQ}, got {c.after}")
+        if not 1 <= c.limit <= MAX_SEQ:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and {MAX_SEQ}, got {c.limit}")
         rows = self.d.store.events_after(task.task_id, c.after, min(c.limit, 100_000))
         events: list[orjson.Fragment] = []
         size = 0
@@ -254,4 +279,6 @@ class Control:
             "subscriptions": self.d.subscriptions,
             "events_received": self.d.pipeline.received,
             "events_dropped": self.d.pipeline.dropped,
+            "loop_lag_seconds": round(self.d.loop_lag, 6),
+            "loop_lag_max_seconds": round(self.d.loop_lag_max, 6),
         }

@@ -32,6 +32,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,11 @@ EVENTS_OUT_HWM = 100_000
 CONTROL_MAX_BYTES = 16 * 1024 * 1024
 #: Seconds between WAL checkpoints while events arrive.
 CHECKPOINT_SECONDS = 1.0
+#: Journal lines stored per step when catching up (the loop runs other work between steps).
+CATCH_UP_CHUNK = 1000
+#: The loop-lag probe: its period, and how many periods ``loop_lag_max`` looks back over.
+LAG_PROBE_SECONDS = 0.25
+LAG_WINDOW = 240
 _NOWAIT = int(zmq.NOBLOCK)
 #: Most events in one events-out message.
 _MAX_BATCH = 512
@@ -119,6 +125,8 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self._last_status = ""
         self._ready = False  # READY=1 sent: STATUS= updates may follow
+        #: How late the loop ran the lag probe, last time and over the last minute or so.
+        self._lags: deque[float] = deque([0.0], maxlen=LAG_WINDOW)
 
     # -- life --------------------------------------------------------------------------
     async def serve(self) -> int:
@@ -144,6 +152,7 @@ class Daemon:
             asyncio.ensure_future(self._subscription_loop(xpub)),
         ]
         workers.append(asyncio.ensure_future(self._checkpoint_loop()))
+        workers.append(asyncio.ensure_future(self._lag_loop()))
         interval = notify.watchdog_interval() if notify else None
         if interval:
             workers.append(asyncio.ensure_future(self._watchdog_loop(interval)))
@@ -290,6 +299,10 @@ class Daemon:
                 self.pipeline.ingest(batch)
             except Exception:
                 log.exception("event batch of %d failed", len(batch))
+            # A receive with a message waiting completes without yielding, so a flood of
+            # events would never let the loop run anything else: yield between batches, so
+            # control requests are answered within one batch however many events arrive.
+            await asyncio.sleep(0)
 
     async def _subscription_loop(self, xpub: Any) -> None:
         while True:
@@ -311,6 +324,24 @@ class Daemon:
                 await asyncio.to_thread(self.store.checkpoint)
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed: %s", exc)
+
+    async def _lag_loop(self) -> None:
+        """Measure how late the loop runs a timer: anything blocking the loop shows here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self._lags.append(max(0.0, loop.time() - start - LAG_PROBE_SECONDS))
+
+    @property
+    def loop_lag(self) -> float:
+        """The last lag measured (seconds)."""
+        return self._lags[-1]
+
+    @property
+    def loop_lag_max(self) -> float:
+        """The worst lag over the last ``LAG_WINDOW`` probes (about a minute)."""
+        return max(self._lags)
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
@@ -389,7 +420,9 @@ class Daemon:
             self.pipeline.attach(task)
             if self._spawner_ready is not None:
                 await self._spawner_ready
-            limits = JobLimits(self.settings.job_memory_mb, self.settings.job_cpus, self.settings.job_pids)
+            limits = JobLimits(
+                self.settings.job_memory_mb, self.settings.job_cpus, self.settings.job_pids, self.settings.job_cpu_weight
+            )
             handle = await self.spawner.spawn(spec, limits)
         except Exception as exc:
             log.exception("task %s: could not start its runner", task.task_id)
@@ -416,8 +449,8 @@ class Daemon:
         except Exception as exc:
             log.exception("task %s: waiting for pid %d failed", task.task_id, handle.pid)
             runner.exited.set()
-            self.pipeline.catch_up(task)
-            self._cleanup(task, handle)
+            await self._catch_up(task)
+            await asyncio.to_thread(self._cleanup, task, handle)
             final = self.pipeline.final_status(task.task_id)
             if final is None:
                 final = (FAILED, f"runner lost: {type(exc).__name__}: {exc}")
@@ -425,8 +458,10 @@ class Daemon:
             return
         runner.exited.set()
         # Events still in flight on the socket are all in the journal: read its tail.
-        self.pipeline.catch_up(task)
-        self._cleanup(task, handle)
+        await self._catch_up(task)
+        # Killing strays and removing cgroups can take the kernel a while (freeing a job's
+        # gigabytes after an OOM kill): in a worker thread, never on the loop.
+        await asyncio.to_thread(self._cleanup, task, handle)
         reason = runner.cancel_reason or "cancelled"
         report = self.pipeline.exit_report(task.task_id)
         if report:
@@ -441,6 +476,12 @@ class Daemon:
         )
         log.info("task %s: %s (%s; exit %s)", task.task_id, result.status, result.message, info.code)
         self._finish(task, result.status, result.message, info.code, result.from_supervisor)
+
+    async def _catch_up(self, task: TaskRecord) -> None:
+        """Store the journal's unread tail (tens of thousands of events after a flood) a chunk
+        at a time, letting the loop answer control requests between chunks."""
+        while self.pipeline.catch_up(task, CATCH_UP_CHUNK) >= CATCH_UP_CHUNK:
+            await asyncio.sleep(0)
 
     def _cleanup(self, task: TaskRecord, handle: RunnerHandle) -> None:
         """Nothing of a job outlives its runner: kill what is left, remove its cgroups."""
@@ -523,7 +564,8 @@ class Daemon:
             if task.pid is not None and task.pid_started is not None:
                 cgroup = orjson.loads(task.cgroup) if task.cgroup else {}
                 handle = self.spawner.adopt(task.pid, task.pid_started, cgroup)
-            # Events journaled while we were away come first.
+            # Events journaled while we were away come first (all at once: nothing else is
+            # served before recovery ends).
             self.pipeline.catch_up(task)
             if handle is None:
                 final = self.pipeline.final_status(task.task_id)

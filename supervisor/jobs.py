@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.jobs import JobSpec
-from protocol.settings import Settings
+from protocol.settings import Settings, auto_job_memory_mb
 from protocol.tasks import CANCELLED, FAILED, TaskRecord
 
 #: ``runner.entry.EXIT_STARTUP_FAILURE`` (not imported: the supervisor never imports runner).
@@ -52,6 +52,7 @@ def job_config(settings: Settings) -> dict[str, Any]:
         "unzip_max_ratio": settings.unzip_max_ratio,
         "unzip_max_entries": settings.unzip_max_entries,
         "url_allow_hosts": list(settings.url_allow_hosts),
+        "url_allow_loopback": settings.url_allow_loopback,
     }
 
 
@@ -79,6 +80,35 @@ def job_spec(settings: Settings, task: TaskRecord, host_device: str, ncores: int
         batch_cap=None if on_gpu else settings.cpu_batch_cap,
         config=job_config(settings),
     )
+
+
+#: Bounds of the diagnostic job's parameters (``runner.diagnostic``): enough for every test and
+#: benchmark, never enough to flood the store or take the machine.
+DIAGNOSTIC_BOUNDS: dict[str, float] = {
+    "events": 1_000_000,
+    "size": 65_536,
+    "rate": 100_000,
+    "sleep": 3_600,
+}
+#: Most bytes of event padding one diagnostic job may ask for (``events`` × ``size``).
+DIAGNOSTIC_MAX_BYTES = 1 << 30
+
+
+def diagnostic_problem(settings: Settings, params: dict[str, Any]) -> str | None:
+    """Why the diagnostic ``params`` are refused (None when they are within bounds)."""
+    if not settings.diagnostic:
+        return "the diagnostic job is off on this service (set RFUAV_DIAGNOSTIC=1 to serve it)"
+    for name, bound in DIAGNOSTIC_BOUNDS.items():
+        value = params.get(name, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= bound:
+            return f"{name} must be a number between 0 and {bound:g}, got {value!r}"
+    if params.get("events", 0) * params.get("size", 0) > DIAGNOSTIC_MAX_BYTES:
+        return f"events x size must be at most {DIAGNOSTIC_MAX_BYTES} bytes"
+    memory = params.get("memory_mb", 0)
+    cap = settings.job_memory_mb or auto_job_memory_mb({})
+    if not isinstance(memory, int) or isinstance(memory, bool) or not 0 <= memory <= cap:
+        return f"memory_mb must be an integer between 0 and the job's memory limit ({cap} MiB), got {memory!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

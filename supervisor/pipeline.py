@@ -117,18 +117,21 @@ class Pipeline:
         self._flush(rows, out, dirty)
         return len(rows)
 
-    def catch_up(self, task: TaskRecord) -> int:
-        """Read every journaled event not yet stored (reap, adoption, restart)."""
+    def catch_up(self, task: TaskRecord, limit: int | None = None) -> int:
+        """Store journaled events not yet stored (reap, adoption, restart): all of them, or the
+        next ``limit``. Returns how many journal lines it read (fewer than ``limit``: the end)."""
         journal = self._journals.get(task.task_id)
         if journal is None:
             return 0
         rows: list[tuple[str, int, bytes]] = []
         out: list[tuple[bytes, bytes]] = []
         dirty: dict[str, TaskRecord] = {}
-        for event, raw in journal.read(task.last_rseq):
+        until = None if limit is None else task.last_rseq + 1 + limit
+        lines = journal.read(task.last_rseq, until)
+        for event, raw in lines:
             self._accept(task, event, raw, rows, out, dirty, from_journal=True)
         self._flush(rows, out, dirty)
-        return len(rows)
+        return len(lines)
 
     def _drop(self, fmt: str, *args: Any) -> None:
         self.dropped += 1

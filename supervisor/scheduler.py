@@ -71,7 +71,7 @@ class Scheduler:
 
     def check_device(self, device: str) -> str | None:
         """Why ``device`` cannot be requested on this host, or None when it can."""
-        if not DEVICE_RE.match(device):
+        if not DEVICE_RE.fullmatch(device):
             return f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"
         if device.startswith("cuda:"):
             index = int(device[5:])

@@ -393,6 +393,7 @@ class Spawner:
         #: Fork servers started so far (a failure before ready is never retried).
         self.servers_started = 0
         self.cgroups = Cgroups(instance_key(settings.home))
+        self.cgroups.jobs_cpu_weight = settings.job_cpu_weight
         self._wanted_mode = settings.start_mode
         self._server: _ForkServer | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -417,6 +418,18 @@ class Spawner:
         """Prepare cgroups; in warm mode start the fork server and wait until it is ready.
         A server that fails before ready is not retried: jobs start cold (logged)."""
         self.cgroups.prepare()
+        if self.cgroups.unavailable:
+            log.error(
+                "JOB LIMITS ARE NOT ENFORCED on this host (%s): every job runs without memory, CPU "
+                "and pids limits, and says so in its log",
+                self.cgroups.unavailable,
+            )
+        elif self.cgroups.missing:
+            log.error(
+                "job limits of %s are NOT ENFORCED on this host: it offers no such cgroup controller "
+                "(every job says so in its log)",
+                ", ".join(sorted(self.cgroups.missing)),
+            )
         self.sweep()
         if self._wanted_mode == "warm":
             await self._start_server()
@@ -498,7 +511,8 @@ class Spawner:
         """Create the job's cgroups, write ``spec.json`` (0600) and start the runner; return
         once its pid is known. The runner joins the cgroups itself before any work."""
         self._spawned.add(spec.task_id)
-        cg = self.cgroups.create(spec.task_id, limits)
+        # mkdir and limit writes can block in the kernel (reclaim): off the loop.
+        cg = await asyncio.to_thread(self.cgroups.create, spec.task_id, limits)
         spec = dataclasses.replace(spec, cgroup_procs=cg.procs_files)
         task_dir = Path(spec.task_dir)
         task_dir.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import orjson
@@ -21,9 +21,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import protocol
@@ -51,15 +50,23 @@ from web.openapi import (
     TaskResponse,
     build,
 )
+from web.pages import dashboard, docs, static_routes
 from web.paths import Confinement, PathRefused
 from web.sse import EventStream, open_stream
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "RFUAV Model Service"
-STATIC_DIR = Path(__file__).parent / "static"
 Endpoint = Callable[[Request["State"]], Awaitable[Response]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
+#: The largest integer a query parameter or header may carry: JavaScript's largest exact integer
+#: (seq numbers and counts never come near it; SQLite would overflow past 2**63 - 1).
+MAX_INT = 2**53
+#: ``GET /api/v2/tasks``: tasks per page by default, and at most.
+LIST_PAGE = 100
+LIST_PAGE_MAX = 1000
+#: ASCII digits only: ``str.isdigit`` and ``int()`` also take other scripts' digits, ``_`` and spaces.
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 class State(TypedDict):
@@ -86,10 +93,9 @@ async def _read_json(request: Request[State]) -> dict[str, Any]:
         raise ApiError(400, f"Content-Type must be application/json (got {shown})")
     length = request.headers.get("content-length")
     if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, "Content-Length is not a number") from None
+        if not _INTEGER.fullmatch(length.strip()) or length.strip().startswith("-"):
+            raise ApiError(400, "Content-Length is not a number")
+        declared = int(length)
         if declared > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
@@ -182,7 +188,15 @@ start_inference = _starter(schemas.InferenceRequest, "inference", "inference")
 start_split = _starter(schemas.SplitRequest, "preprocessing", "split")
 start_augment = _starter(schemas.AugmentRequest, "preprocessing", "augment")
 start_crop = _starter(schemas.CropRequest, "preprocessing", "crop")
-start_diagnostic = _starter(schemas.DiagnosticRequest, "diagnostic", "diagnostic")
+_start_diagnostic = _starter(schemas.DiagnosticRequest, "diagnostic", "diagnostic")
+
+
+async def start_diagnostic(request: Request[State]) -> Response:
+    """The diagnostic job floods events, holds memory and ignores SIGTERM by design: served
+    only where the operator turned it on."""
+    if not _state(request)["settings"].diagnostic:
+        raise ApiError(404, "the diagnostic job is off on this service: set RFUAV_DIAGNOSTIC=1 to serve it")
+    return await _start_diagnostic(request)
 
 
 # -- tasks: queries and actions -------------------------------------------------------------
@@ -237,30 +251,44 @@ async def delete_task(request: Request[State]) -> Response:
     return envelope({"status": "success", "message": f"task {task_id} deleted", "task_id": task_id})
 
 
-def _int_query(request: Request[State], name: str, default: int, minimum: int = 0) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_request([{"field": name, "error": "must be an integer"}]) from None
+def _parse_int(raw: str, field: str, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """``raw`` as an integer in [minimum, maximum]; anything else is a 400 naming ``field``."""
+    if not _INTEGER.fullmatch(raw):
+        raise _bad_request([{"field": field, "error": "must be an integer (ASCII digits)"}])
+    value = int(raw)
     if value < minimum:
-        raise _bad_request([{"field": name, "error": f"must be >= {minimum}"}])
+        raise _bad_request([{"field": field, "error": f"must be >= {minimum}"}])
+    if value > maximum:
+        raise _bad_request([{"field": field, "error": f"must be <= {maximum}"}])
     return value
+
+
+def _int_query(request: Request[State], name: str, default: int, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """The integer query parameter ``name``; ``default`` when absent (``?name=`` is a 400)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    return _parse_int(raw, name, minimum, maximum)
 
 
 async def list_tasks(request: Request[State]) -> Response:
     status = request.query_params.get("status") or None
     task_type = request.query_params.get("task_type") or None
-    data = await _call(request, cmd.List(task_type=task_type, status=status))
-    groups: dict[str, list[dict[str, Any]]] = {"training": [], "inference": [], "preprocessing": [], "diagnostic": []}
+    limit = _int_query(request, "limit", LIST_PAGE, minimum=1, maximum=LIST_PAGE_MAX)
+    raw_cursor = request.query_params.get("cursor")
+    cursor = _parse_int(raw_cursor, "cursor") if raw_cursor else None
+    data = await _call(request, cmd.List(task_type=task_type, status=status, limit=limit, cursor=cursor))
+    groups: dict[str, list[dict[str, Any]]] = {t: [] for t in data["totals"]}
     for task in data["tasks"]:
         groups.setdefault(task["task_type"], []).append(task)
     out: dict[str, Any] = {}
     for task_type_name, tasks in groups.items():
         out[f"{task_type_name}_tasks"] = tasks
-        out[f"total_{task_type_name}"] = len(tasks)
+        # Every matching task, not only this page's (the seed's meaning of total_*).
+        out[f"total_{task_type_name}"] = data["totals"].get(task_type_name, len(tasks))
+    nxt = data["next_cursor"]
+    out["next_cursor"] = None if nxt is None else str(nxt)
+    out["limit"] = limit
     return envelope(out)
 
 
@@ -282,13 +310,17 @@ async def task_logs(request: Request[State]) -> Response:
 
 # -- SSE ------------------------------------------------------------------------------------
 def _last_event_id(request: Request[State]) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
-    raw = raw.strip()
+    """The seq to resume after: the ``Last-Event-ID`` header, else ``?last_event_id=``; 0 when
+    neither is given or the header is empty (an EventSource whose last event id was reset)."""
+    field, raw = "Last-Event-ID", request.headers.get("last-event-id", "").strip(" \t")
     if not raw:
-        return 0
-    if not raw.isdigit() or len(raw) > 18:
-        raise _bad_request([{"field": "Last-Event-ID", "error": "must be a non-negative integer (an event's seq)"}])
-    return int(raw)
+        query = request.query_params.get("last_event_id")
+        if query is None:
+            return 0
+        field, raw = "last_event_id", query
+    if not _INTEGER.fullmatch(raw) or raw.startswith("-"):
+        raise _bad_request([{"field": field, "error": "must be a non-negative integer (an event's seq)"}])
+    return _parse_int(raw, field)
 
 
 async def _stream(request: Request[State], task_type: str | None) -> ASGIApp:
@@ -303,6 +335,11 @@ async def _stream(request: Request[State], task_type: str | None) -> ASGIApp:
     sub, first = await open_stream(
         task_id, after, control, lambda t: hub.subscribe(t, settings.sse_queue), check if task_type else None
     )
+    if after and first.get("final") and after >= int(first.get("last_seq", 0)):
+        # A reconnect after the stream's end (a browser's EventSource does this by itself, every
+        # few seconds, forever): 204 is the HTML standard's signal to stop reconnecting.
+        hub.unsubscribe(sub)
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
     return EventStream(task_id, after, first, sub, control, settings.sse_heartbeat, hub.count_sent)
 
 
@@ -414,34 +451,6 @@ async def openapi_json(request: Request[State]) -> Response:
     return JSONEnvelope(request.app.state.openapi)
 
 
-_DOCS_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>RFUAV Model Service — API</title>
-<link rel="stylesheet" href="/static/docs/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="/static/docs/swagger-ui-bundle.js"></script>
-<script src="/static/docs/init.js"></script>
-</body></html>"""
-
-
-async def docs(request: Request[State]) -> Response:
-    return HTMLResponse(_DOCS_HTML)
-
-
-_PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>RFUAV Model Service</title></head>
-<body><h1>RFUAV Model Service</h1>
-<p>The dashboard is not installed (web/static/dashboard/index.html is missing).</p>
-<p>API documentation: <a href="/docs">/docs</a> · health: <a href="/api/v1/health">/api/v1/health</a></p>
-</body></html>"""
-
-
-async def dashboard(request: Request[State]) -> Response:
-    index = STATIC_DIR / "dashboard" / "index.html"
-    if index.is_file():
-        return FileResponse(index, media_type="text/html")
-    return HTMLResponse(_PLACEHOLDER)
-
-
 # -- route table ----------------------------------------------------------------------------
 _ID = "/{task_id}"
 ROUTES: list[ApiRoute] = [
@@ -471,9 +480,12 @@ ROUTES: list[ApiRoute] = [
              response=TaskResponse, errors=(404,)),
     ApiRoute("POST", "/api/v2/diagnostic/start", start_diagnostic, "Start a diagnostic task (tests, operators)",
              "tasks", schemas.DiagnosticRequest, TaskResponse, (409,)),
-    ApiRoute("GET", "/api/v2/tasks", list_tasks, "All tasks, grouped by type", "tasks", response=TaskListResponse,
-             errors=(400,), query=(("status", "string", "only tasks of this status"),
-                                   ("task_type", "string", "only tasks of this type"))),
+    ApiRoute("GET", "/api/v2/tasks", list_tasks, "Tasks grouped by type, newest first, one page at a time", "tasks",
+             response=TaskListResponse, errors=(400,), query=(
+                 ("status", "string", "only tasks of this status"),
+                 ("task_type", "string", "only tasks of this type"),
+                 ("limit", "integer", f"tasks per page (1-{LIST_PAGE_MAX}, default {LIST_PAGE})", LIST_PAGE_MAX),
+                 ("cursor", "string", "the next_cursor of the page before (absent: the newest tasks)"))),
     ApiRoute("GET", "/api/v2/tasks" + _ID, get_task, "Any task's details", "tasks", response=TaskResponse,
              errors=(404,)),
     ApiRoute("DELETE", "/api/v2/tasks" + _ID, delete_task, "Delete a finished task's record", "tasks",
@@ -554,7 +566,7 @@ def create_app(settings: Settings, *, control_timeout: float | None = None) -> S
     # Routes are tried in order: the hottest (task lookups, what clients poll) go first.
     hot = [r for r in ROUTES if r.path.startswith("/api/v2/tasks")]
     routes: list[Any] = [Route(r.path, r.endpoint, methods=[r.method]) for r in hot + [r for r in ROUTES if r not in hot]]
-    routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"))
+    routes += static_routes()
     app = Starlette(
         routes=routes,
         middleware=[

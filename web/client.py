@@ -127,9 +127,24 @@ class RFUAVClient:
     def get_task(self, task_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v2/tasks/{task_id}")  # type: ignore[no-any-return]
 
-    def get_all_tasks(self, status: str | None = None, task_type: str | None = None) -> dict[str, Any]:
-        params = _drop_none({"status": status, "task_type": task_type})
+    def get_all_tasks(
+        self, status: str | None = None, task_type: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of tasks, newest first (the service's default page size unless ``limit``);
+        its ``next_cursor``, passed as ``cursor``, gives the next page (None: the last one)."""
+        params = _drop_none({"status": status, "task_type": task_type, "limit": limit, "cursor": cursor})
         return self.request("GET", "/api/v2/tasks", params=params or None)  # type: ignore[no-any-return]
+
+    def iter_tasks(self, status: str | None = None, task_type: str | None = None, limit: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every matching task, newest first, page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.get_all_tasks(status, task_type, limit, cursor)
+            tasks = [t for key, value in page.items() if key.endswith("_tasks") for t in value]
+            yield from sorted(tasks, key=lambda t: t["created_at"], reverse=True)
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return
 
     def cancel_task(self, task_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v2/tasks/{task_id}/cancel")  # type: ignore[no-any-return]
@@ -190,6 +205,8 @@ class RFUAVClient:
             ended = False
             try:
                 with connect_sse(self._http, "GET", url, headers=headers, timeout=timeout) as source:
+                    if source.response.status_code == 204:
+                        return  # resumed after the final event: the stream has ended
                     if source.response.status_code != 200:
                         source.response.read()
                         self._raise_for(source.response)

@@ -46,6 +46,12 @@ class _ServiceCollector(Collector):
             runners = GaugeMetricFamily("rfuav_runners", "live runner processes")
             runners.add_metric([], float(snap.get("running", 0)))
             yield runners
+            lag = GaugeMetricFamily(
+                "rfuav_supervisor_loop_lag_seconds",
+                "the supervisor's event-loop lag: the worst delay of its 0.25 s timer over the last minute",
+            )
+            lag.add_metric([], float(snap.get("loop_lag_max_seconds", 0.0)))
+            yield lag
             stored = CounterMetricFamily("rfuav_events_stored", "events stored by the supervisor")
             stored.add_metric([], float(snap.get("events_stored", 0)))
             yield stored

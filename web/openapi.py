@@ -32,7 +32,8 @@ class ApiRoute:
     response: Any = None
     errors: tuple[int, ...] = ()
     auth: bool = True
-    query: tuple[tuple[str, str, str], ...] = field(default=())  # (name, type, description)
+    #: (name, type, description), or (name, "integer", description, maximum)
+    query: tuple[tuple[str, str, str] | tuple[str, str, str, int], ...] = field(default=())
 
 
 # -- response models (documentation) -------------------------------------------------------
@@ -98,6 +99,8 @@ class TaskListResponse(_Open):
     total_training: int
     total_inference: int
     total_preprocessing: int
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
+    limit: int | None = None
 
 
 class LogEvent(_Open):
@@ -166,6 +169,24 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     InfoResponse, ErrorDetail,
 )  # fmt: skip
 
+#: One request body per model, shown in the docs; paths are relative to RFUAV_HOME (the default
+#: data root) and must exist where the model says so.
+BODY_EXAMPLES: dict[str, dict[str, Any]] = {
+    "TrainingRequest": {"model": "resnet18", "num_classes": 2, "train_path": "data/train", "val_path": "data/val",
+                        "save_path": "models", "name": "run1", "num_epochs": 5, "device": "cpu"},
+    "InferenceRequest": {"cfg_path": "models/run1/config.yaml", "weight_path": "models/run1/best.pth",
+                         "source_path": "data/val", "device": "cpu"},
+    "BatchInferenceRequest": {"cfg_path": "models/run1/config.yaml", "weight_path": "models/run1/best.pth",
+                              "source_paths": ["data/val", "data/train"], "device": "cpu"},
+    "SplitRequest": {"input_path": "data/raw", "output_path": "data/split", "train_ratio": 0.7, "val_ratio": 0.2},
+    "AugmentRequest": {"dataset_path": "data/train", "output_path": "data/train-aug", "methods": ["CLAHE", "GaussNoise"]},
+    "CropRequest": {"input_path": "data/raw", "output_path": "data/cropped", "x": 0, "y": 0, "width": 224, "height": 224},
+    "DiagnosticRequest": {"events": 10, "rate": 10},
+    "LimitsRequest": {"max_concurrent": {"cpu": {"training": 1}}},
+}  # fmt: skip
+#: Integer query parameters take ASCII digits in this range (web.app answers 400 otherwise).
+MAX_QUERY_INT = 2**53
+
 _ERROR_TEXT = {
     400: "bad request: a field is missing, of the wrong type or out of range (data.errors lists them)",
     401: "missing or wrong bearer token",
@@ -214,30 +235,29 @@ def build(routes: list[ApiRoute], *, title: str = "RFUAV Model Service", token: 
     schemas: dict[str, Any] = defs.get("$defs", {})
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
-        op: dict[str, Any] = {
-            "summary": r.summary,
-            "tags": [r.tag],
-            "operationId": r.endpoint.__name__ + ("" if r.method == "GET" else "_" + r.method.lower()),
-        }
+        op: dict[str, Any] = {"summary": r.summary, "tags": [r.tag], "operationId": _operation_id(r)}
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_params(r.path)
         ]
-        for name, kind, about in r.query:
-            params.append({"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": about})
+        for name, kind, about, *most in r.query:
+            schema: dict[str, Any] = {"type": kind}
+            if kind == "integer":
+                schema.update(minimum=1 if name == "limit" else 0, maximum=most[0] if most else MAX_QUERY_INT)
+            params.append({"name": name, "in": "query", "required": False, "schema": schema, "description": about})
         if r.response == "sse":
             params.append({
                 "name": "Last-Event-ID", "in": "header", "required": False,
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                "description": "resume after this event id (seq)",
+                "schema": {"type": "string", "pattern": "^[0-9]{0,15}$"},
+                "description": "resume after this event id (seq); empty: from the start",
             })  # fmt: skip
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.body.__name__}"}}},
-            }
+            content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{r.body.__name__}"}}
+            if r.body.__name__ in BODY_EXAMPLES:
+                content["example"] = BODY_EXAMPLES[r.body.__name__]
+            op["requestBody"] = {"required": True, "content": {"application/json": content}}
         responses: dict[str, Any] = {}
         if r.response == "sse":
             responses["200"] = {
@@ -258,6 +278,9 @@ def build(routes: list[ApiRoute], *, title: str = "RFUAV Model Service", token: 
             else:
                 data = {"type": "object"}
             responses["200"] = {"description": "success", "content": {"application/json": {"schema": _envelope(data, 200)}}}
+            links = _links(r, routes)
+            if links:
+                responses["200"]["links"] = links
         errors = set(r.errors)
         if r.body is not None:
             errors |= {400, 413}
@@ -288,6 +311,24 @@ def build(routes: list[ApiRoute], *, title: str = "RFUAV Model Service", token: 
     if token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc
+
+
+def _operation_id(route: ApiRoute) -> str:
+    return route.endpoint.__name__ + ("" if route.method == "GET" else "_" + route.method.lower())
+
+
+def _links(route: ApiRoute, routes: list[ApiRoute]) -> dict[str, Any]:
+    """OpenAPI links from a start endpoint's answer (the new task's id) to every route of that
+    task: its typed routes (``/api/v2/training/{task_id}``…) and the ``/api/v2/tasks`` ones."""
+    if route.method != "POST" or route.response not in (TaskResponse, BatchInferenceResponse):
+        return {}
+    pointer = "$response.body#/data/" + ("task_id" if route.response is TaskResponse else "task_ids/0")
+    family = route.path.split("/")[3]  # /api/v2/<family>/start
+    return {
+        _operation_id(r): {"operationId": _operation_id(r), "parameters": {"task_id": pointer}}
+        for r in routes
+        if "{task_id}" in r.path and r.path.split("/")[3] in ("tasks", family)
+    }
 
 
 def _path_params(path: str) -> list[str]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _URL_SCHEMES = ("http://", "https://")
+#: Longest accepted URL.
+MAX_URL = 4096
 
 
 class PathRefused(ValueError):
@@ -29,6 +32,25 @@ def is_url(value: str) -> bool:
     return value[:8].lower().startswith(_URL_SCHEMES)
 
 
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not a well-formed http(s) URL, or None. Syntax only: where it leads
+    (which addresses, redirects) is the runner's check, made when it connects."""
+    if not is_url(value):
+        return "must be an http or https URL"
+    if len(value) > MAX_URL:
+        return f"is not a valid URL (longer than {MAX_URL} characters)"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "is not a valid URL (whitespace or control characters)"
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "is not a valid URL (bad host or port)"
+    if not host:
+        return "is not a valid URL (no host)"
+    return None
+
+
 class Confinement:
     """The data roots of one service and the home that relative paths are taken from."""
 
@@ -42,8 +64,9 @@ class Confinement:
     def resolve(self, field: str, value: str, *, must_exist: bool = False, allow_url: bool = False) -> str:
         """The absolute, symlink-free form of ``value`` (or the URL itself when allowed)."""
         if allow_url and is_url(value):
-            if len(value) <= len("https://") or any(c.isspace() for c in value):
-                raise PathRefused(field, "is not a valid URL")
+            problem = url_problem(value)
+            if problem is not None:
+                raise PathRefused(field, problem)
             return value
         if "://" in value:
             scheme = value.split("://", 1)[0]

@@ -14,6 +14,7 @@ Contracts:
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -33,19 +34,22 @@ from protocol.catalog import (
     MODELS,
 )
 from protocol.tasks import DEVICE_RE, TASK_ID_RE
-from web.paths import Confinement, PathRefused
+from web.paths import Confinement, PathRefused, url_problem
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
+#: An upload token: visible ASCII, inner spaces allowed ("Bearer x"); "" or null means none.
+_TOKEN_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
+MAX_TOKEN = 4096
 
 
 def _check_device(value: str) -> str:
-    if not DEVICE_RE.match(value):
+    if not DEVICE_RE.fullmatch(value):
         raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
     return value
 
 
 def _check_task_id(value: str | None) -> str | None:
-    if value is not None and not TASK_ID_RE.match(value):
+    if value is not None and not TASK_ID_RE.fullmatch(value):
         raise ValueError("must be 1-128 characters of letters, digits, '_', '.' or '-', starting with a letter or digit")
     return value
 
@@ -86,8 +90,21 @@ class UploadFields(BaseModel):
     @field_validator("upload_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ValueError("must be an http or https URL")
+        problem = url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        # The token becomes an HTTP header value: anything else would make the upload raise an
+        # error quoting it. The value is never echoed.
+        if value and not (len(value) <= MAX_TOKEN and _TOKEN_RE.fullmatch(value)):
+            raise ValueError(
+                f"must be at most {MAX_TOKEN} printable ASCII characters, without control characters "
+                "or leading or trailing whitespace"
+            )
         return value
 
     def upload_params(self) -> dict[str, Any]:
@@ -325,10 +342,12 @@ class CropRequest(TaskFields):
 class DiagnosticRequest(TaskFields):
     """POST /api/v2/diagnostic/start (addition): the diagnostic job, for tests and operators."""
 
-    events: int = Field(0, ge=0, le=10_000_000)
-    size: int = Field(0, ge=0, le=1 << 20)
-    rate: float = Field(0, ge=0, le=1e6)
-    sleep: float = Field(0, ge=0, le=86_400)
+    # The supervisor bounds these too (``supervisor.jobs.diagnostic_problem``), memory_mb by
+    # the job's memory limit, which web does not know.
+    events: int = Field(0, ge=0, le=1_000_000)
+    size: int = Field(0, ge=0, le=65_536)
+    rate: float = Field(0, ge=0, le=100_000)
+    sleep: float = Field(0, ge=0, le=3_600)
     memory_mb: int = Field(0, ge=0, le=1 << 20)
     ignore_sigterm: bool = False
     grandchild: bool = False
@@ -363,7 +382,7 @@ class LimitsRequest(BaseModel):
     @classmethod
     def _limits(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         for device, limits in value.items():
-            if device != "gpu" and not DEVICE_RE.match(device):
+            if device != "gpu" and not DEVICE_RE.fullmatch(device):
                 raise ValueError(f"unknown device '{device[:32]}' (cpu, gpu, cuda or cuda:N)")
             for task_type, n in limits.items():
                 if not 0 <= n <= 10_000:

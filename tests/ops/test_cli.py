@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,6 +129,23 @@ def test_unreachable_service_exits_3() -> None:
     assert "unreachable" in run.err
 
 
+def test_supervisor_down_exits_3(svc: Service) -> None:
+    """Web answers, but 503: its supervisor is down. That is "unreachable" too (exit 3), not an
+    API error (exit 1); once the supervisor is back, the same command works."""
+    task_id = start_diagnostic(svc, events=1)
+    svc.client.wait_for(task_id, timeout=60)
+    svc.stop_supervisor(signal.SIGTERM)
+    try:
+        for args in (["tasks"], ["show", task_id], ["resources"]):
+            run = rfuav(svc, *args)
+            assert run.code == 3, run
+            assert "unreachable" in run.err and "supervisor" in run.err, run
+    finally:
+        svc.start_supervisor()
+        svc.wait_healthy(60)
+    assert rfuav(svc, "show", task_id).code == 0
+
+
 def test_missing_or_wrong_token_is_an_api_error(svc: Service) -> None:
     for token in (None, "wrong"):
         run = rfuav(svc, "tasks", token=token)
@@ -193,6 +211,29 @@ def test_logs_follow_exits_1_when_the_task_fails(svc: Service) -> None:
     assert run.code == 1, run
     assert f"{task_id} failed" in run.err
     assert "boom in the job" in run.out + run.err
+
+
+def test_logs_follow_exits_1_when_the_task_is_cancelled(svc: Service) -> None:
+    task_id = start_diagnostic(svc, sleep=60)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "logs", "--follow", task_id, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(svc.base_url), cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())  # blocks until the stream is live
+        svc.client.cancel_task(task_id)
+        out, err = proc.stdout.read(), proc.stderr.read()  # the test's timeout bounds the wait
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [first] + [json.loads(line) for line in out.splitlines()]
+    assert code == 1, err
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["kind"] == "status" and events[-1]["status"] == "cancelled"
+    assert f"rfuav: {task_id} cancelled" in err
 
 
 def test_logs_follow_resumes_after_the_web_server_dies(svc: Service) -> None:

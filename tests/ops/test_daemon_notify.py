@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.supervisor import SupervisorProcess
+from tests.support.supervisor import REPO, SupervisorProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,9 +94,22 @@ def test_ready_status_watchdog_and_stopping(systemd: FakeSystemd) -> None:
     assert all(m.get("MAINPID", str(sup.pid)) == str(sup.pid) for m in systemd.seen)
 
 
-def test_no_notify_socket_means_no_datagrams(systemd: FakeSystemd) -> None:
-    # Without NOTIFY_SOCKET (a terminal) the daemon runs the same and sends nothing.
-    with SupervisorProcess(env={"RFUAV_START_MODE": "cold"}) as sup:
+def test_no_usable_notify_socket_means_no_datagrams(systemd: FakeSystemd) -> None:
+    """Outside systemd the daemon runs the same and sends nothing. systemd hands over an absolute
+    path (or an @abstract name); here NOTIFY_SOCKET names the fake socket by a path relative to the
+    daemon's working directory: a daemon that sent to whatever the variable says would reach it,
+    so the silence below is the daemon's doing."""
+    relative = os.path.relpath(systemd.path, REPO)
+    assert not relative.startswith("/") and (REPO / relative).resolve() == systemd.path.resolve()
+    env = {"NOTIFY_SOCKET": relative, "WATCHDOG_USEC": "200000", "RFUAV_START_MODE": "cold"}
+    with SupervisorProcess(env=env) as sup:
+        assert sup.env["NOTIFY_SOCKET"] == relative
+        task_id = sup.submit("diagnostic", params={"events": 2})
+        sup.wait_final(task_id)
         assert sup.call("health")["running"] == 0
+        log = sup.log_text()
+    assert "is not an AF_UNIX address; notifications disabled" in log
+    # The daemon ran a task and shut down: every READY/STATUS/WATCHDOG/STOPPING it could have
+    # sent would be queued on the socket by now.
     with pytest.raises(TimeoutError):
         systemd.next(timeout=0.5)

@@ -1,20 +1,24 @@
 """The dashboard in a real headless Chromium (Debian's) against a really running service.
 
 Start a training job from the form (a tiny digits dataset rendered as PNGs), watch the live log
-and the charts fill, cancel it and see the status change; plus the token flow and the
-preprocessing forms. A screenshot goes to test-artifacts/.
+and the charts fill, cancel it and see the status change; plus the token flow, the
+preprocessing forms, and a task's page opened by clicking its id in the list. Every page loads
+without a console error (the favicon included) and without a JavaScript error. A screenshot goes
+to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.datasets import digits
 from tests.support.service import Service
+from tests.web.test_sse import http_requests, wait_until
 
 from .conftest import ARTIFACTS
 
@@ -52,16 +56,50 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
+class Watched:
+    """A browser page and what went wrong on it: console errors and uncaught JavaScript errors."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.console_errors: list[str] = []
+        self.js_errors: list[str] = []
+        page.on("console", lambda msg: self.console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: self.js_errors.append(str(exc)))
+
+
 @pytest.fixture()
-def page(browser, svc: Service):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1400, "height": 1200})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(svc.base_url + "/")
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+def open_page(browser, svc: Service) -> Iterator[Callable[..., Watched]]:  # type: ignore[no-untyped-def]
+    """``open_page(token=TOKEN)``: the dashboard loaded in a fresh browser context, as by a person
+    who saved ``token`` earlier (None: never). The load is complete once the status panel and the
+    task list are filled and the browser fetched the favicon."""
+    opened: list[tuple[Any, Watched]] = []
+
+    def open_(token: str | None = TOKEN) -> Watched:
+        storage = {"cookies": [], "origins": [{"origin": svc.base_url,
+                                               "localStorage": [{"name": "rfuav.token", "value": token}]}]}  # fmt: skip
+        context = browser.new_context(viewport={"width": 1400, "height": 1200}, storage_state=storage if token else None)
+        watched = Watched(context.new_page())
+        opened.append((context, watched))
+        icons = http_requests(svc, "favicon", 200)
+        watched.page.goto(svc.base_url + "/")
+        if token is not None:
+            watched.page.wait_for_function("document.querySelector('#queue').textContent.includes('queued')")
+            watched.page.wait_for_function("!document.querySelector('#gpu').textContent.startsWith('…')")
+        wait_until(svc, lambda: http_requests(svc, "favicon", 200) > icons, 30, "the browser fetched the favicon")
+        return watched
+
+    yield open_
+    for context, watched in opened:
+        context.close()
+        assert not watched.js_errors, f"JavaScript errors: {watched.js_errors}"
+
+
+@pytest.fixture()
+def page(open_page: Callable[..., Watched]) -> Any:
+    """The dashboard of a person who saved the token before: it loads without a console error."""
+    watched = open_page()
+    assert watched.console_errors == [], watched.console_errors
+    return watched.page
 
 
 def login(page) -> None:  # type: ignore[no-untyped-def]
@@ -70,20 +108,28 @@ def login(page) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector("#banner", state="hidden")
 
 
-def test_token_is_required_then_remembered(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
-    # No token yet: /api/v2 answers 401 and the page says what to do.
+def test_token_is_required_then_remembered(open_page, svc: Service) -> None:  # type: ignore[no-untyped-def]
+    watched = open_page(token=None)
+    page = watched.page
+    # No token yet: /api/v2 answers 401 and the page says what to do. The browser reports each
+    # 401 in the console; nothing else may be there (a favicon 404 was, once).
     page.wait_for_selector("#banner:not([hidden])")
+    assert watched.console_errors and all("status of 401" in e for e in watched.console_errors), watched.console_errors
     assert "API token" in page.inner_text("#banner")
     login(page)
     page.wait_for_function("document.querySelector('#queue').textContent.includes('queued')")
     assert page.evaluate("localStorage.getItem('rfuav.token')") == TOKEN
-    # A reload keeps it: the status panel fills without asking again.
+    # A reload keeps it: the status panel fills without asking again, and without an error.
+    errors = len(watched.console_errors)
     page.reload()
     page.wait_for_function("document.querySelector('#queue').textContent.includes('queued')")
     assert page.is_hidden("#banner")
+    assert watched.console_errors[errors:] == []
     assert page.inner_text("#health").startswith("healthy")
     gpu = svc.client.get_gpu_info()
-    if not gpu["available"]:
+    if gpu["available"]:
+        assert page.locator("#gpu tbody tr").count() == gpu["count"]
+    else:
         assert "No GPU" in page.inner_text("#gpu")
     # The model list comes from /api/v1/info.
     assert page.locator("#form-training select[name=model] option").count() > 50
@@ -91,7 +137,6 @@ def test_token_is_required_then_remembered(page, svc: Service) -> None:  # type:
 
 def test_train_from_the_form_watch_log_and_charts_then_cancel(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
     data = digits(svc.home / "digits", per_class=12, size=16)
-    login(page)
     form = "#form-training"
     page.select_option(f"{form} select[name=model]", "resnet18")
     page.fill(f"{form} input[name=num_classes]", "10")
@@ -142,7 +187,6 @@ def test_train_from_the_form_watch_log_and_charts_then_cancel(page, svc: Service
 
 def test_preprocessing_form_and_refusal(page, svc: Service) -> None:  # type: ignore[no-untyped-def]
     data = digits(svc.home / "digits-pre", per_class=3, size=16)
-    login(page)
     page.click(".tabs button[data-tab=split]")
     assert page.is_hidden("#form-training") and page.is_visible("#form-split")
     page.fill("#form-split input[name=input_path]", str(data["train"]))
@@ -169,3 +213,40 @@ def test_preprocessing_form_and_refusal(page, svc: Service) -> None:  # type: ig
     assert "input_path" in page.inner_text("#form-result")
     assert len(svc.client.get_all_tasks()["preprocessing_tasks"]) == before
     shutil.rmtree(svc.home / "split-out", ignore_errors=True)
+
+
+def test_click_a_task_id_to_open_its_page(open_page, svc: Service) -> None:  # type: ignore[no-untyped-def]
+    first = svc.client.start_diagnostic(events=3)["task_id"]
+    second = svc.client.start_diagnostic(events=7)["task_id"]
+    for task_id in (first, second):
+        assert svc.client.wait_for(task_id, timeout=60)["status"] == "completed"
+    stored = svc.client.get_logs(second)
+    watched = open_page()
+    page = watched.page
+    assert watched.console_errors == [], watched.console_errors
+    assert page.is_hidden("#task-panel")
+    # What a person does: find the task in the list and click its id.
+    link = page.locator(f"#tasks tr[data-task-id='{second}'] td.id a")
+    link.wait_for()
+    assert link.inner_text() == second
+    link.click()
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {second!r}")
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=30_000)
+    assert page.inner_text("#task-status") == "completed"
+    assert page.evaluate("location.hash") == f"#task={second}"
+    assert page.locator("#task-log li").count() == len(stored)
+    assert stored[-1]["message"] in page.inner_text("#task-log")
+    assert page.locator(f"#tasks tr[data-task-id='{second}']").get_attribute("class") == "task selected"
+    # Another id in the list: its page replaces this one.
+    page.locator(f"#tasks tr[data-task-id='{first}'] td.id a").click()
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {first!r}")
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=30_000)
+    assert page.locator("#task-log li").count() == len(svc.client.get_logs(first))
+    # It is a page: back goes to the previous task, a reload stays on the task.
+    page.go_back()
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {second!r}")
+    page.reload()
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {second!r}")
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=30_000)
+    assert page.locator("#task-log li").count() == len(stored)
+    assert watched.console_errors == [], watched.console_errors

@@ -2,12 +2,20 @@
 events on our own SUB socket, the way the supervisor does: SUB bound on a short ``ipc://`` path,
 the runner's XPUB connects and waits for our subscription before its first event.
 
+``warm=True`` forks the runner instead from a fork server that preloaded torch and the other
+heavy modules (the supervisor's own ``supervisor.spawner`` server and warm target, the start
+mode users get): the server starts once per test process (seconds) and then each job starts
+in milliseconds without importing anything (``warm_server()``, stopped at exit). A warm runner
+has the environment the test process had when the server started, not the current one.
+
 Used by tests/runner and by benchmarks/training.py and benchmarks/inference.py.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +36,61 @@ from protocol.tasks import JOBS
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "cancelled")
 
+_server: Any = None  # the warm fork server (supervisor.spawner._ForkServer), once started
+
+
+def warm_server() -> Any:
+    """The process's preloaded fork server, started (and probed) on first use."""
+    global _server
+    from supervisor.spawner import PRELOAD, _ForkServer
+
+    if _server is None or not _server.alive():
+        server = _ForkServer(PRELOAD)
+        server.launch()
+        server.probe()  # blocks until the preload is done and a forked child ran
+        _server = server
+        atexit.register(_stop_server, server)
+    return _server
+
+
+def _stop_server(server: Any) -> None:
+    server.stop()
+    server.reap(10.0)
+
+
+class _WarmProcess:
+    """The ``Popen`` surface the harness uses (pid, poll, wait, returncode) for a runner forked
+    by the fork server, whose exit status comes on the server's status pipe."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        import multiprocessing.context as mp_context
+
+        from supervisor.spawner import WARM_TARGET, _Named
+
+        target: Any = _Named(*WARM_TARGET)  # resolved to runner.entry.run_and_exit in the child
+        process = mp_context.ForkServerProcess(target=target, args=(spec,), name=f"rfuav-runner-{spec.task_id}")
+        self._popen = warm_server().spawn(process)
+        self.pid: int = self._popen.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._wait(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._wait(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"warm runner {self.pid}", timeout or 0.0)
+        return code
+
+    def _wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            readable, _, _ = select.select([self._popen.sentinel], [], [], timeout)
+            if not readable:
+                return None
+            self.returncode = self._popen.read_exit()
+            self._popen.close_sentinel()
+        return self.returncode
+
 
 class RunnerProcess:
     """One job in a fresh runner process. Use as a context manager (kills and cleans up)."""
@@ -43,6 +106,7 @@ class RunnerProcess:
         dataloader_workers: int = 0,
         batch_cap: int | None = None,
         device: str = "cpu",
+        warm: bool = False,
     ) -> None:
         self.task_id = f"t-{uuid.uuid4().hex[:10]}"
         self.task_dir = task_dir
@@ -72,13 +136,17 @@ class RunnerProcess:
         )
         spec_path = task_dir / "spec.json"
         spec_path.write_bytes(self.spec.dump())
-        env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", str(spec_path)],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
+        self.proc: subprocess.Popen[bytes] | _WarmProcess
+        if warm:  # the runner calls setsid itself, first thing
+            self.proc = _WarmProcess(self.spec)
+        else:
+            env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", str(spec_path)],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+            )
         self.events: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
@@ -155,7 +223,10 @@ class RunnerProcess:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                try:  # a warm runner that has not called setsid yet
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(timeout=30)
         self._sub.close(linger=0)
         self._zctx.term()

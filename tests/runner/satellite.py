@@ -1,5 +1,7 @@
 """A fake satellite platform: a real ``http.server`` on loopback in a thread that records every
-multipart upload (file name and bytes, form fields, headers) and can fail the first N requests."""
+multipart upload (file name and bytes, form fields, headers) and can fail the first N requests —
+optionally misbehaving, with a reason phrase that quotes a request header (``echo_header``: the
+token comes back in the status line, as some servers do)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Upload:
 class Satellite:
     fail_first: int = 0
     fail_status: int = 500
+    echo_header: str | None = None
     uploads: list[Upload] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -33,7 +36,11 @@ class Satellite:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 upload = owner._parse(dict(self.headers.items()), body)
-                self.send_response(upload.status)
+                echoed = self.headers.get(owner.echo_header) if owner.echo_header else None
+                if upload.status != 200 and echoed is not None:
+                    self.send_response(upload.status, f"Rejected credentials {echoed}")
+                else:
+                    self.send_response(upload.status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(

@@ -136,8 +136,10 @@ def test_augment_writes_every_copy_per_method(spectro: Path, tmp_path: Path) -> 
     params2 = dict(
         params, output_path=str(tmp_path / "b"), methods=["GaussNoise", "ColorJitter"]
     )
-    run_job("augment", params2, tmp_path / "t2", timeout=140, torch_threads=2)
+    rp2 = run_job("augment", params2, tmp_path / "t2", timeout=140, torch_threads=2)
+    assert rp2.final is not None and rp2.final["status"] == "completed", rp2.log_tail()
     again = _files(tmp_path / "b")
+    assert len(again) == len(source) * 5  # the original and 2 copies of 2 methods each
     for rel, data in again.items():
         assert out[rel] == data
 
@@ -212,3 +214,20 @@ def test_crop_nothing_fits_fails(tmp_path: Path) -> None:
     assert any(
         "x.png (10x10 is smaller than the box)" in e["message"] for e in rp.events
     )
+
+
+@pytest.mark.timeout(100)
+def test_split_refuses_a_symlinked_folder_below_the_output(spectro: Path, tmp_path: Path) -> None:
+    """output_path is inside the data roots, but output_path/train is a symbolic link to a folder
+    outside them: the job fails naming it and nothing is written outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "root" / "split"
+    out.mkdir(parents=True)
+    (out / "train").symlink_to(outside, target_is_directory=True)
+    params = {"input_path": str(spectro), "output_path": str(out), "train_ratio": 0.5, "val_ratio": 0.25}
+    roots = [str(tmp_path / "root"), str(spectro)]
+    rp = run_job("split", params, tmp_path / "t", timeout=90, torch_threads=1, config={"data_roots": roots})
+    assert rp.final is not None and rp.final["status"] == "failed", rp.log_tail()
+    assert rp.final["message"] == f"UnsafePath: refused to write {out / 'train'}: train is a symbolic link"
+    assert not list(outside.iterdir())

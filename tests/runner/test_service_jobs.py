@@ -1,5 +1,8 @@
 """The jobs through the whole service: a real supervisor and a real uvicorn server on loopback
-(tests/support/service.py), driven with the HTTP client like the satellite platform does."""
+(tests/support/service.py), driven with the HTTP client like the satellite platform does.
+
+The service may reach loopback URLs (RFUAV_URL_ALLOW_LOOPBACK=1): the fake satellite listens
+on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,10 +10,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+import yaml
 
 from protocol.events import EPOCH_METRICS
+from runner import models
+from tests.runner.satellite import Satellite
 from tests.support import datasets
 from tests.support.service import Service
 
@@ -18,7 +25,8 @@ from tests.support.service import Service
 @pytest.fixture(scope="module")
 def svc() -> Iterator[Service]:
     # Batch cap raised so that the digits train in few steps; one torch thread (50% of 2 cores).
-    with Service(env={"RFUAV_CPU_BATCH_CAP": "32"}) as service:
+    env = {"RFUAV_CPU_BATCH_CAP": "32", "RFUAV_URL_ALLOW_LOOPBACK": "1", "RFUAV_UPLOAD_RETRIES": "0"}
+    with Service(env=env) as service:
         yield service
 
 
@@ -80,3 +88,49 @@ def test_preprocessing_over_http(svc: Service) -> None:
     assert len(list((svc.home / "split" / "train").rglob("*.png"))) == 9
     assert len(list((svc.home / "split" / "val").rglob("*.png"))) == 9
     assert len(list((svc.home / "crop").rglob("*.png"))) == 18
+
+
+SECRET = "sat-tok-58d1c0ffee"
+
+
+@pytest.mark.timeout(200)
+def test_upload_token_validated_and_never_leaked(svc: Service) -> None:
+    """A token that is no valid header value is a 400 naming the field (and not echoed). A valid
+    one goes web → supervisor → runner → the satellite, which misbehaves and quotes it in its
+    reason phrase: it reaches none of the task's message, the task list, the logs, the SSE
+    stream, the service's logs or the task's files."""
+    spec = datasets.spectrograms(svc.home / "data" / "tok", per_class=2, size=32, seed=4)
+    run = svc.home / "models" / "tok"
+    run.mkdir(parents=True)
+    torch.save(models.build("resnet18", 3).state_dict(), run / "w.pth")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "resnet18", "num_classes": 3, "image_size": 32,
+                                                     "class_names": ["carrier", "chirp", "hopping"]}))  # fmt: skip
+    sat = Satellite(fail_first=1000, echo_header="Authorization")
+    body = {"cfg_path": str(run / "config.yaml"), "weight_path": str(run / "w.pth"), "source_path": str(spec),
+            "device": "cpu", "enable_upload": True, "upload_url": sat.url}  # fmt: skip
+    try:
+        with httpx.Client(base_url=svc.base_url, timeout=30.0) as http:
+            for bad in (SECRET + "\n", " " + SECRET, SECRET + "\r\nX-Evil: 1", "é" + SECRET, "x" * 4097):
+                r = http.post("/api/v2/inference/start", json={**body, "token": bad})
+                assert r.status_code == 400 and [e["field"] for e in r.json()["data"]["errors"]] == ["token"], r.text
+                assert r.json()["msg"].startswith("token: ") and SECRET not in r.text
+                r = http.post("/api/v2/training/start", json={"token": bad})
+                assert r.status_code == 400 and "token" in [e["field"] for e in r.json()["data"]["errors"]], r.text
+            r = http.post("/api/v2/inference/start", json={**body, "token": SECRET})
+            assert r.status_code == 200, r.text
+            task_id = r.json()["data"]["task_id"]
+            done = svc.client.wait_for(task_id, timeout=180)
+            seen = [r.text, http.get(f"/api/v2/tasks/{task_id}").text, http.get(f"/api/v2/inference/{task_id}").text,
+                    http.get("/api/v2/tasks").text, http.get(f"/api/v2/tasks/{task_id}/logs").text,
+                    http.get(f"/api/v2/tasks/{task_id}/events").text]  # fmt: skip
+    finally:
+        sat.close()
+    assert done["status"] == "completed", svc.client.get_logs(task_id)[-3:]
+    assert done["message"] == "completed; upload failed: results.json: HTTP 500 Rejected credentials ***; " \
+                              "results.csv: HTTP 500 Rejected credentials ***"  # fmt: skip
+    assert [u.headers["Authorization"] for u in sat.uploads] == [SECRET, SECRET]  # sent, and quoted back
+    assert '"status":"completed"' in seen[-1].replace(" ", "")  # the SSE replay went to the end
+    task_dir = svc.settings.tasks_dir / task_id
+    files = [task_dir / name for name in ("events.jsonl", "stdout.log", "stderr.log")]
+    seen += [f.read_text() for f in files] + [svc.supervisor.log_text(), svc.web_log_text()]
+    assert [SECRET in text for text in seen] == [False] * len(seen)

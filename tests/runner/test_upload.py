@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import upload
+from runner import upload, urls
 from tests.runner.satellite import Satellite
 
 
@@ -29,10 +29,10 @@ class Recorder:
         return upload.Reporter(self.infos.append, self.errors.append, self.waits.append)
 
 
-def _config(url: str, **kw: object) -> upload.UploadConfig:
-    params = {"upload_url": url, "token": "t0k"}
+def _config(url: str, token: str = "t0k", **kw: object) -> upload.UploadConfig:
+    params = {"upload_url": url, "token": token}
     config = {"upload_file_field": "file", "upload_label_field": "businessLabel", "upload_type_field": "fileType",
-              "upload_auth_header": "X-Token", "upload_retries": 2, **kw}  # fmt: skip
+              "upload_auth_header": "X-Token", "upload_retries": 2, "url_allow_loopback": True, **kw}  # fmt: skip
     return upload.UploadConfig.from_job(params, config)
 
 
@@ -116,6 +116,45 @@ def test_unreachable_and_refused_urls(tmp_path: Path) -> None:
     failures = upload.upload([upload.UploadItem(f, *upload.INFERENCE_RESULT)],
                              _config("http://169.254.169.254/upload"), rec.reporter())  # fmt: skip
     assert "cloud metadata address" in failures[0]
+
+
+@pytest.mark.parametrize(
+    "host, reason, opt_in",
+    [("0.0.0.0", "unspecified address", True), ("0", "unspecified address", True),
+     ("[::ffff:0.0.0.0]", "unspecified address", True), ("127.0.0.1", "loopback", False),
+     ("localhost", "loopback", False)],
+)  # fmt: skip
+def test_upload_targets_on_this_host_refused(
+    satellite: Satellite, tmp_path: Path, host: str, reason: str, opt_in: bool
+) -> None:
+    """The satellite listens on 127.0.0.1: 0.0.0.0 and 0 would reach it, even with the loopback
+    opt-in; loopback itself only with the opt-in. Nothing reaches the server."""
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    rec = Recorder()
+    url = satellite.url.replace("127.0.0.1", host)
+    cfg = _config(url, url_allow_loopback=opt_in, url_allow_hosts=host.strip("[]"))
+    failures = upload.upload([upload.UploadItem(f, *upload.INFERENCE_RESULT)], cfg, rec.reporter())
+    assert len(failures) == 1 and reason in failures[0] and not rec.waits
+    assert not satellite.uploads
+    # At connect time too (a DNS answer that changed after the early check meets the same rule).
+    with urls.session(cfg.policy) as session, pytest.raises(upload.FetchError, match=reason):
+        upload._post(session, cfg, upload.UploadItem(f, *upload.INFERENCE_RESULT))
+    assert not satellite.uploads
+
+
+@pytest.mark.parametrize("token", ["t0k-secret-7\n", " t0k-secret-7", "t0k-secret-7\r\nX-Evil: 1"])
+def test_header_errors_never_quote_the_token(satellite: Satellite, tmp_path: Path, token: str) -> None:
+    """A token the HTTP library refuses as a header value: the failure names the problem but
+    not the value, and is not retried (it cannot heal)."""
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    rec = Recorder()
+    failures = upload.upload([upload.UploadItem(f, *upload.INFERENCE_RESULT)], _config(satellite.url, token),
+                             rec.reporter())  # fmt: skip
+    assert failures == ["r.json: InvalidHeader: the token is not a valid HTTP header value"]
+    assert not satellite.uploads and not rec.waits
+    assert all("t0k-secret-7" not in line for line in rec.errors + rec.infos)
 
 
 def test_no_url_is_a_clear_error() -> None:

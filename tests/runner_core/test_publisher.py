@@ -91,13 +91,17 @@ def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> No
     assert [e["rseq"] for e in journal] == list(range(1, 2001))
 
 
-def _start(short_dir: Path, endpoint: str, params: dict[str, Any], task_id: str = "diag") -> subprocess.Popen[bytes]:
+def _start(
+    short_dir: Path, endpoint: str, params: dict[str, Any], task_id: str = "diag", new_session: bool = True
+) -> subprocess.Popen[bytes]:
     task_dir = short_dir / task_id
     task_dir.mkdir()
     spec = JobSpec(task_id, "diagnostic", "diagnostic", params, "cpu", "cpu", str(task_dir), endpoint)
     (task_dir / "spec.json").write_bytes(spec.dump())
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.Popen([sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=new_session
+    )
 
 
 def _final(events: list[dict[str, Any]]) -> bool:
@@ -139,10 +143,19 @@ def test_runner_process_title_and_own_session(sub: tuple[zmq.Socket[bytes], str]
     import psutil
 
     sock, endpoint = sub
-    proc = _start(short_dir, endpoint, {"sleep": 120}, task_id="titled")
-    _collect(sock, lambda evs: any(e["message"].startswith("sleeping") for e in evs))
-    assert psutil.Process(proc.pid).cmdline()[0].startswith("rfuav-runner diagnostic titled")
-    assert os.getsid(proc.pid) == proc.pid
-    os.killpg(proc.pid, signal.SIGTERM)
-    _collect(sock, _final)
-    proc.wait(30)
+    # Started in our own session and process group (as a warm runner is: forked by a server
+    # in the supervisor's session): the runner must leave them itself, before any work.
+    proc = _start(short_dir, endpoint, {"sleep": 120}, task_id="titled", new_session=False)
+    try:
+        _collect(sock, lambda evs: any(e["message"].startswith("sleeping") for e in evs))
+        assert psutil.Process(proc.pid).cmdline()[0].startswith("rfuav-runner diagnostic titled")
+        # Born in our session; only its own setsid makes it the leader of a new one.
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+        assert os.getpgid(proc.pid) == proc.pid
+        os.killpg(proc.pid, signal.SIGTERM)  # its own group: we are not in it
+        assert _collect(sock, _final)[-1]["status"] == "cancelled"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

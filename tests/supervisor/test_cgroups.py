@@ -17,16 +17,20 @@ from pathlib import Path
 import pytest
 
 from supervisor.cgroups import UNIFIED, Cgroups, Hierarchy, JobLimits, discover
+from tests.support.cgroups import why_no_cgroups
 from tests.support.processes import remove_dir, short_dir, wait_gone
 
+needs_cgroups = pytest.mark.skipif(why_no_cgroups() is not None, reason=f"no job cgroups on this host: {why_no_cgroups()}")
 
-def _why_not_usable() -> str | None:
-    cg = Cgroups("probe")
+
+def test_the_supervisor_finds_cgroups_usable_where_the_host_has_them() -> None:
+    # The probe of tests.support.cgroups is independent of supervisor.cgroups: where it can
+    # make limited cgroups below ours, so must the supervisor (else every job would run loose).
+    cg = Cgroups("tst0000f")
     cg.prepare()
-    return cg.unavailable or None
-
-
-needs_cgroups = pytest.mark.skipif(_why_not_usable() is not None, reason=f"cgroups not usable here: {_why_not_usable()}")
+    if why_no_cgroups() is None:
+        assert cg.unavailable == ""
+        assert {"memory", "pids"} <= set(cg.parents) or cg.unified_v2
 
 
 @pytest.fixture()
@@ -182,3 +186,102 @@ def test_an_unwritable_own_cgroup_says_why() -> None:
     job = Cgroups("tst0000d", hierarchies=fake).create("t", JobLimits(100, 0, 0))
     assert job.enforced is False and job.dirs == {}
     assert job.warning == "cgroup limits not enforced: no writable memory/cpu/pids cgroup below this process's own"
+
+
+# -- cgroup v2 with controllers (production under systemd), against a fake delegated tree ---------
+V2_CONTROLLERS = frozenset({"cpuset", "cpu", "io", "memory", "pids"})
+
+
+def _delegated(tmp: Path, enabled: str = "") -> Path:
+    """A directory laid out like the cgroup systemd's ``Delegate=yes`` hands the supervisor: its
+    controllers, its one process (us) and the controllers enabled for its children so far."""
+    own = tmp / "system.slice" / "rfuav-supervisor.service"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text(" ".join(sorted(V2_CONTROLLERS)) + "\n")
+    (own / "cgroup.subtree_control").write_text(enabled)
+    (own / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    return own
+
+
+def _kernel_files(job: Path) -> None:
+    """What the kernel puts in a new v2 cgroup whose parent enabled memory, cpu and pids."""
+    job.mkdir(parents=True, exist_ok=True)
+    files = {
+        "cgroup.procs": "", "cgroup.kill": "", "memory.max": "max", "memory.swap.max": "max", "memory.current": "0",
+        "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n", "cpu.max": "max 100000", "cpu.weight": "100",
+        "pids.max": "max",
+        "pids.current": "0",
+    }  # fmt: skip
+    for name, value in files.items():
+        (job / name).write_text(value)
+
+
+def _v2(own: Path, instance: str) -> Cgroups:
+    return Cgroups(instance, hierarchies={UNIFIED: Hierarchy(UNIFIED, 2, own, V2_CONTROLLERS)})
+
+
+def _text(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def test_v2_delegation_moves_us_to_a_leaf_enables_controllers_and_writes_limits(tmp: Path) -> None:
+    own = _delegated(tmp)
+    cgroups = _v2(own, "tst00010")
+    cgroups.prepare()
+    assert cgroups.unified_v2 is True and cgroups.unavailable == ""
+    # "No internal processes": we leave our cgroup for a leaf before enabling controllers.
+    assert _text(own / "supervisor" / "cgroup.procs") == str(os.getpid())
+    assert _text(own / "cgroup.subtree_control") == "+cpu +memory +pids"
+    assert _text(own / "jobs" / "cgroup.subtree_control") == "+cpu +memory +pids"
+    assert cgroups.parents == {UNIFIED: own / "jobs"}
+
+    job_dir = own / "jobs" / "rfuav-tst00010-t1"
+    _kernel_files(job_dir)
+    job = cgroups.create("t1", JobLimits(memory_mb=300, cpus=1.5, pids=40))
+    assert job.enforced is True and job.warning is None and job.unified_v2 is True
+    assert job.dirs == {UNIFIED: str(job_dir)} and job.procs_files == [str(job_dir / "cgroup.procs")]
+    assert _text(job_dir / "memory.max") == str(300 << 20)
+    assert _text(job_dir / "memory.swap.max") == "0"  # no swapping past the limit
+    assert _text(job_dir / "cpu.max") == "150000 100000"
+    assert _text(job_dir / "pids.max") == "40"
+    assert cgroups.leftovers() == {"t1": {UNIFIED: str(job_dir)}}
+
+    # ps, the reaper and the kill read and write the v2 files.
+    (job_dir / "memory.current").write_text("123456\n")
+    (job_dir / "pids.current").write_text("3\n")
+    assert job.read_back() == {
+        "memory_limit_bytes": 300 << 20, "memory_usage_bytes": 123456, "pids_limit": 40, "pids_current": 3, "cpus": 1.5,
+    }  # fmt: skip
+    assert job.oom_killed() is False
+    (job_dir / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    assert job.oom_killed() is True
+    job.kill()
+    assert _text(job_dir / "cgroup.kill") == "1"
+
+    # Unlimited is written as such, not left at the previous values.
+    again = cgroups.create("t1", JobLimits(0, 0, 0))
+    assert again.enforced is True
+    assert [_text(job_dir / f) for f in ("memory.max", "memory.swap.max", "cpu.max", "pids.max")] == ["max"] * 4
+    assert again.read_back()["memory_limit_bytes"] is None and again.read_back()["cpus"] is None
+
+
+def test_v2_with_controllers_already_enabled_moves_nothing(tmp: Path) -> None:
+    own = _delegated(tmp, enabled="cpu memory pids\n")  # as the kernel lists them
+    cgroups = _v2(own, "tst00011")
+    cgroups.prepare()
+    assert cgroups.unified_v2 is True
+    assert not (own / "supervisor").exists()
+    assert _text(own / "cgroup.subtree_control") == "cpu memory pids"  # untouched
+    assert _text(own / "jobs" / "cgroup.subtree_control") == "+cpu +memory +pids"
+
+
+def test_v2_delegation_that_fails_falls_back_and_says_why(tmp: Path) -> None:
+    own = _delegated(tmp)
+    (own / "cgroup.subtree_control").unlink()
+    (own / "cgroup.subtree_control").mkdir()  # writing it fails (EISDIR), as a refused write would
+    cgroups = _v2(own, "tst00012")
+    cgroups.prepare()
+    assert cgroups.unified_v2 is False
+    assert cgroups.unavailable == "no writable memory/cpu/pids cgroup below this process's own"
+    job = cgroups.create("t1", JobLimits(100, 0, 0))
+    assert job.enforced is False and job.warning is not None and cgroups.unavailable in job.warning

@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -67,17 +69,31 @@ def _children(pid: int) -> dict[str, psutil.Process]:
     return out
 
 
+def _listening(proc: psutil.Process, port: int) -> list[str]:
+    """The addresses ``proc`` listens on at ``port``."""
+    return [c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("how", ["sigterm", "child_dies"])
 def test_rfuavd_all(how: str) -> None:
-    if not (REPO / "web" / "server.py").exists():
-        pytest.skip("web/server.py is not there yet")
-    sup = SupervisorProcess(env={"RFUAV_START_MODE": "cold", "RFUAV_PORT": str(_free_port())}, command="all")
+    port = _free_port()
+    # No RFUAV_HOST (SupervisorProcess passes no RFUAV_ variable of ours): the default applies.
+    sup = SupervisorProcess(env={"RFUAV_START_MODE": "cold", "RFUAV_PORT": str(port)}, command="all")
+    assert "RFUAV_HOST" not in sup.env
     try:
         sup.start()
         children = _children(sup.pid)
         assert set(children) == {"supervisor", "web"}
         if how == "sigterm":
+            # The default bind address is loopback only: web answers there and listens nowhere else.
+            deadline = time.monotonic() + 60
+            while not _listening(children["web"], port):
+                assert time.monotonic() < deadline, f"web not listening on {port}:\n{sup.log_text()}"
+                with pytest.raises(psutil.TimeoutExpired):
+                    children["web"].wait(0.05)  # between two looks, wait on web itself: a crash fails at once
+            assert _listening(children["web"], port) == ["127.0.0.1"]
+            assert httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=10).status_code == 200
             assert sup.kill(signal.SIGTERM) == 0
         else:
             children["web"].kill()

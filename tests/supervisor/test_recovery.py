@@ -1,14 +1,17 @@
-"""The daemon's own end: kill -9 and restart (adoption, re-queue), SIGTERM shutdown."""
+"""The daemon's own end: kill -9 and restart (adoption, a runner that finished or was lost
+meanwhile, re-queue), SIGTERM shutdown."""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.supervisor.test_outcomes import _cgroup_dirs
+from tests.support.cgroups import assert_confined
+from tests.support.processes import wait_gone
 from tests.support.supervisor import SupervisorProcess
 
 
@@ -28,6 +31,7 @@ def test_kill_9_restart_adopts_running_and_runs_pending(make_supervisor: Callabl
     pending = [supervisor.submit(params={"events": 10}) for _ in range(2)]
     task = supervisor.wait_task(running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 120, "events flowing")
     runner_pid = task["pid"]
+    cgroups = assert_confined(runner_pid, supervisor.settings)
     assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
     supervisor.start()
     task = supervisor.wait_final(running, timeout=90)
@@ -36,6 +40,8 @@ def test_kill_9_restart_adopts_running_and_runs_pending(make_supervisor: Callabl
     _assert_continuous(events)
     assert [e["i"] for e in events if "i" in e] == list(range(1, 401))
     assert any(e["message"] == f"adopted after a supervisor restart (pid {runner_pid})" for e in events)
+    for d in cgroups.values():  # the adopted runner's cgroups went with it
+        assert not d.exists(), f"cgroup {d} of the adopted runner left behind"
     for t in pending:
         assert supervisor.wait_final(t, timeout=120)["status"] == "completed"
         _assert_continuous(supervisor.logs(t))
@@ -43,18 +49,48 @@ def test_kill_9_restart_adopts_running_and_runs_pending(make_supervisor: Callabl
 
 
 @pytest.mark.timeout(180)
-def test_runner_lost_while_down_fails_with_reason(supervisor: SupervisorProcess) -> None:
-    import os
+def test_runner_that_finished_while_down_is_recovered_from_its_journal(supervisor: SupervisorProcess) -> None:
+    # 200 events at 100/s. The runner is stopped (SIGSTOP) before the supervisor is killed, so
+    # it can only finish while no supervisor runs; the restarted one finds it gone and takes
+    # its end (and every event it missed) from the runner's journal.
+    task_id = supervisor.submit(params={"events": 200, "rate": 100})
+    task = supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["last_seq"] >= 10, 60, "events flowing")
+    pid = task["pid"]
+    cgroups = assert_confined(pid, supervisor.settings)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_gone([pid], timeout=60) == [], "the runner did not finish without its supervisor"
+    supervisor.start()
+    # The recovery path ran (the job did not end before the kill): the restart found it gone.
+    assert f"task {task_id}: runner (pid {pid}) not found after restart" in supervisor.log_text()
+    task = supervisor.get(task_id)
+    assert (task["status"], task["message"], task["progress"]) == ("completed", "completed", 100)
+    events = supervisor.logs(task_id)
+    _assert_continuous(events)
+    assert [e["i"] for e in events if "i" in e] == list(range(1, 201))
+    assert (events[-1]["kind"], events[-1]["status"]) == ("status", "completed")
+    assert task["last_seq"] == events[-1]["seq"] == len(events)
+    assert not any("lost" in e["message"] or "adopted" in e["message"] for e in events)
+    for d in cgroups.values():
+        assert not d.exists(), f"leftover cgroup {d} not removed"
+    assert supervisor.call("resources")["running"] == 0
 
+
+@pytest.mark.timeout(180)
+def test_runner_lost_while_down_fails_with_reason(supervisor: SupervisorProcess) -> None:
     task_id = supervisor.submit(params={"sleep": 60})
     task = supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
-    cgroups = _cgroup_dirs(task["pid"])
+    cgroups = assert_confined(task["pid"], supervisor.settings)
     supervisor.kill(signal.SIGKILL)
     os.kill(task["pid"], signal.SIGKILL)
+    assert wait_gone([task["pid"]]) == []  # dead before the restart looks for it
     supervisor.start()
     task = supervisor.get(task_id)
     assert (task["status"], task["message"]) == ("failed", "runner lost while the supervisor was down")
-    for d in cgroups:
+    for d in cgroups.values():
         assert not d.exists(), f"leftover cgroup {d} not removed"
     _assert_continuous(supervisor.logs(task_id))
 

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from supervisor.cgroups import Cgroups, JobLimits, instance_key
 from supervisor.spawner import ExitInfo, RunnerHandle, Spawner
+from tests.support.cgroups import why_no_cgroups
 from tests.support.processes import (
     EventSink,
     diagnostic_spec,
@@ -71,16 +72,10 @@ async def env() -> AsyncIterator[Env]:
     remove_dir(home)
 
 
-def cgroups_usable() -> str | None:
-    """Why job cgroups cannot be created here, or None when they can."""
-    cg = Cgroups("probe")
-    cg.prepare()
-    return cg.unavailable or None
-
-
-needs_cgroups = pytest.mark.skipif(
-    cgroups_usable() is not None, reason=f"cgroups not usable here: {cgroups_usable()}"
-)
+#: Job cgroups can be made here (probed independently of the spawner): every job must be
+#: confined; the tests that need them skip, with the reason, only on a host without.
+HAS_CGROUPS = why_no_cgroups() is None
+needs_cgroups = pytest.mark.skipif(not HAS_CGROUPS, reason=f"no job cgroups on this host: {why_no_cgroups()}")
 
 
 async def finish(handle: RunnerHandle, timeout: float = 60) -> ExitInfo:
@@ -127,13 +122,18 @@ async def test_job_runs_isolated_with_its_settings(env: Env, mode: str) -> None:
     assert report["sid"] == handle.pid and report["pgid"] == handle.pid  # own session and group
     assert report["title"] == f"rfuav-runner diagnostic {spec.task_id}"
     assert report["cuda_visible_devices"] == ""
+    assert handle.limits_enforced is HAS_CGROUPS and (handle.warning is None) is HAS_CGROUPS
+    if HAS_CGROUPS:  # the runner itself found its job cgroups (it joined them before any work)
+        lines = {line.split(":")[1]: line for line in report["cgroup"]}
+        own = [lines[k] for k in ("memory", "pids") if k in lines] or [lines[""]]  # v1, or v2 alone
+        assert all(line.endswith(f"/rfuav-{instance_key(env.home)}-{spec.task_id}") for line in own), own
     if mode == "warm":  # preloaded: the thread settings were applied by call after the fork
         assert report["torch_threads"] == 2
         assert report["opencv_threads"] == 1
     done = await sink.until(spec.task_id, lambda e: e.get("status") == "completed")
     assert done["rseq"] == 3 + 2 + 2  # running, report, 3 logs, progress, completed
     info = await finish(handle)
-    assert info == ExitInfo(code=0, oom_killed=False, memory_limit_mb=LIMITS.memory_mb if handle.limits_enforced else 0)
+    assert info == ExitInfo(code=0, oom_killed=False, memory_limit_mb=LIMITS.memory_mb if HAS_CGROUPS else 0)
     spec_file = Path(spec.task_dir) / "spec.json"
     assert oct(spec_file.stat().st_mode & 0o777) == "0o600"
 
@@ -205,8 +205,8 @@ async def test_memory_limit_is_enforced_by_oom_kill(env: Env, mode: str) -> None
 @pytest.mark.parametrize("mode", ["warm", "cold"])
 @pytest.mark.parametrize("setsid", [False, True], ids=["grandchild", "setsid-grandchild"])
 async def test_kill_leaves_nothing_of_an_uncooperative_job(env: Env, mode: str, setsid: bool) -> None:
-    if setsid and cgroups_usable() is not None:
-        pytest.skip(f"a grandchild that left the session is found through its cgroup: {cgroups_usable()}")
+    if setsid and not HAS_CGROUPS:
+        pytest.skip(f"a grandchild that left the session is found through its cgroup: {why_no_cgroups()}")
     params = {"ignore_sigterm": True, "grandchild": True, "grandchild_setsid": setsid, "sleep": 120}
     spec, handle = await spawn(env, mode, params)
     started = await env.sink.until(spec.task_id, lambda e: "grandchild_pid" in e)
@@ -321,9 +321,8 @@ async def test_a_fork_server_that_fails_before_ready_is_not_retried(env: Env, pr
 
 
 @pytest.mark.timeout(120)
+@needs_cgroups
 async def test_start_sweeps_stale_cgroups_of_this_instance_only(env: Env) -> None:
-    if cgroups_usable() is not None:
-        pytest.skip(f"cgroups not usable here: {cgroups_usable()}")
     mine = Cgroups(instance_key(env.home))
     other_home = short_dir()
     try:

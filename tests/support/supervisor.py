@@ -27,6 +27,7 @@ What it does:
 - ``wait_task(task_id, predicate, timeout)`` asks ``get`` until ``predicate(task)`` holds.
   ``wait_final(task_id, timeout)`` waits for completed/failed/cancelled.
 - ``logs(task_id)`` returns every stored event (paging ``logs`` as needed).
+- ``stored_tasks()`` reads every task row from the SQLite file (also with the daemon down).
 - ``subscribe(topic=b"")`` returns an ``EventSubscriber`` on events-out, returned only once the
   supervisor has counted its subscription (so nothing published after it is missed);
   ``sub.recv(timeout)`` gives ``(task_id, event_dict)``.
@@ -68,11 +69,13 @@ class SupervisorError(RuntimeError):
 class EventSubscriber:
     """A SUB socket on the supervisor's events-out."""
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, topic: bytes) -> None:
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, topic: bytes, monitor: bool = False) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)  # unbounded: a test reads in bursts
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        #: With ``monitor``: a PAIR socket reporting the connection's events (``wait_connected``).
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if monitor else None
         self.sock.connect(endpoint)
         self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
 
@@ -101,7 +104,20 @@ class EventSubscriber:
             if event.get("kind") == "status" and event.get("status") in FINAL_STATUSES:
                 return out
 
+    def wait_connected(self, timeout: float) -> None:
+        """Wait until the connection's handshake is done (a monitored subscriber only): the
+        subscription is on its way to the supervisor then."""
+        assert self.monitor is not None
+        if not self.monitor.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no connection to events-out within {timeout} s")
+        self.monitor.recv_multipart()  # the only event asked for: EVENT_HANDSHAKE_SUCCEEDED
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.monitor = None
+
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
 
@@ -128,6 +144,8 @@ class SupervisorProcess:
                 "RFUAV_RUNTIME_DIR": str(self.runtime_dir),
                 "RFUAV_ENV_FILE": "/nonexistent",
                 "RFUAV_GRACE_SECONDS": "5",
+                # The tests and benchmarks drive the diagnostic job (off by default).
+                "RFUAV_DIAGNOSTIC": "1",
                 "NO_ALBUMENTATIONS_UPDATE": "1",
                 "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             }
@@ -316,14 +334,30 @@ class SupervisorProcess:
             if not data["events"] or len(out) >= data["last_seq"]:
                 return out
 
+    def stored_tasks(self) -> list[dict[str, Any]]:
+        """Every task row as stored, read from the SQLite file itself (whether the daemon runs
+        or not): the fields the API does not show too (``cgroup``, ``pid_started``)."""
+        import sqlite3
+
+        if not self.settings.db_path.exists():
+            return []
+        db = sqlite3.connect(str(self.settings.db_path), timeout=10)
+        try:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM tasks ORDER BY ord")]
+        finally:
+            db.close()
+
     def subscribe(self, topic: bytes = b"", timeout: float = 10.0) -> EventSubscriber:
         """A subscriber on events-out whose subscription the supervisor has already counted."""
         before = self.call("health")["subscriptions"]
-        sub = EventSubscriber(self._ctx, self.settings.addresses.events_out, topic)
+        sub = EventSubscriber(self._ctx, self.settings.addresses.events_out, topic, monitor=True)
         self._subs.append(sub)
         deadline = time.monotonic() + timeout
-        while self.call("health")["subscriptions"] <= before:
+        sub.wait_connected(timeout)
+        # The subscription has been sent; the daemon counts it when its loop reads it. Each
+        # health question is a round trip through that loop: a question or two at most.
+        while self.call("health", timeout=max(0.1, deadline - time.monotonic()))["subscriptions"] <= before:
             if time.monotonic() > deadline:
                 raise TimeoutError("the supervisor did not see the subscription")
-            sub.sock.poll(10)  # a bounded wait between two health questions
         return sub

@@ -17,6 +17,7 @@ import pytest
 
 from protocol.catalog import AUGMENT_METHODS, MODELS
 from tests.support.service import Service
+from web.app import ROUTES
 
 TASK_FIELDS = (
     "task_id", "task_type", "status", "message", "progress", "device", "priority", "description",
@@ -60,6 +61,26 @@ def fail(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def host_gpus() -> list[str]:
+    """The names of the GPUs NVML sees on this host ([] without NVML): what the service reports."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+GPUS = host_gpus()
+
+
 def training(data: Path, **extra: Any) -> dict[str, Any]:
     return {"model": "resnet18", "num_classes": 2, "train_path": "data/train", "val_path": "data/val",
             "save_path": "models/out", "num_epochs": 1, **extra}  # fmt: skip
@@ -70,11 +91,11 @@ def test_health_and_info(http: httpx.Client) -> None:
     h = ok(http.get("/api/v1/health"))
     assert h["status"] == "healthy" and h["active_log_streams"] == 0
     assert set(h) >= {"timestamp", "version", "training_tasks", "inference_tasks", "resource_status"}
-    assert h["resource_status"] == {"gpu_available": False, "gpu_count": 0}
+    assert h["resource_status"] == {"gpu_available": bool(GPUS), "gpu_count": len(GPUS)}
     i = ok(http.get("/api/v1/info"))
     assert i["app_name"] == "RFUAV Model Service" and i["supported_models"] == list(MODELS)
     assert set(i["resource_limits"]) == {"max_training_concurrent_gpu", "max_inference_concurrent_gpu"}
-    assert i["gpu_available"] is False
+    assert i["gpu_available"] is bool(GPUS)
 
 
 def test_unknown_route_and_method_are_enveloped(http: httpx.Client) -> None:
@@ -94,6 +115,10 @@ def test_docs_openapi_dashboard_metrics(http: httpx.Client) -> None:
     assert asset.status_code == 200 and len(asset.content) > 100_000
     home = http.get("/")
     assert home.status_code == 200 and "text/html" in home.headers["content-type"]
+    # The icon a browser asks for by itself (a 404 there is a console error on every page).
+    icon = http.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml" and b"<svg" in icon.content
+    assert 'rel="icon"' in home.text and 'rel="icon"' in page.text
     metrics = http.get("/metrics")
     assert metrics.status_code == 200
     for name in ("rfuav_tasks", "rfuav_queue_length", "rfuav_runners", "rfuav_sse_clients",
@@ -253,8 +278,9 @@ def test_preprocessing(http: httpx.Client, data: Path) -> None:
 
 
 # -- tasks, resources -----------------------------------------------------------------------
-def test_diagnostic_task_runs_and_logs_are_a_json_array(http: httpx.Client, api: Service) -> None:
+def test_diagnostic_task_runs_and_logs_are_a_json_array(http: httpx.Client, api: Service, data: Path) -> None:
     task = ok(http.post("/api/v2/diagnostic/start", json={"events": 5}))
+    waiting = ok(http.post("/api/v2/training/start", json=training(data)))  # pending: CPU training limit 0
     final = api.client.wait_for(task["task_id"], timeout=60)
     assert final["status"] == "completed", final
     events = ok(http.get(f"/api/v2/tasks/{task['task_id']}/logs"))
@@ -263,14 +289,33 @@ def test_diagnostic_task_runs_and_logs_are_a_json_array(http: httpx.Client, api:
     assert all({"timestamp", "level", "message"} <= set(e) and "rseq" not in e for e in events)
     assert ok(http.get(f"/api/v2/tasks/{task['task_id']}/logs", params={"after": 3}))[0]["seq"] == 4
     fail(http.get(f"/api/v2/tasks/{task['task_id']}/logs", params={"after": "x"}), 400, "after")
+    assert ok(http.get(f"/api/v2/tasks/{task['task_id']}/logs", params={"after": 2**53, "limit": 2**53})) == []
+    # Every integer parameter takes ASCII digits in a sane range, else a 400 naming it (never a 500).
+    for name in ("after", "limit"):
+        for bad in ("²", "١", "９", "1_0", " 1x", "1.0", "0x1", str(2**53 + 1), str(2**63), str(2**64), "9" * 40):
+            body = fail(http.get(f"/api/v2/tasks/{task['task_id']}/logs", params={name: bad}), 400, name)
+            assert body["data"]["errors"][0]["field"] == name, (name, bad, body)
+    fail(http.get(f"/api/v2/tasks/{task['task_id']}/logs?after=%C2%B2"), 400, "after")
+    fail(http.get(f"/api/v2/tasks/{task['task_id']}/logs?after="), 400, "after")
+    fail(http.get(f"/api/v2/tasks/{task['task_id']}/logs", params={"limit": 0}), 400, "limit: must be >= 1")
 
     listing = ok(http.get("/api/v2/tasks"))
     for key in ("training_tasks", "inference_tasks", "preprocessing_tasks", "total_training", "total_inference"):
         assert key in listing
     assert listing["total_training"] == len(listing["training_tasks"])
     assert any(t["task_id"] == task["task_id"] for t in listing["diagnostic_tasks"])
-    done = ok(http.get("/api/v2/tasks", params={"status": "completed"}))
-    assert all(t["status"] == "completed" for k, v in done.items() if k.endswith("_tasks") for t in v)
+    # The filters: the completed diagnostic task is in the completed list, the pending training
+    # task is not (and the other way round).
+    def listed(**params: str) -> set[str]:
+        found = ok(http.get("/api/v2/tasks", params=params))
+        assert all(t["status"] == params.get("status", t["status"]) for k, v in found.items() if k.endswith("_tasks") for t in v)
+        return {t["task_id"] for k, v in found.items() if k.endswith("_tasks") for t in v}
+
+    done, pending = listed(status="completed"), listed(status="pending")
+    assert task["task_id"] in done and waiting["task_id"] not in done
+    assert waiting["task_id"] in pending and task["task_id"] not in pending
+    assert task["task_id"] in listed(task_type="diagnostic") and waiting["task_id"] not in listed(task_type="diagnostic")
+    ok(http.post(f"/api/v2/tasks/{waiting['task_id']}/cancel"))
     fail(http.get("/api/v2/tasks", params={"status": "weird"}), 400, "status")
 
 
@@ -279,7 +324,10 @@ def test_resources_gpu_limits_runners(http: httpx.Client) -> None:
     assert set(res) >= {"device_usage", "active_tasks", "limits", "gpu_info"}
     assert res["limits"]["cpu"]["training"] == 0
     gpu = ok(http.get("/api/v2/resources/gpu"))
-    assert gpu["available"] is False and gpu["count"] == 0 and gpu["devices"] == []
+    assert gpu["available"] is bool(GPUS) and gpu["count"] == len(GPUS)
+    assert [(d["id"], d["device_name"], d["name"]) for d in gpu["devices"]] == [
+        (i, f"cuda:{i}", name) for i, name in enumerate(GPUS)
+    ]
     changed = ok(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"diagnostic": 7}}}))
     assert changed["status"] == "success" and changed["current_config"]["cpu"]["diagnostic"] == 7
     assert ok(http.get("/api/v2/resources"))["limits"]["cpu"]["diagnostic"] == 7
@@ -287,7 +335,24 @@ def test_resources_gpu_limits_runners(http: httpx.Client) -> None:
     fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"training": -1}}}), 400, "must be between 0 and 10000")
     fail(http.post("/api/v2/resources/config", json={"limits": {}}), 400, "max_concurrent: is required")
     fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"juggling": 1}}}), 400)
-    assert isinstance(ok(http.get("/api/v2/runners"))["runners"], list)
+
+
+
+def test_runners_show_a_running_task(http: httpx.Client, api: Service) -> None:
+    task = ok(http.post("/api/v2/diagnostic/start", json={"sleep": 60}))
+    try:
+        # "running" is recorded as the runner starts; its pid once it has one.
+        running = api.client.wait_for(
+            task["task_id"], timeout=60, predicate=lambda t: t["status"] == "running" and t["pid"] is not None
+        )
+        mine = [r for r in ok(http.get("/api/v2/runners"))["runners"] if r["task_id"] == task["task_id"]]
+        assert len(mine) == 1 and mine[0]["pid"] == running["pid"], mine
+        assert mine[0]["task_type"] == "diagnostic" and mine[0]["device"] == "cpu"
+        assert any(p["pid"] == running["pid"] for p in mine[0]["processes"]), mine
+    finally:
+        ok(http.post(f"/api/v2/tasks/{task['task_id']}/cancel"))
+    assert api.client.wait_for(task["task_id"], timeout=60)["status"] == "cancelled"
+    assert all(r["task_id"] != task["task_id"] for r in ok(http.get("/api/v2/runners"))["runners"])
 
 
 def test_client_methods(api: Service, data: Path) -> None:
@@ -306,7 +371,7 @@ def test_client_methods(api: Service, data: Path) -> None:
     with pytest.raises(RFUAVError) as info:
         c.start_training(model="nope", num_classes=2, train_path="data/train", val_path="data/val", save_path="m")
     assert info.value.code == 400 and "unknown model" in info.value.msg
-    assert c.get_gpu_info()["available"] is False
+    assert c.get_gpu_info()["count"] == len(GPUS)
     assert "limits" in c.get_resources()
     assert "training_tasks" in c.get_all_tasks()
     assert c.health()["status"] == "healthy" and c.info()["version"]
@@ -325,13 +390,25 @@ def test_client_methods(api: Service, data: Path) -> None:
 @pytest.mark.timeout(120)
 def test_bearer_token(make_service: Any) -> None:
     svc = make_service(RFUAV_API_TOKEN="let-me-in")
+    protected = [r for r in ROUTES if r.auth]
+    # The middleware guards by prefix: every route that needs the token is under /api/v2, and
+    # every /api/v2 route needs it.
+    assert protected == [r for r in ROUTES if r.path.startswith("/api/v2")] and len(protected) >= 20
     with httpx.Client(base_url=svc.base_url, timeout=10) as http:
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic let-me-in"}):
-            body = fail(http.get("/api/v2/tasks", headers=headers), 401, "unauthorized")
-            assert "let-me-in" not in body["msg"]
-        fail(http.post("/api/v2/diagnostic/start", json={}), 401)
-        fail(http.get("/api/v2/tasks/x/events"), 401)
-        assert http.get("/api/v1/health").status_code == 200
-        assert http.get("/api/v1/info").status_code == 200
+        for route in protected:
+            path = route.path.replace("{task_id}", "some-task")
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic let-me-in"},
+                            {"Authorization": "let-me-in"}, {"Authorization": "Bearer let-me-in-too"}):  # fmt: skip
+                kwargs: dict[str, Any] = {"json": {}} if route.method == "POST" else {}
+                body = fail(http.request(route.method, path, headers=headers, **kwargs), 401, "unauthorized")
+                assert "let-me-in" not in body["msg"], (route.method, path, headers)
+        # Open without a token: the probes, the metrics, the docs and the pages.
+        for route in [r for r in ROUTES if not r.auth]:
+            assert route.method == "GET"
+            r = http.get(route.path)
+            assert r.status_code == 200, (route.path, r.status_code, r.text[:200])
+        for path in ("/api/v1/health", "/api/v1/info", "/metrics", "/docs", "/openapi.json", "/", "/favicon.ico",
+                     "/static/docs/swagger-ui.css"):  # fmt: skip
+            assert http.get(path).status_code == 200, path
         ok(http.get("/api/v2/tasks", headers={"Authorization": "Bearer let-me-in"}))
     assert svc.client.get_all_tasks()["total_training"] == 0  # the client sends its token

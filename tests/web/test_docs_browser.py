@@ -1,5 +1,6 @@
 """/docs renders in a real headless Chromium with every non-loopback request refused: the
-Swagger UI assets are shipped in web/static/docs (no CDN)."""
+Swagger UI assets are shipped in web/static/docs (no CDN), and the page loads without a console
+error (its icon included)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ def test_docs_work_offline(api: Service) -> None:
 
     outside: list[str] = []
     errors: list[str] = []
+    console: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
 
             def guard(route, request) -> None:  # type: ignore[no-untyped-def]
                 if request.url.startswith(api.base_url):
@@ -37,9 +40,12 @@ def test_docs_work_offline(api: Service) -> None:
             page.wait_for_selector(".opblock", timeout=60_000)
             summaries = page.locator(".opblock-summary-path").all_inner_texts()
             title = page.locator(".info .title").inner_text()
+            icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+            fetched = page.request.get(icon)
+            assert fetched.status == 200 and fetched.headers["content-type"] == "image/svg+xml"
         finally:
             browser.close()
-    assert outside == [] and errors == []
+    assert outside == [] and errors == [] and console == [], (outside, errors, console)
     assert "RFUAV Model Service" in title
     assert any("/api/v2/training/start" in s for s in summaries)
     assert len(summaries) >= 25

@@ -1,67 +1,74 @@
-"""Schemathesis over /openapi.json against the real server: valid and invalid requests of every
-operation never get a 5xx, and every JSON answer is the ``{code, msg, data}`` envelope with
-``code`` equal to the HTTP status.
+"""Schemathesis over /openapi.json against the real server, for a fixed time: every phase
+(the schema's examples, boundary values, generated data, and stateful sequences that follow the
+document's links from a start endpoint's task id to that task's routes). No request ever gets a
+5xx, invalid requests are refused with a 4xx, and every JSON answer is the ``{code, msg, data}``
+envelope with ``code`` equal to the HTTP status (``tests/web/fuzz_hooks.py``).
 
 Every task limit is 0 in this service, so accepted submissions stay pending and nothing heavy
 runs. ``POST /api/v2/resources/config`` is left out: random limits would start the queued tasks.
+A failure prints schemathesis's report: each failing request with a ``curl`` line to reproduce it.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis.generation.modes import GenerationMode
 
 from tests.support.service import Service
 from tests.web.conftest import PENDING_ENV
 
-EXAMPLES = 8
-SKIP = {("POST", "/api/v2/resources/config")}
+#: The time budget of the whole schemathesis run (every phase), in seconds.
+FUZZ_SECONDS = 45
+HOOKS = Path(__file__).with_name("fuzz_hooks.py")
+CHECKS = "not_a_server_error,negative_data_rejection,envelope"
 
 
-@pytest.mark.timeout(240)
-def test_no_5xx_and_always_the_envelope(make_service: Any) -> None:
+@pytest.mark.timeout(FUZZ_SECONDS + 120)
+def test_fuzz_every_operation_no_5xx_bad_input_refused_always_the_envelope(make_service: Any, tmp_path: Path) -> None:
     svc: Service = make_service(**PENDING_ENV, RFUAV_LIMIT_CPU_DIAGNOSTIC="0")
-    schema = schemathesis.openapi.from_url(svc.url("/openapi.json"))
-    checked: list[str] = []
-    unsatisfiable: list[str] = []
-    for result in schema.get_all_operations():
-        op = result.ok()
-        if (op.method.upper(), op.path) in SKIP:
-            continue
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
-            def run(case: Any) -> None:
-                response = case.call(base_url=svc.base_url, timeout=15)
-                where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
-                assert response.status_code < 500, where
-                ctype = response.headers.get("content-type") or [""]  # header -> list of values
-                ctype = ctype[0] if isinstance(ctype, list) else ctype
-                if ctype.startswith("application/json") and case.path != "/openapi.json":
-                    body = response.json()
-                    assert isinstance(body, dict) and set(body) == {"code", "msg", "data"}, where
-                    assert body["code"] == response.status_code, where
-                    if response.status_code >= 400:
-                        assert body["msg"], where
-
-            try:
-                run()
-            except Unsatisfiable:
-                # No invalid request exists for an operation without parameters or body.
-                assert mode == GenerationMode.NEGATIVE, f"{op.method} {op.path}"
-                unsatisfiable.append(f"{op.method.upper()} {op.path}")
-        checked.append(f"{op.method.upper()} {op.path}")
-    assert len(checked) >= 25, checked
+    # What the documented examples name, so that they (and the fuzzer's starts) get real task ids.
+    for folder in ("data/train/a", "data/val/a", "data/raw/a", "models/run1"):
+        (svc.home / folder).mkdir(parents=True, exist_ok=True)
+    for image in ("data/train/a/0.png", "data/val/a/0.png", "data/raw/a/0.png"):
+        (svc.home / image).write_bytes(b"\x89PNG\r\n\x1a\n")
+    (svc.home / "models/run1/config.yaml").write_text("model: resnet18\nnum_classes: 2\n")
+    (svc.home / "models/run1/best.pth").write_bytes(b"weights")
     spec = httpx.get(svc.url("/openapi.json")).json()
-    with_body = {f"{m.upper()} {p}" for p, ops in spec["paths"].items() for m, o in ops.items() if "requestBody" in o}
-    assert len(with_body) >= 8 and not with_body & set(unsatisfiable), unsatisfiable
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            example = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+            if example is not None and path != "/api/v2/resources/config":
+                r = httpx.request(method, svc.url(path), json=example, timeout=30)
+                assert r.status_code == 200, (path, example, r.text)
+    links = {name for ops in spec["paths"].values() for op in ops.values()
+             for name in op["responses"].get("200", {}).get("links", {})}  # fmt: skip
+    assert "/api/v2/resources/config" in spec["paths"]  # the one left out is still there
+    assert {"get_task", "cancel_task_post", "delete_task_delete", "task_logs", "task_events", "stop_training_post",
+            "training_logs", "preprocessing_logs"} <= links, links  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")), "--no-color", "run", svc.url("/openapi.json"),
+        "--phases", "examples,coverage,fuzzing,stateful", "--checks", CHECKS, "--mode", "all",
+        "--max-time", str(FUZZ_SECONDS), "--request-timeout", "30", "--generation-database", "none",
+        "--exclude-path", "/api/v2/resources/config", "--suppress-health-check", "all",
+    ]  # fmt: skip
+    env = {**svc.env, "SCHEMATHESIS_HOOKS": str(HOOKS), "RFUAV_FUZZ_BASE_URL": svc.base_url}
+    # In a directory of its own: schemathesis keeps a cache (.schemathesis/) where it runs.
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=FUZZ_SECONDS + 90, check=False,
+                         cwd=tmp_path)  # fmt: skip
+    report = f"--- schemathesis (exit {run.returncode}) ---\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
+    assert run.returncode == 0, report
+    # It really ran: every operation but the excluded one, in every phase.
+    counts = re.search(r"^ *Selected: (\d+)/(\d+)\n *Tested: (\d+)", run.stdout, re.MULTILINE)
+    assert counts is not None, report
+    selected, total, tested = map(int, counts.groups())
+    assert total >= 25 and selected == tested == total - 1, report
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in run.stdout, report
     assert svc.supervisor.proc is not None and svc.supervisor.proc.poll() is None
     assert svc.web is not None and svc.web.poll() is None

@@ -37,16 +37,20 @@ def test_supervisor_down_then_back(make_service: Any) -> None:
         assert "rfuav_supervisor_up 0.0" in http.get("/metrics").text
         # Bad input is still judged by web alone.
         assert http.post("/api/v2/training/start", json={"model": "x"}).status_code == 400
+        bad_resume = http.get(f"/api/v2/tasks/{before['task_id']}/events", headers={"Last-Event-ID": "²".encode()})
+        assert bad_resume.status_code == 400 and "Last-Event-ID" in bad_resume.json()["msg"]
+        assert http.get(f"/api/v2/tasks/{before['task_id']}/logs", params={"after": str(2**64)}).status_code == 400
 
         svc.start_supervisor()
-        wait_until(lambda: http.get("/api/v1/health").status_code == 200, 30, "web reconnected")
+        wait_until(svc, lambda: http.get("/api/v1/health").status_code == 200, 30, "web reconnected")
         assert svc.web.poll() is None and svc.web_pid == web_pid  # the same web process throughout
         assert http.get(f"/api/v2/tasks/{before['task_id']}").json()["data"]["status"] == "completed"
         svc.client.set_limits({"cpu": {"diagnostic": 0}})  # held until the stream is open
         after = svc.client.start_diagnostic(events=5)
         with httpx.Client(base_url=svc.base_url, timeout=60) as sse_http, \
                 sse_http.stream("GET", f"/api/v2/tasks/{after['task_id']}/events") as stream:
-            wait_until(lambda: http.get("/api/v1/health").json()["data"]["active_log_streams"] == 1, 30, "stream open")
+            wait_until(svc, lambda: http.get("/api/v1/health").json()["data"]["active_log_streams"] == 1, 30,
+                       "stream open")
             svc.client.set_limits({"cpu": {"diagnostic": 8}})
             seqs = [int(line[4:]) for line in stream.iter_lines() if line.startswith("id: ")]
         assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 8

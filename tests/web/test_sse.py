@@ -1,37 +1,59 @@
-"""SSE log streams over real HTTP: replay, live tail, resume by Last-Event-ID, fan-out to 200
-clients, a slow client dropped and resumed losslessly, streams released on disconnect."""
+"""SSE log streams over real HTTP: replay, live tail, resume by Last-Event-ID (and 204 once a
+stream has ended), bad Last-Event-IDs, a browser's own EventSource, fan-out to 200 clients, a
+slow client dropped and resumed losslessly, streams released on disconnect."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import socket
-import threading
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.service import Service
 
 FINAL = ("completed", "failed", "cancelled")
+CHROMIUM = "/usr/bin/chromium"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Check ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+def wait_until(svc: Service, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Check ``predicate`` (a question to the service) until it is truthy; fail the test after
+    ``timeout`` seconds. Between two checks the wait is on the web process: should it die, the
+    test fails at once with its log rather than at the timeout."""
     deadline = time.monotonic() + timeout
-    pause = threading.Event()
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout} s (last: {value!r})")
-        pause.wait(0.05)
+        assert svc.web is not None
+        try:
+            code = svc.web.wait(0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"{what}: web exited with {code}:\n{svc.web_log_text()[-5000:]}")
+
+
+def http_requests(svc: Service, endpoint: str, status: int) -> float:
+    """How many requests ``endpoint`` (a route's function name) answered with ``status``."""
+    text = httpx.get(svc.url("/metrics"), timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "rfuav_http_request_duration_seconds":
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_count") and labels.get("endpoint") == endpoint and labels.get("status") == str(status):
+                    return sample.value
+    return 0.0
 
 
 def stream(base_url: str, path: str, headers: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -96,9 +118,22 @@ def test_resume_after_last_event_id(api: Service) -> None:
     assert rest[-1]["status"] == "completed"
     # The query parameter does the same; resuming after the last event gives nothing and ends.
     assert seqs(stream(api.base_url, path + "?last_event_id=100")) == seqs(rest)[75:]
-    assert stream(api.base_url, path, headers={"Last-Event-ID": str(rest[-1]["seq"])}) == []
     # The client resumes by itself and never repeats an event.
     assert seqs(list(api.client.stream_events(task["task_id"], last_event_id=150))) == seqs(rest)[125:]
+    # Resuming at or beyond the end of an ended task's stream: 204 No Content, the HTML standard's
+    # "stop reconnecting" (on every stream route; the client takes it as the end).
+    last = rest[-1]["seq"]
+    before = http_requests(api, "task_events", 204)
+    with httpx.Client(base_url=api.base_url, timeout=30) as http:
+        for headers, query in (({"Last-Event-ID": str(last)}, ""), ({}, f"?last_event_id={last}"),
+                               ({"Last-Event-ID": str(last + 1000)}, "")):  # fmt: skip
+            r = http.get(path + query, headers=headers)
+            assert r.status_code == 204 and r.content == b"", (headers, query, r.status_code, r.text[:200])
+        # Anything short of the end still streams what is left.
+        assert http.get(path, headers={"Last-Event-ID": str(last - 1)}).status_code == 200
+    assert http_requests(api, "task_events", 204) == before + 3
+    assert list(api.client.stream_events(task["task_id"], last_event_id=last)) == []
+    assert active_streams(api) == 0  # a 204 holds no subscription
 
 
 @pytest.mark.timeout(60)
@@ -109,8 +144,6 @@ def test_typed_streams_and_errors(api: Service) -> None:
                      "/api/v2/tasks/nope/events", "/api/v2/training/nope/logs"):  # fmt: skip
             r = http.get(path)
             assert r.status_code == 404 and r.json()["code"] == 404, r.text
-        r = http.get(f"/api/v2/tasks/{diag['task_id']}/events", headers={"Last-Event-ID": "abc"})
-        assert r.status_code == 400 and "Last-Event-ID" in r.json()["msg"]
     # A pending training task (CPU training limit 0): its stream follows it until it is stopped.
     data = api.home / "sse-data"
     for split in ("train", "val"):
@@ -126,18 +159,113 @@ def test_typed_streams_and_errors(api: Service) -> None:
     assert seqs(got) == list(range(1, len(got) + 1))
 
 
+BAD_EVENT_IDS = [
+    "abc", "-1", "1.5", "0x10", "1_000", "1e3", "+1", "²", "١٢", "９", str(2**53 + 1), str(2**63), str(2**64), "9" * 40,
+]  # fmt: skip
+STREAM_ROUTES = ["/api/v2/training/{id}/logs", "/api/v2/preprocessing/{id}/logs", "/api/v2/tasks/{id}/events"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("route", STREAM_ROUTES)
+def test_a_bad_last_event_id_is_a_400_naming_it(api: Service, route: str) -> None:
+    # Validation comes before the lookup: any id (here an unknown one) shows it.
+    path = route.format(id="no-such-task")
+    with httpx.Client(base_url=api.base_url, timeout=30) as http:
+        for bad in BAD_EVENT_IDS:
+            raw = bad.encode()  # as the bytes a client sends (UTF-8 for '²')
+            r = http.get(path, headers={"Last-Event-ID": raw})
+            body = r.json()
+            assert r.status_code == 400 and body["code"] == 400, (bad, r.status_code, r.text[:300])
+            assert body["data"]["errors"][0]["field"] == "Last-Event-ID" and "Last-Event-ID" in body["msg"], (bad, body)
+            r = http.get(path, params={"last_event_id": bad})
+            body = r.json()
+            assert r.status_code == 400, (bad, r.status_code, r.text[:300])
+            assert body["data"]["errors"][0]["field"] == "last_event_id" and "last_event_id" in body["msg"], (bad, body)
+        # The header wins over the query; a good id passes validation (then: unknown task).
+        assert http.get(path, headers={"Last-Event-ID": "3"}, params={"last_event_id": "²"}).status_code == 404
+        assert http.get(path + "?last_event_id=%C2%B2").status_code == 400
+        assert http.get(path + "?last_event_id=").status_code == 400  # given, and not a number
+        assert http.get(path, headers={"Last-Event-ID": ""}).status_code == 404  # empty: from the start
+        assert http.get(path, headers={"Last-Event-ID": str(2**53)}).status_code == 404
+    health = httpx.get(api.url("/api/v1/health"), timeout=10)
+    assert health.status_code == 200 and health.json()["data"]["active_log_streams"] == 0
+
+
+_EVENT_SOURCE_PAGE = "<!doctype html><title>EventSource</title>"
+_OPEN_EVENT_SOURCE = """url => {
+  window.seen = { opens: 0, errors: 0, messages: [] };
+  const source = new EventSource(url);
+  window.source = source;
+  source.onopen = () => { window.seen.opens += 1; };
+  source.onerror = () => { window.seen.errors += 1; };
+  source.onmessage = (ev) => { window.seen.messages.push([ev.lastEventId, JSON.parse(ev.data)]); };
+}"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent: run `make browser` (apt chromium)")
+def test_a_browsers_own_event_source_gets_every_event_once_then_stops(api: Service) -> None:
+    """Chromium's native EventSource reconnects by itself after a stream ends (every ~3 s, for
+    ever) unless that reconnect is answered 204: then it closes for good."""
+    from playwright.sync_api import sync_playwright
+
+    task = api.client.start_diagnostic(events=20, rate=20)
+    path = f"/api/v2/tasks/{task['task_id']}/events"
+    before = http_requests(api, "task_events", 204)
+    requests: list[Any] = []  # what the page asked for the stream
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            # A blank page of the service's own origin (no CORS), served by the browser itself.
+            page.route(api.url("/event-source-test"), lambda route: route.fulfill(content_type="text/html", body=_EVENT_SOURCE_PAGE))
+            page.on("request", lambda req: requests.append(req) if req.url == api.url(path) else None)
+            page.goto(api.url("/event-source-test"))
+            page.evaluate(_OPEN_EVENT_SOURCE, path)
+            page.wait_for_function("window.source.readyState === EventSource.CLOSED", timeout=30_000)
+            seen = page.evaluate("window.seen")
+            answers = [req.response().status for req in requests]
+        finally:
+            browser.close()
+    stored = api.client.get_logs(task["task_id"])
+    # Every event, once, in order (compared by what JavaScript holds exactly: not sent_ns's digits).
+    shown = [(e["seq"], e["kind"], e["message"], e.get("status")) for _, e in seen["messages"]]
+    assert shown == [(e["seq"], e["kind"], e["message"], e.get("status")) for e in stored]
+    assert [int(i) for i, _ in seen["messages"]] == seqs(stored) == list(range(1, len(stored) + 1))
+    assert stored[-1]["status"] == "completed"
+    # One stream, then one reconnect answered 204 (the server answers so only to a Last-Event-ID
+    # at the end of an ended task's stream), then nothing.
+    assert seen["opens"] == 1 and seen["errors"] == 2, seen
+    assert answers == [200, 204], answers
+    wait_until(api, lambda: http_requests(api, "task_events", 204) >= before + 1, 30, "the 204 counted")
+    assert http_requests(api, "task_events", 204) == before + 1
+    assert active_streams(api) == 0
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(240)
 async def test_200_concurrent_clients_each_get_every_event(api: Service) -> None:
     clients = 200
-    task = api.client.start_diagnostic(events=400, rate=100)
+    # The task waits in the queue until every client is connected: then all 200 streams are
+    # open at once, and each must get every event of the live run.
+    api.client.set_limits({"cpu": {"diagnostic": 0}})
+    try:
+        task = api.client.start_diagnostic(events=400, rate=100)
+    except BaseException:
+        api.client.set_limits({"cpu": {"diagnostic": 8}})
+        raise
     path = f"/api/v2/tasks/{task['task_id']}/events"
-    peak = 0
+    connected = 0
+    all_connected = asyncio.Event()
 
     async def one(http: httpx.AsyncClient) -> list[int]:
+        nonlocal connected
         got: list[int] = []
         async with aconnect_sse(http, "GET", path) as source:
             assert source.response.status_code == 200
+            connected += 1  # the server subscribed before it answered
+            if connected == clients:
+                all_connected.set()
             async for sse in source.aiter_sse():
                 event = orjson.loads(sse.data)
                 got.append(event["seq"])
@@ -148,21 +276,18 @@ async def test_200_concurrent_clients_each_get_every_event(api: Service) -> None
     limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
     async with httpx.AsyncClient(base_url=api.base_url, timeout=120, limits=limits) as http:
         runs = [asyncio.create_task(one(http)) for _ in range(clients)]
-
-        async def watch() -> None:
-            nonlocal peak
-            while not all(r.done() for r in runs):
-                health = (await http.get("/api/v1/health")).json()["data"]
-                peak = max(peak, health["active_log_streams"])
-                await asyncio.sleep(0.2)
-
-        results, _ = await asyncio.gather(asyncio.gather(*runs), watch())
+        try:
+            await asyncio.wait_for(all_connected.wait(), 120)
+            health = (await http.get("/api/v1/health")).json()["data"]
+            assert health["active_log_streams"] == clients  # the streams really are concurrent
+        finally:
+            await asyncio.to_thread(api.client.set_limits, {"cpu": {"diagnostic": 8}})
+        results = await asyncio.gather(*runs)
     expected = list(range(1, results[0][-1] + 1))
     assert len(expected) > 400
     for got in results:
         assert got == expected
-    assert peak > 1  # the streams really were concurrent
-    await asyncio.to_thread(wait_until, lambda: active_streams(api) == 0, 30, "streams released")
+    await asyncio.to_thread(wait_until, api, lambda: active_streams(api) == 0, 30, "streams released")
 
 
 def dropped(svc: Service) -> float:
@@ -224,14 +349,14 @@ def test_slow_client_is_dropped_and_resumes_losslessly(make_service: Any, phase:
     slow = _raw_get(svc.port, path)
     try:
         if phase == "live":
-            wait_until(lambda: active_streams(svc) == 1, 30, "slow client subscribed")
+            wait_until(svc, lambda: active_streams(svc) == 1, 30, "slow client subscribed")
             svc.client.set_limits({"cpu": {"diagnostic": 8}})
         # Meanwhile a fast client follows the same task to the end, unhindered (the client
         # resumes by itself should it be dropped too).
         fast = list(svc.client.stream_events(task["task_id"]))
         assert seqs(fast) == list(range(1, len(fast) + 1)) and fast[-1]["status"] == "completed"
         # The slow client cannot finish on its own: no stream left means it was cut off.
-        wait_until(lambda: dropped(svc) > before and active_streams(svc) == 0, 60, "slow client dropped")
+        wait_until(svc, lambda: dropped(svc) > before and active_streams(svc) == 0, 60, "slow client dropped")
         raw = _read_all(slow, 60)  # what the server managed to send before it cut the client off
     finally:
         slow.close()
@@ -262,7 +387,7 @@ def test_heartbeat_and_release_on_disconnect(make_service: Any) -> None:
                 assert active_streams(svc) == 1
                 break
     assert any(line.startswith("data: ") for line in lines)
-    wait_until(lambda: active_streams(svc) == 0, 30, "stream released after the client left")
+    wait_until(svc, lambda: active_streams(svc) == 0, 30, "stream released after the client left")
     action = svc.client.cancel_task(task["task_id"])  # running: SIGTERM, then it ends cancelled
     assert action["status"] == "success" and action["message"].startswith("cancel requested"), action
     assert svc.client.wait_for(task["task_id"], timeout=60)["status"] == "cancelled"

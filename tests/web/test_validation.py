@@ -20,6 +20,7 @@ def errors_of(model: type[schemas.BaseModel], body: dict[str, object]) -> dict[s
 
 
 TRAIN = {"model": "resnet18", "num_classes": 3, "train_path": "t", "val_path": "v", "save_path": "s"}
+INFER = {"cfg_path": "c", "weight_path": "w", "source_path": "s"}
 
 
 def test_training_defaults_match_the_contract() -> None:
@@ -81,6 +82,22 @@ def test_token_value_never_appears_in_errors() -> None:
         schemas.TrainingRequest.model_validate({**TRAIN, "token": 12345678, "upload_url": "ftp://x"})
     text = repr(schemas.validation_errors(info.value))
     assert "12345678" not in text and "token" in text and "upload_url" in text
+
+
+@pytest.mark.parametrize("token", ["s3cret\n", " s3cret", "s3cret ", "s3\r\ncret", "s3\tcret", "s3\x00cret",
+                                   "s3cr\u00e9t", "s" * 4097])
+def test_token_must_be_a_header_safe_value(token: str) -> None:
+    for model, body in ((schemas.TrainingRequest, TRAIN), (schemas.InferenceRequest, INFER)):
+        errs = errors_of(model, {**body, "token": token})
+        assert list(errs) == ["token"] and "printable ASCII" in errs["token"] and "s3cret" not in repr(errs)
+
+
+def test_good_tokens_and_upload_urls() -> None:
+    for token in (None, "", "s3cret", "Bearer abc.DEF-123_~+/=", "x" * 4096):
+        assert schemas.InferenceRequest.model_validate({**INFER, "token": token}).token == token
+    for url, reason in (("http://:80/up", "no host"), ("http://example.org:99999/up", "bad host or port"),
+                        ("http://example.org/a b", "whitespace"), ("ftp://example.org/up", "http or https")):  # fmt: skip
+        assert reason in errors_of(schemas.InferenceRequest, {**INFER, "upload_url": url})["upload_url"]
 
 
 def test_limits_request() -> None:

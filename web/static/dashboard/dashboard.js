@@ -164,8 +164,9 @@ async function refreshTasks() {
       row = document.createElement("tr");
       row.className = "task";
       row.dataset.taskId = task.task_id;
+      // The id is a link to the task's page (#task=<id>); a click elsewhere on the row opens it too.
       row.addEventListener("click", (ev) => {
-        if (!ev.target.closest("button")) selectTask(task.task_id);
+        if (!ev.target.closest("button, a")) selectTask(task.task_id);
       });
     }
     rows.delete(task.task_id);
@@ -179,10 +180,18 @@ async function refreshTasks() {
 }
 
 function fillTaskRow(row, task) {
-  row.replaceChildren();
   row.classList.toggle("selected", task.task_id === state.selected);
+  // Rebuild a row only when what it shows changed: a row replaced under the pointer between
+  // mousedown and mouseup would swallow the click.
+  const shown = JSON.stringify([task.status, task.progress, task.device, task.job, task.created_at]);
+  if (row.dataset.shown === shown) return;
+  row.dataset.shown = shown;
+  row.replaceChildren();
   row.dataset.status = task.status;
-  cell(row, task.task_id, "id");
+  const link = document.createElement("a");
+  link.href = taskHash(task.task_id);
+  link.textContent = task.task_id;
+  cell(row, "", "id").appendChild(link);
   cell(row, task.job && task.job !== task.task_type ? `${task.task_type}/${task.job}` : task.task_type);
   const status = cell(row, "");
   const badge = document.createElement("span");
@@ -235,9 +244,20 @@ function showTaskStatus(task) {
   $("#task-cancel").hidden = FINAL.has(task.status);
 }
 
+const taskHash = (id) => `#task=${encodeURIComponent(id)}`;
+
+// The task named by the page's address (#task=<id>), or null.
+function hashTask() {
+  const m = /^#task=(.+)$/.exec(location.hash);
+  if (!m) return null;
+  try { return decodeURIComponent(m[1]); } catch { return null; }
+}
+
 function selectTask(id) {
   if (state.stream) state.stream.abort();
   state.selected = id;
+  // The address names the task shown (replaceState: no hashchange, no history entry).
+  if (location.hash !== taskHash(id)) history.replaceState(null, "", taskHash(id));
   state.lastSeq = 0;
   state.finalEvent = null;
   $("#task-panel").hidden = false;
@@ -301,6 +321,7 @@ async function followLog(id) {
         const env = await resp.json().catch(() => ({}));
         throw new ApiError(resp.status, env.msg || `HTTP ${resp.status}`);
       }
+      if (resp.status === 204) { ended = true; break; }  // resumed after the final event
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -414,6 +435,12 @@ function start() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   for (const f of document.querySelectorAll(".task-form")) f.addEventListener("submit", submitForm);
   $("#task-cancel").addEventListener("click", () => state.selected && cancelTask(state.selected));
+  // A task's page: its link in the list, a bookmark, a reload, the back button.
+  window.addEventListener("hashchange", () => {
+    const id = hashTask();
+    if (id && id !== state.selected) selectTask(id);
+  });
+  if (hashTask()) selectTask(hashTask());
   loadModels();
   refreshGpu().catch(reportError);
   setInterval(() => refreshGpu().catch(() => {}), 10000);
