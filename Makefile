@@ -27,8 +27,10 @@ run: setup
 test: setup browser
 	$(BIN)/python -m pytest
 
+## One linter and one formatter (ruff, line length 120: ruff.toml) over the whole tree.
 lint: setup
-	$(BIN)/ruff check protocol supervisor runner web tests benchmarks
+	$(BIN)/ruff check protocol supervisor runner web tests benchmarks deploy
+	$(BIN)/ruff format --check protocol supervisor runner web tests benchmarks deploy
 
 typecheck: setup
 	$(BIN)/mypy protocol supervisor runner web

@@ -30,6 +30,7 @@ import orjson
 import psutil
 import zmq
 
+from protocol.events import is_final
 from protocol.jobs import JobSpec
 from tests.support.supervisor import SupervisorProcess
 
@@ -61,7 +62,7 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 120.0) -> tuple[l
                 if first == 0.0:
                     first = time.perf_counter()
                 last = time.perf_counter()
-            final = final or (event.get("kind") == "status" and event.get("status") in ("completed", "failed", "cancelled"))
+            final = final or is_final(event)
         if final:
             break
     return events, first, last

@@ -25,6 +25,8 @@ import httpx
 import orjson
 import psutil
 
+from protocol.events import is_final
+
 CLIENTS = int(os.environ.get("BENCH_SSE_CLIENTS", "1000"))
 EVENTS = int(os.environ.get("BENCH_SSE_EVENTS", "100"))
 RATE = float(os.environ.get("BENCH_SSE_RATE", "20"))
@@ -64,7 +66,7 @@ async def _client(port: int, path: str, out: list[int], seqs: list[int], ready: 
             seqs.append(event["seq"])
             if "sent_ns" in event:
                 out.append(now - event["sent_ns"])
-            if event.get("kind") == "status" and event.get("status") in ("completed", "failed", "cancelled"):
+            if is_final(event):
                 done = True
         if done:
             break

@@ -6,6 +6,9 @@ Every control message is a JSON object carrying ``v`` (the protocol version) and
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from typing import Any
 
 import orjson
@@ -59,28 +62,118 @@ def as_dict(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
-_SCALARS: dict[Any, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "dict[str, Any]": (dict,),
-    "list[str]": (list,),
-    "list[dict[str, Any]]": (list,),
-    "dict[str, dict[str, int]]": (dict,),
-}
+class _Mismatch(Exception):
+    """A value (``got``, at ``path`` inside the field) that does not fit its annotation."""
+
+    def __init__(self, got: Any, path: str) -> None:
+        super().__init__(path)
+        self.got = got
+        self.path = path
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """``cls``'s annotations resolved to types (aliases, ``X | None``, ``Literal``), once."""
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp: Any) -> str:
+    """An annotation as a message names it: ``int``, ``dict[str, Any]``, ``str | None``."""
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + repr(list(typing.get_args(tp)))
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def _check(value: Any, tp: Any, path: str, where: str) -> Any:
+    """``value`` checked against ``tp`` (recursively), as the record stores it: a list becomes
+    a tuple for ``tuple[...]``, an int a float for ``float``, an object a nested record.
+    Raises ``_Mismatch`` naming the innermost value that does not fit."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Literal:
+        # ``type(...) is``: True == 1, but a Literal[1] field does not take true.
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise _Mismatch(value, path)
+    if origin is typing.Union or origin is types.UnionType:
+        for arm in args:
+            try:
+                return _check(value, arm, path, where)
+            except (_Mismatch, ProtocolError):
+                continue
+        raise _Mismatch(value, path)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch(value, path)
+    if origin is list:
+        if type(value) is not list:
+            raise _Mismatch(value, path)
+        (item,) = args or (Any,)
+        return [_check(v, item, f"{path}[{i}]", where) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch(value, path)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(v, args[0], f"{path}[{i}]", where) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise _Mismatch(value, path)
+        return tuple(_check(v, a, f"{path}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if type(value) is not dict:
+            raise _Mismatch(value, path)
+        key_tp, value_tp = args or (Any, Any)
+        if key_tp is Any and value_tp is Any:
+            return value
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            out[_check(k, key_tp, f"{path}[{k!r}] (key)", where)] = _check(v, value_tp, f"{path}[{k!r}]", where)
+        return out
+    if tp is bool:
+        if type(value) is not bool:
+            raise _Mismatch(value, path)
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Mismatch(value, path)
+        return value
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _Mismatch(value, path)
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Mismatch(value, path) from None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if type(value) is not dict:
+            raise _Mismatch(value, path)
+        return build(tp, value, where=f"{where}: field '{path}'")
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise _Mismatch(value, path)
+        return value
+    raise TypeError(f"{where}: field '{path}': unsupported annotation {tp!r}")  # a bug in a record
 
 
 def build(cls: type, fields: dict[str, Any], *, where: str) -> Any:
-    """Construct dataclass ``cls`` from ``fields``, checking each value against its annotation.
+    """Construct dataclass ``cls`` from ``fields``, checking each value against its type.
 
-    Annotations are read as strings (``from __future__ import annotations``); ``X | None``
-    admits ``None``. Unknown keys are refused so that a typo never passes silently.
+    Annotations are resolved (``typing.get_type_hints``): aliases, ``X | None``, ``Literal``,
+    ``list``/``tuple``/``dict`` items and nested records are all checked. A value that does
+    not fit, a missing required field and an unknown key (a typo never passes silently) are a
+    ``ProtocolError`` (``bad_request``) naming the field.
     """
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - set(known))
     if unknown:
         raise ProtocolError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    hints = _hints(cls)
     values: dict[str, Any] = {}
     for name, field in known.items():
         if name not in fields:
@@ -88,22 +181,14 @@ def build(cls: type, fields: dict[str, Any], *, where: str) -> Any:
                 raise ProtocolError(f"{where}: field '{name}' is required")
             continue
         value = fields[name]
-        annotation = str(field.type)
-        optional = annotation.endswith(" | None")
-        base = annotation.removesuffix(" | None")
-        if value is None:
-            if not optional:
-                raise ProtocolError(f"{where}: field '{name}' must not be null")
-        elif base.startswith("Literal["):
-            allowed = [a.strip().strip("'\"") for a in base[8:-1].split(",")]
-            if value not in allowed:
-                raise ProtocolError(f"{where}: field '{name}' must be one of {allowed}, got {value!r}")
-        elif base in _SCALARS:
-            types = _SCALARS[base]
-            bad_bool = isinstance(value, bool) and bool not in types
-            if bad_bool or not isinstance(value, types):
-                raise ProtocolError(
-                    f"{where}: field '{name}' must be {base}, got {type(value).__name__}"
-                )
-        values[name] = value
+        tp = hints[name]
+        try:
+            values[name] = _check(value, tp, name, where)
+        except _Mismatch as exc:
+            if value is None:
+                raise ProtocolError(f"{where}: field '{name}' must not be null") from None
+            got = type(exc.got).__name__ if exc.path == name else f"{type(exc.got).__name__} at {exc.path}"
+            if typing.get_origin(tp) is typing.Literal and exc.path == name:
+                got = repr(value)
+            raise ProtocolError(f"{where}: field '{name}' must be {_describe(tp)}, got {got}") from None
     return cls(**values)

@@ -32,6 +32,9 @@ Reply ``data`` per command (errors: ``protocol.replies``; codes ``not_found``, `
                  open_files, children, gpu_memory}]}]}``.
 - ``health``     ``{"version", "running", "queued", "tasks": {type: {status: n}},
                  "gpu_available", "gpu_count", "start_mode", "uptime", "events_stored"}``.
+- ``shutdown``   ``{"stopping": true}``: the supervisor stops as on SIGTERM (running jobs are
+                 cancelled with the grace period, pending tasks stay pending for the next
+                 start); asked again while stopping, it kills the running jobs at once.
 """
 
 from __future__ import annotations
@@ -120,7 +123,12 @@ class Health:
     kind: Literal["health"] = "health"
 
 
-Command = Submit | Get | List | Cancel | Delete | Logs | Resources | Gpu | SetLimits | Ps | Health
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    kind: Literal["shutdown"] = "shutdown"
+
+
+Command = Submit | Get | List | Cancel | Delete | Logs | Resources | Gpu | SetLimits | Ps | Health | Shutdown
 
 COMMANDS: dict[str, type] = {
     "submit": Submit,
@@ -134,6 +142,7 @@ COMMANDS: dict[str, type] = {
     "set_limits": SetLimits,
     "ps": Ps,
     "health": Health,
+    "shutdown": Shutdown,
 }
 
 

@@ -1,4 +1,4 @@
-"""Runner events: the one record, its names, and the wire shape.
+"""Runner events: the one record (``Event``), its names, and the wire shape.
 
 Wire shape, on both hops: one ZeroMQ multipart message is ``[task_id, event, event, …]`` —
 the topic frame, then ONE OR MORE event frames (JSON objects) of that task in order. Batching
@@ -10,11 +10,23 @@ supervisor can tell a lost event from a late one. The supervisor stores each eve
 task's gap-free ``seq`` (which also numbers events the supervisor itself adds, such as "queued"
 or "killed by signal") and republishes ``[task_id, event, …]`` with ``seq`` set (events-out).
 ``seq`` is the SSE ``id:``.
+
+Everything an event is used for is defined here once, as module functions over the ``Event``
+dict (no object per event: the path runs tens of thousands of times a second): ``runner_event``
+and ``supervisor_event`` build one, ``encode``/``decode`` write and read it, ``number`` gives a
+runner's encoded event its ``seq`` without re-encoding it, ``check_event`` validates what a
+runner sent, ``is_final`` says whether it ends its task's stream, ``sse_view`` is what a client
+sees of it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Required, TypedDict, cast
+
+import orjson
+
+from protocol.tasks import FINAL_STATUSES
 
 Level = Literal["INFO", "WARNING", "ERROR"]
 LEVELS: tuple[str, ...] = ("INFO", "WARNING", "ERROR")
@@ -27,34 +39,49 @@ STATUS = "status"  # status change; the final one ends the stream
 RESULT = "result"  # inference result for one image (the task's ``res``)
 KINDS: tuple[str, ...] = (LOG, PROGRESS, METRICS, STATUS, RESULT)
 
-# Training stages (API.md §8).
+# Training stages (API.md §8). Not statuses: ``STAGE_COMPLETED`` marks the last metrics event
+# of a training run, ``protocol.tasks.COMPLETED`` the task's end (same word on the wire).
 EPOCH_START = "epoch_start"
 TRAINING = "training"
 VALIDATION = "validation"
 EPOCH_END = "epoch_end"
-COMPLETED = "completed"
-STAGES: tuple[str, ...] = (EPOCH_START, TRAINING, VALIDATION, EPOCH_END, COMPLETED)
+STAGE_COMPLETED = "completed"
+STAGES: tuple[str, ...] = (EPOCH_START, TRAINING, VALIDATION, EPOCH_END, STAGE_COMPLETED)
 
-#: Fields an event may carry. ``timestamp``, ``level``, ``message`` and ``kind`` always;
-#: the rest only when they apply (absent, never null, on the wire).
-EVENT_FIELDS: tuple[str, ...] = (
-    "seq",
-    "rseq",
-    "task_id",
-    "timestamp",
-    "kind",
-    "level",
-    "message",
-    "stage",
-    "metrics",
-    "step",
-    "progress",
-    "epoch",
-    "total_epochs",
-    "status",
-    "result",
-    "source",
-)
+#: Who added an event that no runner sent (``source`` of a supervisor event).
+SUPERVISOR = "supervisor"
+
+
+class Event(TypedDict, total=False):
+    """One event, as the dict it is on every hop (a ``TypedDict``: a type for the reader and
+    mypy, a plain dict at run time). ``timestamp``, ``kind``, ``level`` and ``message`` always;
+    the rest only when they apply (absent, never null, on the wire). A job may add fields of
+    its own (the diagnostic job's ``i`` and ``sent_ns``)."""
+
+    #: The task's gap-free number, the SSE ``id:``; set by the supervisor when it stores.
+    seq: int
+    #: The runner's own gap-free number; only in a runner's events.
+    rseq: int
+    task_id: str
+    #: ISO 8601, UTC, milliseconds.
+    timestamp: Required[str]
+    kind: Required[str]
+    level: Required[str]
+    message: Required[str]
+    stage: str
+    metrics: dict[str, Any]
+    step: int
+    progress: int
+    epoch: int
+    total_epochs: int
+    status: str
+    result: dict[str, Any]
+    #: ``"supervisor"`` on the events the supervisor adds; a runner's claim to it is dropped.
+    source: str
+
+
+#: Fields an event may carry, in their wire order.
+EVENT_FIELDS: tuple[str, ...] = tuple(Event.__annotations__)
 
 #: The ``metrics`` keys of an epoch (API.md §3.3).
 EPOCH_METRICS: tuple[str, ...] = (
@@ -77,13 +104,84 @@ EPOCH_METRICS: tuple[str, ...] = (
 )
 
 
+# -- building ----------------------------------------------------------------------------------
+def runner_event(
+    rseq: int, task_id: str, timestamp: str, kind: str, level: str, message: str, fields: Mapping[str, Any]
+) -> Event:
+    """A runner's event; ``None`` values in ``fields`` are left out.
+
+    ``rseq`` is the dict's FIRST key, so ``encode`` writes ``RUNNER_PREFIX`` first: the
+    supervisor's fast path (``number``) relies on it.
+    """
+    event: dict[str, Any] = {
+        "rseq": rseq,
+        "task_id": task_id,
+        "timestamp": timestamp,
+        "kind": kind,
+        "level": level,
+        "message": message,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            event[key] = value
+    return event  # type: ignore[return-value]  # (``cast`` would cost a call per event)
+
+
+def supervisor_event(
+    seq: int, task_id: str, timestamp: str, kind: str, level: str, message: str, fields: Mapping[str, Any]
+) -> Event:
+    """An event the supervisor adds to a task's stream (``source: "supervisor"``, no ``rseq``);
+    ``None`` values in ``fields`` are left out."""
+    event: dict[str, Any] = {
+        "seq": seq,
+        "task_id": task_id,
+        "timestamp": timestamp,
+        "kind": kind,
+        "level": level,
+        "message": message,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            event[key] = value
+    event["source"] = SUPERVISOR
+    return cast(Event, event)
+
+
+# -- encoding ----------------------------------------------------------------------------------
+#: An event's JSON bytes: the journal line, the frame on both sockets, the stored row.
+#: (``orjson.dumps`` itself, not a wrapper: it runs once or twice per event.)
+encode: Callable[[Event], bytes] = orjson.dumps
+
+#: How a runner's encoded event starts (``runner_event`` puts ``rseq`` first).
+RUNNER_PREFIX = b'{"rseq":'
+
+
+def decode(data: bytes) -> Event:
+    """One event frame as an ``Event``; ``ValueError`` (``orjson.JSONDecodeError`` is one)
+    when it is not a JSON object. Its fields are not checked here: see ``check_event``."""
+    event: Event = orjson.loads(data)  # (typed by assignment: ``cast`` would cost a call per event)
+    if type(event) is not dict:
+        raise ValueError(f"expected an object, got {type(event).__name__}")
+    return event
+
+
+def number(raw: bytes, seq: int) -> bytes | None:
+    """``raw`` (a runner's event as it encoded it) with ``seq`` set, by prepending it instead
+    of re-encoding 1 KiB; None when ``raw`` is not in the runner's own encoding (then decode,
+    set ``seq`` and ``encode``). The caller ensures ``raw`` carries no ``seq`` of its own."""
+    if not raw.startswith(RUNNER_PREFIX):
+        return None
+    return b'{"seq":%d,' % seq + raw[1:]
+
+
+# -- reading -----------------------------------------------------------------------------------
 _KIND_SET = frozenset(KINDS)
 _LEVEL_SET = frozenset(LEVELS)
 _INT_FIELDS = ("step", "progress", "epoch", "total_epochs")
 _OBJECT_FIELDS = ("metrics", "result")
 
 
-def check_event(event: dict[str, Any]) -> str | None:
+def check_event(event: Mapping[str, Any]) -> str | None:
     """Return why ``event`` is not a well-formed runner event, or None when it is.
 
     On the supervisor's hot path (tens of thousands of calls a second): exact ``type`` checks
@@ -108,6 +206,12 @@ def check_event(event: dict[str, Any]) -> str | None:
     return None
 
 
-def sse_view(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as an SSE ``data:`` object: everything except runner bookkeeping."""
-    return {k: v for k, v in event.items() if k != "rseq"}
+def is_final(event: Mapping[str, Any]) -> bool:
+    """Whether ``event`` is its task's final status event, the last of its stream."""
+    return event.get("kind") == STATUS and event.get("status") in FINAL_STATUSES
+
+
+def sse_view(event: Mapping[str, Any]) -> Event:
+    """The event as an SSE ``data:`` object and a ``logs`` answer: all but runner bookkeeping
+    (``rseq``)."""
+    return {k: v for k, v in event.items() if k != "rseq"}  # type: ignore[return-value]  # (no ``cast`` call)

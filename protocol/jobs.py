@@ -13,6 +13,41 @@ from typing import Any
 import orjson
 
 from protocol.codec import as_dict, build, decode_object
+from protocol.settings import Settings
+
+
+def _default(name: str) -> Any:
+    """The default of setting ``name`` (declared once, in ``protocol.settings``), JSON-safe."""
+    value = Settings.__dataclass_fields__[name].default
+    if isinstance(value, tuple):
+        return tuple(str(v) for v in value)
+    return str(value) if isinstance(value, Path) else value
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """The settings a job needs, as the supervisor read them (``supervisor.jobs.job_config``).
+
+    The defaults are the settings' own, for a spec written without one (tests, benchmarks):
+    ``data_roots`` empty means no confinement there; the supervisor always sends its roots.
+    """
+
+    home: str = _default("home")
+    #: Every local path a job reads or writes must resolve inside one of these.
+    data_roots: tuple[str, ...] = _default("data_roots")
+    upload_url: str = _default("upload_url")
+    upload_file_field: str = _default("upload_file_field")
+    upload_label_field: str = _default("upload_label_field")
+    upload_type_field: str = _default("upload_type_field")
+    upload_auth_header: str = _default("upload_auth_header")
+    upload_retries: int = _default("upload_retries")
+    download_max_bytes: int = _default("download_max_bytes")
+    download_timeout: float = _default("download_timeout")
+    unzip_max_bytes: int = _default("unzip_max_bytes")
+    unzip_max_ratio: float = _default("unzip_max_ratio")
+    unzip_max_entries: int = _default("unzip_max_entries")
+    url_allow_hosts: tuple[str, ...] = _default("url_allow_hosts")
+    url_allow_loopback: bool = _default("url_allow_loopback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +72,7 @@ class JobSpec:
     #: ``cgroup.procs`` files the runner moves itself into before any work.
     cgroup_procs: list[str] = field(default_factory=list)
     #: Settings the job needs (upload fields, download and unzip limits, data roots, home).
-    config: dict[str, Any] = field(default_factory=dict)
+    config: JobConfig = field(default_factory=JobConfig)
     #: Seconds to wait for the supervisor's subscription before the first event.
     subscribe_timeout: float = 10.0
 

@@ -12,7 +12,8 @@ TASK_TYPES: tuple[str, ...] = ("training", "inference", "preprocessing", "diagno
 
 #: The job a runner executes; a task type may have several (preprocessing: split, augment, crop).
 Job = Literal["training", "inference", "split", "augment", "crop", "diagnostic"]
-JOBS: dict[str, str] = {
+#: job -> its task type. (The function that runs a job: ``runner.entry.JOB_FUNCTIONS``.)
+JOB_TASK_TYPES: dict[str, str] = {
     "training": "training",
     "inference": "inference",
     "split": "preprocessing",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import events as ev
-from protocol.jobs import JobSpec
+from protocol.jobs import JobConfig, JobSpec
 from runner.publisher import Publisher
 
 #: Job parameters whose values are secrets (the upload ``token``).
@@ -106,7 +106,7 @@ class JobContext:
     def __init__(self, spec: JobSpec, publisher: Publisher) -> None:
         self.spec = spec
         self.params: dict[str, Any] = spec.params
-        self.config: dict[str, Any] = spec.config
+        self.config: JobConfig = spec.config
         self.device = spec.device
         self.task_dir = Path(spec.task_dir)
         self.stop_requested = StopFlag()
@@ -163,7 +163,3 @@ class JobContext:
         """Sleep up to ``seconds``; raise ``Cancelled`` as soon as a stop is requested."""
         if self.stop_requested.wait(max(0.0, seconds)):
             raise Cancelled("stopped on request")
-
-    @staticmethod
-    def monotonic() -> float:
-        return time.monotonic()

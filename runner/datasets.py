@@ -145,10 +145,6 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         image = self.transform(image=read_rgb(path))["image"]
         return image, target
 
-    @property
-    def targets(self) -> list[int]:
-        return [t for _, t in self.samples]
-
 
 class ImageList(Dataset[tuple[torch.Tensor, int, bool]]):
     """Images for inference: ``(tensor, index, ok)``; an unreadable image yields ``ok=False``

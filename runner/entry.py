@@ -28,8 +28,9 @@ from protocol.jobs import JobSpec
 from runner.context import Cancelled, JobContext
 from runner.publisher import Publisher
 
-#: job name -> "module:function". Imported lazily so a job pays only for what it uses.
-JOBS: dict[str, str] = {
+#: job name -> "module:function" that runs it. Imported lazily so a job pays only for what it
+#: uses. (A job's task type: ``protocol.tasks.JOB_TASK_TYPES``.)
+JOB_FUNCTIONS: dict[str, str] = {
     "diagnostic": "runner.diagnostic:run",
     "training": "runner.training:run",
     "inference": "runner.inference:run",
@@ -86,7 +87,7 @@ def _configure_compute(spec: JobSpec) -> None:
 
 
 def _resolve(job: str) -> Callable[[JobContext], str | None]:
-    target = JOBS.get(job)
+    target = JOB_FUNCTIONS.get(job)
     if target is None:
         raise ValueError(f"unknown job {job!r}")
     module, func = target.split(":")

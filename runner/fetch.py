@@ -20,7 +20,6 @@ Contracts (every refusal raises ``FetchError`` with a precise message, which fai
 
 from __future__ import annotations
 
-import shutil
 import stat
 import threading
 import time
@@ -28,12 +27,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 
+from protocol.jobs import JobConfig
 from runner import urls
 from runner.safefs import OutputTree
 from runner.urls import FetchError, UrlPolicy, check_url, is_url
@@ -46,31 +45,32 @@ _ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 _IGNORED_TOP = ("__MACOSX",)
 
 
+_DEFAULTS = JobConfig()
+
+
 @dataclass(frozen=True)
 class Limits:
-    download_max_bytes: int = 2 << 30
-    download_timeout: float = 600.0
-    unzip_max_bytes: int = 8 << 30
-    unzip_max_ratio: float = 200.0
-    unzip_max_entries: int = 200_000
+    """A job's fetch limits: ``from_config`` in a job; the settings' defaults where not given."""
+
+    download_max_bytes: int = _DEFAULTS.download_max_bytes
+    download_timeout: float = _DEFAULTS.download_timeout
+    unzip_max_bytes: int = _DEFAULTS.unzip_max_bytes
+    unzip_max_ratio: float = _DEFAULTS.unzip_max_ratio
+    unzip_max_entries: int = _DEFAULTS.unzip_max_entries
     url_policy: UrlPolicy = field(default_factory=UrlPolicy)
     data_roots: tuple[Path, ...] = ()
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Limits:
-        """Read the job spec's ``config`` (missing keys keep the settings' defaults)."""
-        roots = config.get("data_roots") or ()
-        if isinstance(roots, str):
-            roots = roots.split(":")
-        d = cls()
+    def from_config(cls, config: JobConfig) -> Limits:
+        """The limits of the job spec's ``config``."""
         return cls(
-            download_max_bytes=int(config.get("download_max_bytes", d.download_max_bytes)),
-            download_timeout=float(config.get("download_timeout", d.download_timeout)),
-            unzip_max_bytes=int(config.get("unzip_max_bytes", d.unzip_max_bytes)),
-            unzip_max_ratio=float(config.get("unzip_max_ratio", d.unzip_max_ratio)),
-            unzip_max_entries=int(config.get("unzip_max_entries", d.unzip_max_entries)),
+            download_max_bytes=config.download_max_bytes,
+            download_timeout=config.download_timeout,
+            unzip_max_bytes=config.unzip_max_bytes,
+            unzip_max_ratio=config.unzip_max_ratio,
+            unzip_max_entries=config.unzip_max_entries,
             url_policy=UrlPolicy.from_config(config),
-            data_roots=tuple(Path(r) for r in roots if r),
+            data_roots=tuple(Path(r) for r in config.data_roots),
         )
 
 
@@ -344,8 +344,3 @@ class Inputs:
         path = confine(value, self.limits.data_roots, must_exist=False)
         path.mkdir(parents=True, exist_ok=True)
         return OutputTree(path)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder this job created (inputs extracted into the task directory)."""
-    shutil.rmtree(path, ignore_errors=True)

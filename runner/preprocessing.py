@@ -2,8 +2,8 @@
 
 Each reads a local folder (or a zip or URL, fetched like training data), writes to a local
 output folder, works on a thread pool of ``spec.torch_threads`` workers (OpenCV releases the GIL
-while decoding and encoding) and reports progress from the job's own thread (the publisher is
-not thread-safe). Contracts:
+while decoding and encoding); the workers only compute, the job's own thread counts what is
+done, reports progress and checks for a stop at the batch boundaries. Contracts:
 
 - ``split``: ImageFolder in, ``output/{train,val,test}/<class>/…`` out. Per class: files sorted,
   shuffled with ``Random(f"{seed}/{class}")`` (reproducible), then ``round(n * train_ratio)``

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import zmq
+
+from protocol import events as ev
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +92,8 @@ class Publisher:
         """Queue one event; returns its ``rseq``. ``None`` fields are left out."""
         with self._cond:
             self.rseq += 1
-            event: dict[str, Any] = {
-                "rseq": self.rseq,
-                "task_id": self.task_id,
-                "timestamp": self._clock.now(),
-                "kind": kind,
-                "level": level,
-                "message": message,
-            }
-            for key, value in fields.items():
-                if value is not None:
-                    event[key] = value
-            self._pending.append(orjson.dumps(event))
+            event = ev.runner_event(self.rseq, self.task_id, self._clock.now(), kind, level, message, fields)
+            self._pending.append(ev.encode(event))
             if len(self._pending) == 1:
                 self._cond.notify()
             return self.rseq

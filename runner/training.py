@@ -247,7 +247,7 @@ class _Trainer:
         ctx.metrics(
             f"training completed: best val_acc {best:.2f}%; artifacts in {self.out_dir}",
             {"best_acc": best, "epoch": self.state.epoch, "total_epochs": total},
-            stage=ev.COMPLETED, epoch=self.state.epoch, total_epochs=total, progress=100,
+            stage=ev.STAGE_COMPLETED, epoch=self.state.epoch, total_epochs=total, progress=100,
         )  # fmt: skip
 
     def _report_amp(self, dtype: torch.dtype, scaler: torch.amp.GradScaler) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from protocol.jobs import JobConfig
 from runner import urls
 from runner.urls import FetchError, UrlPolicy, check_url
 
@@ -41,16 +42,17 @@ REQUEST_TIMEOUT = 120.0
 class UploadConfig:
     url: str
     token: str | None
-    file_field: str = "file"
-    label_field: str = "businessLabel"
-    type_field: str = "fileType"
-    auth_header: str = "Authorization"
-    retries: int = 3
-    policy: UrlPolicy = UrlPolicy()
+    file_field: str
+    label_field: str
+    type_field: str
+    auth_header: str
+    retries: int
+    policy: UrlPolicy
 
     @classmethod
-    def from_job(cls, params: dict[str, Any], config: dict[str, Any]) -> UploadConfig:
-        url = params.get("upload_url") or config.get("upload_url") or ""
+    def from_job(cls, params: dict[str, Any], config: JobConfig) -> UploadConfig:
+        """The upload of a job: its ``params`` (``upload_url``, ``token``) over its ``config``."""
+        url = params.get("upload_url") or config.upload_url
         if not url:
             raise ValueError(
                 "enable_upload is set but neither upload_url nor the configured default is given"
@@ -58,11 +60,11 @@ class UploadConfig:
         return cls(
             url=str(url),
             token=params.get("token") or None,
-            file_field=str(config.get("upload_file_field") or "file"),
-            label_field=str(config.get("upload_label_field") or "businessLabel"),
-            type_field=str(config.get("upload_type_field") or "fileType"),
-            auth_header=str(config.get("upload_auth_header") or "Authorization"),
-            retries=int(config.get("upload_retries", 3)),
+            file_field=config.upload_file_field,
+            label_field=config.upload_label_field,
+            type_field=config.upload_type_field,
+            auth_header=config.upload_auth_header,
+            retries=config.upload_retries,
             policy=UrlPolicy.from_config(config),
         )
 

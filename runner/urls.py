@@ -34,6 +34,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as u3connection
 
+from protocol.jobs import JobConfig
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
@@ -55,14 +57,11 @@ class UrlPolicy:
     allow_loopback: bool = False
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> UrlPolicy:
+    def from_config(cls, config: JobConfig) -> UrlPolicy:
         """From the job spec's ``config`` (``url_allow_hosts``, ``url_allow_loopback``)."""
-        hosts = config.get("url_allow_hosts") or ()
-        if isinstance(hosts, str):
-            hosts = hosts.split(",")
         return cls(
-            allow_hosts=tuple(h.strip().lower().rstrip(".") for h in hosts if h and h.strip()),
-            allow_loopback=bool(config.get("url_allow_loopback", False)),
+            allow_hosts=tuple(h.strip().lower().rstrip(".") for h in config.url_allow_hosts if h.strip()),
+            allow_loopback=config.url_allow_loopback,
         )
 
 

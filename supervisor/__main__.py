@@ -1,10 +1,14 @@
 """``rfuavd``: the service's command.
 
 - ``rfuavd supervisor`` runs the daemon in the foreground (by hand or under systemd, the same).
-- ``rfuavd web`` runs the HTTP front end (``web.server.run``).
+- ``rfuavd web`` runs the HTTP front end: it execs ``python -m web`` (same process, so systemd and
+  signals see web itself).
 - ``rfuavd all`` runs both as two child processes in the foreground: SIGINT or SIGTERM stops
   both (web first, then the supervisor, which cancels running jobs with the grace period); if
   either dies the other is stopped and ``rfuavd`` exits non-zero.
+
+Web is started by module name, never imported: the daemon's package does not depend on the HTTP
+front end (web and the supervisor share only ``protocol``).
 
 Settings come from ``RFUAV_*`` variables (and ``.env``); a bad one is a one-line error, exit 2.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -55,13 +60,23 @@ def run_supervisor(settings: Settings) -> int:
         return 1
 
 
-def run_web(settings: Settings) -> int:
-    from web.server import (
-        run,  # the web engineer's module; imported only when asked for
-    )
+#: The command of each child of ``rfuavd all`` (and of ``rfuavd web``, exec'd).
+COMMANDS: dict[str, list[str]] = {
+    "supervisor": [sys.executable, "-m", "supervisor", "supervisor"],
+    "web": [sys.executable, "-m", "web"],
+}
 
-    run(settings)
-    return 0
+
+def run_web() -> int:
+    """Replace this process by ``python -m web`` (returns only if the exec fails)."""
+    argv = COMMANDS["web"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        print(f"rfuavd: cannot start web ({' '.join(argv)}): {exc}", file=sys.stderr)
+    return 1
 
 
 def run_all() -> int:
@@ -69,10 +84,7 @@ def run_all() -> int:
     # Each child in a process group of its own: a terminal's Ctrl-C reaches only this process,
     # which stops the children in order with one SIGTERM each (a second signal would make the
     # supervisor kill running jobs at once instead of granting them the grace period).
-    children = {
-        name: subprocess.Popen([sys.executable, "-m", "supervisor", name], process_group=0)
-        for name in ("supervisor", "web")
-    }
+    children = {name: subprocess.Popen(COMMANDS[name], process_group=0) for name in ("supervisor", "web")}
     # Block the signals we wait for only now, after the children started: a blocked mask is
     # inherited across exec, and the children must see SIGTERM. A child that died before the
     # block is caught by the poll below (its SIGCHLD may have been discarded).
@@ -120,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "supervisor":
         return run_supervisor(settings)
     if args.command == "web":
-        return run_web(settings)
+        return run_web()
     return run_all()
 
 

@@ -1,4 +1,4 @@
-"""Job cgroups: limits (memory, CPU, pids), membership, OOM detection, the whole-job kill.
+"""Where job cgroups go: the hierarchies this process sees, the layout, creating a job's cgroups.
 
 Every job cgroup is created **below the supervisor's own cgroup** in each hierarchy, as
 ``/proc/self/cgroup`` names it (never elsewhere: that is what systemd's ``Delegate=yes`` hands
@@ -19,18 +19,22 @@ Two layouts are supported:
 Fail closed: where the supervisor manages cgroups, a job whose cgroup cannot be created or
 limited does not start (``CgroupError``). Only on a host that offers no usable cgroup at all do
 jobs run without limits, said at startup and in every such task.
+
+One job's cgroups once made (limits read back, OOM count, the whole-job kill, removal) are a
+``supervisor.job_cgroup.JobCgroup``.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
-import signal
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from supervisor.job_cgroup import DEFAULT_CPU_WEIGHT, UNIFIED, JobCgroup, JobLimits, write_file
+
+__all__ = ["UNIFIED", "CgroupError", "Cgroups", "Hierarchy", "JobCgroup", "JobLimits", "discover", "instance_key"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +42,8 @@ log = logging.getLogger(__name__)
 PREFIX = "rfuav-"
 #: The v1 hierarchies that carry a job's limits.
 V1_CONTROLLERS: tuple[str, ...] = ("memory", "cpu", "pids")
-#: The name under which the v2 hierarchy appears in ``RunnerHandle.cgroup``.
-UNIFIED = "unified"
 #: v1 ``cpu.cfs_period_us`` used with a quota (the kernel default).
 CFS_PERIOD_US = 100_000
-#: cgroup v2's default ``cpu.weight`` (v1: ``cpu.shares`` 1024).
-DEFAULT_CPU_WEIGHT = 100
-#: How long ``remove`` retries ``rmdir`` while the kernel finishes reaping the job's tasks.
-REMOVE_RETRY_SECONDS = 1.0
 
 
 #: The controller behind each kind of limit ``_write_limits`` writes.
@@ -54,18 +52,6 @@ _CONTROLLER = {"weight": "cpu", "memory": "memory", "cpu": "cpu", "pids": "pids"
 
 class CgroupError(OSError):
     """A job's cgroup or one of its limits could not be made: the job must not start."""
-
-
-@dataclass(frozen=True)
-class JobLimits:
-    """A job's cgroup limits; 0 means "no limit" for each. ``cpu_weight`` is the job's CPU
-    share beside the daemons' 100 (cgroup v2 ``cpu.weight``; v1 ``cpu.shares`` scaled to 1024):
-    below 100, the supervisor and web keep their answers fast while jobs saturate the CPU."""
-
-    memory_mb: int
-    cpus: float
-    pids: int
-    cpu_weight: int = DEFAULT_CPU_WEIGHT
 
 
 def instance_key(home: Path | str) -> str:
@@ -148,159 +134,6 @@ def _read_words(path: Path) -> frozenset[str]:
         return frozenset()
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    if text == "max":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _read_keyed(path: Path, key: str) -> int | None:
-    """``key``'s value in a flat-keyed file such as ``memory.oom_control`` or ``memory.events``."""
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(value)
-
-
-@dataclass
-class JobCgroup:
-    """The cgroup directories of one job (hierarchy name -> directory) and what they enforce."""
-
-    dirs: dict[str, str]
-    limits: JobLimits
-    enforced: bool = True
-    warning: str | None = None
-    unified_v2: bool = False  # the limits live in a v2 cgroup (``dirs["unified"]``)
-    _removed: bool = field(default=False, repr=False)
-
-    @property
-    def procs_files(self) -> list[str]:
-        """The ``cgroup.procs`` files a runner writes its pid into before any work."""
-        return [str(Path(d) / "cgroup.procs") for d in self.dirs.values()]
-
-    def pids(self) -> set[int]:
-        """Every process currently in any of the job's cgroups."""
-        pids: set[int] = set()
-        for procs in self.procs_files:
-            try:
-                pids.update(int(p) for p in Path(procs).read_text().split())
-            except (OSError, ValueError):
-                continue
-        return pids
-
-    def kill(self) -> None:
-        """SIGKILL every process of the job: v2 ``cgroup.kill`` where present (atomic, also
-        catches processes forking right now), else each pid in ``cgroup.procs`` until empty."""
-        unified = self.dirs.get(UNIFIED)
-        if unified and (Path(unified) / "cgroup.kill").exists():
-            try:
-                _write(Path(unified) / "cgroup.kill", "1")
-                return
-            except OSError as exc:
-                log.warning("cgroup.kill in %s failed (%s); killing pid by pid", unified, exc)
-        for _ in range(50):  # a fork bomb could race the loop; the pids limit bounds it
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer killed a process of this job (its memory cgroup's
-        counter: v2 ``memory.events`` ``oom_kill``, v1 ``memory.oom_control`` ``oom_kill``)."""
-        if self.unified_v2 and UNIFIED in self.dirs:
-            count = _read_keyed(Path(self.dirs[UNIFIED]) / "memory.events", "oom_kill")
-            return bool(count)
-        memory = self.dirs.get("memory")
-        if not memory:
-            return False
-        count = _read_keyed(Path(memory) / "memory.oom_control", "oom_kill")
-        if count is None:  # an old kernel without the counter: a hit limit is the best sign
-            count = _read_int(Path(memory) / "memory.failcnt")
-        return bool(count)
-
-    def read_back(self) -> dict[str, int | float | None]:
-        """The limits and usage as the kernel reports them (for ``ps``); None = no limit."""
-        out: dict[str, int | float | None] = {}
-        if self.unified_v2 and UNIFIED in self.dirs:
-            d = Path(self.dirs[UNIFIED])
-            out["memory_limit_bytes"] = _read_int(d / "memory.max")
-            out["memory_usage_bytes"] = _read_int(d / "memory.current")
-            out["pids_limit"] = _read_int(d / "pids.max")
-            out["pids_current"] = _read_int(d / "pids.current")
-            try:
-                quota, period = (d / "cpu.max").read_text().split()
-                out["cpus"] = None if quota == "max" else int(quota) / int(period)
-            except (OSError, ValueError):
-                out["cpus"] = None
-            return out
-        if "memory" in self.dirs:
-            d = Path(self.dirs["memory"])
-            limit = _read_int(d / "memory.limit_in_bytes")
-            out["memory_limit_bytes"] = None if limit is None or limit >= 1 << 62 else limit
-            out["memory_usage_bytes"] = _read_int(d / "memory.usage_in_bytes")
-        if "pids" in self.dirs:
-            d = Path(self.dirs["pids"])
-            out["pids_limit"] = _read_int(d / "pids.max")
-            out["pids_current"] = _read_int(d / "pids.current")
-        if "cpu" in self.dirs:
-            d = Path(self.dirs["cpu"])
-            cfs_quota, cfs_period = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
-            out["cpus"] = cfs_quota / cfs_period if cfs_quota and cfs_quota > 0 and cfs_period else None
-        return out
-
-    def remove(self, timeout: float = REMOVE_RETRY_SECONDS) -> bool:
-        """Remove the job's cgroups; True when none is left. Processes still inside (strays a
-        finished runner left behind) are killed first: they belong to the job. Idempotent."""
-        if self._removed:
-            return True
-        if self.pids():
-            self.kill()
-        deadline = time.monotonic() + timeout
-        pending = [Path(d) for d in self.dirs.values()]
-        refused: list[Path] = []  # an error other than "busy": retrying will not help
-        while True:
-            left = []
-            for d in pending:
-                try:
-                    d.rmdir()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        log.warning("cannot remove cgroup %s: %s", d, exc)
-                        refused.append(d)
-                        continue
-                    left.append(d)
-            pending = left
-            if not pending:
-                self._removed = not refused
-                return not refused
-            if time.monotonic() > deadline:
-                log.warning("cgroups still busy after %.1f s: %s", timeout, ", ".join(map(str, pending)))
-                return False
-            # The kernel drops a killed task from its cgroup when it finishes exiting.
-            time.sleep(0.01)
-
 
 class Cgroups:
     """This supervisor's view of the cgroup hierarchies and the job cgroups it creates."""
@@ -358,21 +191,21 @@ class Cgroups:
             # its children; those are ours (the daemon and its helpers, e.g. the fork server).
             for pid in (own / "cgroup.procs").read_text().split():
                 try:
-                    _write(leaf / "cgroup.procs", pid)
+                    write_file(leaf / "cgroup.procs", pid)
                 except ProcessLookupError:
                     pass
-            _write(own / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(controllers)))
+            write_file(own / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(controllers)))
         jobs = own / "jobs"
         jobs.mkdir(exist_ok=True)
         missing = controllers - _read_words(jobs / "cgroup.subtree_control")
         if missing:
-            _write(jobs / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+            write_file(jobs / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
         self.parents[UNIFIED] = jobs
         self.unified_v2 = True
         # Siblings share CPU by weight: the jobs' parent beside our own leaf. Each job's weight
         # (``JobLimits.cpu_weight``) only orders jobs among themselves under it.
         if self.jobs_cpu_weight != DEFAULT_CPU_WEIGHT and (jobs / "cpu.weight").exists():
-            _write(jobs / "cpu.weight", str(self.jobs_cpu_weight))
+            write_file(jobs / "cpu.weight", str(self.jobs_cpu_weight))
 
     # -- jobs --------------------------------------------------------------------------
     def job_name(self, task_id: str) -> str:
@@ -465,7 +298,7 @@ class Cgroups:
             if fname.startswith(("memory.swap", "memory.memsw")) and not path.exists():
                 continue
             try:
-                _write(path, value)
+                write_file(path, value)
             except OSError as exc:
                 if requested[what]:
                     problems.append(f"{what}: cannot write {path}: {exc.strerror}")

@@ -3,8 +3,8 @@
 ``Control.handle(request_bytes) -> reply_bytes`` is the whole surface: every reply is the
 ``protocol.replies`` envelope; a bad request (malformed JSON, unknown kind, wrong types,
 oversized, unknown task) gets an error reply and nothing else happens. (A message over
-``daemon.CONTROL_MAX_BYTES``, 16 MiB, never reaches here: ZeroMQ drops the connection.) The handlers read and
-change the daemon's state through the few methods of ``Daemon`` they call.
+``daemon.CONTROL_MAX_BYTES``, 16 MiB, never reaches here: ZeroMQ drops the connection.) The
+handlers see the supervisor only through ``Service``, the few things they need of it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -24,9 +25,10 @@ import protocol
 from protocol import commands as cmd
 from protocol.codec import ProtocolError, build, encode
 from protocol.replies import CommandError, ErrorCode, error, ok
+from protocol.settings import Settings
 from protocol.tasks import (
     FINAL_STATUSES,
-    JOBS,
+    JOB_TASK_TYPES,
     LIVE_STATUSES,
     STATUSES,
     TASK_ID_RE,
@@ -35,9 +37,9 @@ from protocol.tasks import (
     TaskSpec,
 )
 from supervisor import jobs
-
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.gpu import Gpus
+from supervisor.scheduler import Scheduler
+from supervisor.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +57,66 @@ MAX_LIST = 1000
 LOGS_REPLY_BYTES = 3 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """The daemon's own figures in ``health``."""
+
+    pid: int
+    uptime: float
+    subscriptions: int
+    events_received: int
+    events_dropped: int
+    loop_lag: float
+    loop_lag_max: float
+
+
+class Service(Protocol):
+    """What the control handlers need of the supervisor (``supervisor.daemon.Daemon``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+    @property
+    def gpus(self) -> Gpus: ...
+
+    def live_task(self, task_id: str) -> TaskRecord | None:
+        """A pending or running task (the authoritative copy while it lives)."""
+
+    def enqueue(self, tasks: list[TaskRecord]) -> None:
+        """Queue tasks just stored."""
+
+    def cancel(self, task_id: str, reason: str) -> None: ...
+
+    def schedule(self) -> None:
+        """Start what may start now (after a limit changed)."""
+
+    def runner_views(self) -> list[dict[str, Any]]: ...
+
+    def figures(self) -> Figures: ...
+
+    def shutdown(self, reason: str) -> None:
+        """Stop serving, as SIGTERM does (asked again: kill the running jobs)."""
+
+
 def _not_found(task_id: str) -> CommandError:
     return CommandError(ErrorCode.NOT_FOUND, f"task {task_id!r} not found")
 
 
-class Control:
-    """Answers control requests for one ``Daemon``."""
+def _bad(message: str) -> CommandError:
+    return CommandError(ErrorCode.BAD_REQUEST, message)
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+
+class Control:
+    """Answers control requests for one ``Service``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
         self._handlers: dict[str, Callable[[Any], dict[str, Any]]] = {
             "submit": self.submit,
             "get": self.get,
@@ -76,6 +129,7 @@ class Control:
             "set_limits": self.set_limits,
             "ps": self.ps,
             "health": self.health,
+            "shutdown": self.shutdown,
         }
 
     def handle(self, data: bytes) -> bytes:
@@ -96,102 +150,110 @@ class Control:
 
     # -- lookups -------------------------------------------------------------------------
     def _task(self, task_id: str, task_type: str | None = None) -> TaskRecord:
-        task = self.d.tasks.get(task_id) or self.d.store.get_task(task_id)
+        task = self.service.live_task(task_id) or self.service.store.get_task(task_id)
         if task is None or (task_type is not None and task.task_type != task_type):
             raise _not_found(task_id)
         return task
 
-    # -- commands ------------------------------------------------------------------------
+    # -- submit --------------------------------------------------------------------------
     def submit(self, c: cmd.Submit) -> dict[str, Any]:
         if not c.tasks:
-            raise CommandError(ErrorCode.BAD_REQUEST, "tasks must not be empty")
+            raise _bad("tasks must not be empty")
         if len(c.tasks) > MAX_SUBMIT:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"at most {MAX_SUBMIT} tasks per submit, got {len(c.tasks)}")
+            raise _bad(f"at most {MAX_SUBMIT} tasks per submit, got {len(c.tasks)}")
         records: list[TaskRecord] = []
         seen: set[str] = set()
         now = time.time()
         for i, raw in enumerate(c.tasks):
             where = f"tasks[{i}]" if len(c.tasks) > 1 else "task"
-            if not isinstance(raw, dict):
-                raise CommandError(ErrorCode.BAD_REQUEST, f"{where} must be an object")
-            spec: TaskSpec = build(TaskSpec, raw, where=where)
-            if spec.task_type not in TASK_TYPES:
-                raise CommandError(
-                    ErrorCode.BAD_REQUEST, f"{where}: task_type must be one of {', '.join(TASK_TYPES)}, got {spec.task_type!r}"
-                )
-            if spec.job not in JOBS:
-                raise CommandError(ErrorCode.BAD_REQUEST, f"{where}: job must be one of {', '.join(JOBS)}, got {spec.job!r}")
-            if JOBS.get(spec.job) != spec.task_type:
-                raise CommandError(
-                    ErrorCode.BAD_REQUEST,
-                    f"{where}: job {spec.job!r} is not of task type {spec.task_type!r} (it is {JOBS.get(spec.job)!r})",
-                )
-            if spec.job == "diagnostic":
-                why = jobs.diagnostic_problem(self.d.settings, spec.params)
-                if why is not None:
-                    code = ErrorCode.NOT_FOUND if not self.d.settings.diagnostic else ErrorCode.BAD_REQUEST
-                    raise CommandError(code, f"{where}: {why}")
-            if not 1 <= spec.priority <= 10:
-                raise CommandError(ErrorCode.BAD_REQUEST, f"{where}: priority must be between 1 and 10, got {spec.priority}")
-            why = self.d.scheduler.check_device(spec.device)
-            if why is not None:
-                raise CommandError(ErrorCode.BAD_REQUEST, f"{where}: {why}")
-            task_id = spec.task_id if spec.task_id is not None else str(uuid.uuid4())
-            if not TASK_ID_RE.fullmatch(task_id):
-                raise CommandError(
-                    ErrorCode.BAD_REQUEST,
-                    f"{where}: task_id must be 1-128 characters of letters, digits, '_', '.', '-' "
-                    f"starting with a letter or digit, got {task_id!r}",
-                )
-            if task_id in seen or self.d.store.exists(task_id):
-                raise CommandError(ErrorCode.CONFLICT, f"task {task_id!r} already exists")
-            seen.add(task_id)
-            total = spec.params.get("num_epochs") if spec.task_type == "training" else None
-            records.append(
-                TaskRecord(
-                    task_id=task_id,
-                    task_type=spec.task_type,
-                    job=spec.job,
-                    params=spec.params,
-                    requested_device=spec.device,
-                    priority=spec.priority,
-                    description=spec.description,
-                    strategy_type=spec.strategy_type,
-                    total_epochs=total if isinstance(total, int) and not isinstance(total, bool) else 0,
-                    created_at=now,
-                    updated_at=now,
-                    task_dir=str(self.d.settings.tasks_dir / task_id),
-                )
-            )
+            spec = self._spec(raw, where)
+            task_id = self._new_id(spec, where, seen)
+            records.append(self._record(spec, task_id, now))
         try:
-            self.d.store.insert_tasks(records)
+            self.service.store.insert_tasks(records)
         except sqlite3.IntegrityError:
             raise CommandError(ErrorCode.CONFLICT, "a task with one of these ids already exists") from None
-        self.d.enqueue(records)
+        self.service.enqueue(records)
         now = time.time()
         return {"tasks": [r.response(now) for r in records]}
 
+    def _spec(self, raw: object, where: str) -> TaskSpec:
+        """``raw`` as a task spec this supervisor can run; ``CommandError`` naming the field."""
+        if not isinstance(raw, dict):
+            raise _bad(f"{where} must be an object")
+        spec: TaskSpec = build(TaskSpec, raw, where=where)
+        if spec.task_type not in TASK_TYPES:
+            raise _bad(f"{where}: task_type must be one of {', '.join(TASK_TYPES)}, got {spec.task_type!r}")
+        if spec.job not in JOB_TASK_TYPES:
+            raise _bad(f"{where}: job must be one of {', '.join(JOB_TASK_TYPES)}, got {spec.job!r}")
+        if JOB_TASK_TYPES.get(spec.job) != spec.task_type:
+            raise _bad(f"{where}: job {spec.job!r} is not of task type {spec.task_type!r} (it is {JOB_TASK_TYPES.get(spec.job)!r})")
+        settings = self.service.settings
+        if spec.job == "diagnostic":
+            why = jobs.diagnostic_problem(settings, spec.params)
+            if why is not None:
+                code = ErrorCode.NOT_FOUND if not settings.diagnostic else ErrorCode.BAD_REQUEST
+                raise CommandError(code, f"{where}: {why}")
+        if not 1 <= spec.priority <= 10:
+            raise _bad(f"{where}: priority must be between 1 and 10, got {spec.priority}")
+        why = self.service.scheduler.check_device(spec.device)
+        if why is not None:
+            raise _bad(f"{where}: {why}")
+        return spec
+
+    def _new_id(self, spec: TaskSpec, where: str, seen: set[str]) -> str:
+        """The task's id (given, or a new uuid), checked and not yet taken (in ``seen`` either)."""
+        task_id = spec.task_id if spec.task_id is not None else str(uuid.uuid4())
+        if not TASK_ID_RE.fullmatch(task_id):
+            raise _bad(
+                f"{where}: task_id must be 1-128 characters of letters, digits, '_', '.', '-' "
+                f"starting with a letter or digit, got {task_id!r}"
+            )
+        if task_id in seen or self.service.store.exists(task_id):
+            raise CommandError(ErrorCode.CONFLICT, f"task {task_id!r} already exists")
+        seen.add(task_id)
+        return task_id
+
+    def _record(self, spec: TaskSpec, task_id: str, now: float) -> TaskRecord:
+        total = spec.params.get("num_epochs") if spec.task_type == "training" else None
+        return TaskRecord(
+            task_id=task_id,
+            task_type=spec.task_type,
+            job=spec.job,
+            params=spec.params,
+            requested_device=spec.device,
+            priority=spec.priority,
+            description=spec.description,
+            strategy_type=spec.strategy_type,
+            total_epochs=total if isinstance(total, int) and not isinstance(total, bool) else 0,
+            created_at=now,
+            updated_at=now,
+            task_dir=str(self.service.settings.tasks_dir / task_id),
+        )
+
+    # -- tasks ---------------------------------------------------------------------------
     def get(self, c: cmd.Get) -> dict[str, Any]:
         return {"task": self._task(c.task_id, c.task_type).response(time.time())}
 
     def list(self, c: cmd.List) -> dict[str, Any]:
         if c.task_type is not None and c.task_type not in TASK_TYPES:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"task_type must be one of {', '.join(TASK_TYPES)}, got {c.task_type!r}")
+            raise _bad(f"task_type must be one of {', '.join(TASK_TYPES)}, got {c.task_type!r}")
         if c.status is not None and c.status not in STATUSES:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"status must be one of {', '.join(STATUSES)}, got {c.status!r}")
+            raise _bad(f"status must be one of {', '.join(STATUSES)}, got {c.status!r}")
         if not 1 <= c.limit <= MAX_LIST:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and {MAX_LIST}, got {c.limit}")
+            raise _bad(f"limit must be between 1 and {MAX_LIST}, got {c.limit}")
         if c.cursor is not None and not 0 <= c.cursor <= MAX_SEQ:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"cursor must be between 0 and {MAX_SEQ}, got {c.cursor}")
+            raise _bad(f"cursor must be between 0 and {MAX_SEQ}, got {c.cursor}")
+        store = self.service.store
         now = time.time()
         tasks = []
         # One more than the page: whether there is a next page, without a count.
-        rows = self.d.store.list_tasks(c.task_type, c.status, c.limit + 1, c.cursor)
+        rows = store.list_tasks(c.task_type, c.status, c.limit + 1, c.cursor)
         for _, stored in rows[: c.limit]:
-            live = self.d.tasks.get(stored.task_id)
+            live = self.service.live_task(stored.task_id)
             tasks.append((live or stored).response(now))
         totals = {t: 0 for t in TASK_TYPES}
-        for task_type, counts in self.d.store.counts().items():
+        for task_type, counts in store.counts().items():
             if c.task_type is None or task_type == c.task_type:
                 totals[task_type] = sum(n for status, n in counts.items() if c.status is None or status == c.status)
         next_cursor = rows[c.limit - 1][0] if len(rows) > c.limit else None
@@ -201,14 +263,14 @@ class Control:
         task = self._task(c.task_id, c.task_type)
         if task.status in FINAL_STATUSES:
             raise CommandError(ErrorCode.CONFLICT, f"task {task.task_id!r} already ended ({task.status})")
-        self.d.cancel(task.task_id, "cancelled on request")
+        self.service.cancel(task.task_id, "cancelled on request")
         return {"task": self._task(c.task_id).response(time.time())}
 
     def delete(self, c: cmd.Delete) -> dict[str, Any]:
         task = self._task(c.task_id)
         if task.status in LIVE_STATUSES:
             raise CommandError(ErrorCode.CONFLICT, f"task {task.task_id!r} is {task.status}: cancel it first")
-        self.d.store.delete_task(task.task_id)
+        self.service.store.delete_task(task.task_id)
         if task.task_dir:
             # The journal and spec of a deleted task must not leak into a new task of that id.
             for name in ("events.jsonl", "spec.json"):
@@ -221,10 +283,10 @@ class Control:
     def logs(self, c: cmd.Logs) -> dict[str, Any]:
         task = self._task(c.task_id)
         if not 0 <= c.after <= MAX_SEQ:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"after must be between 0 and {MAX_SEQ}, got {c.after}")
+            raise _bad(f"after must be between 0 and {MAX_SEQ}, got {c.after}")
         if not 1 <= c.limit <= MAX_SEQ:
-            raise CommandError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and {MAX_SEQ}, got {c.limit}")
-        rows = self.d.store.events_after(task.task_id, c.after, min(c.limit, 100_000))
+            raise _bad(f"limit must be between 1 and {MAX_SEQ}, got {c.limit}")
+        rows = self.service.store.events_after(task.task_id, c.after, min(c.limit, 100_000))
         events: list[orjson.Fragment] = []
         size = 0
         for raw in rows:
@@ -236,49 +298,60 @@ class Control:
         final = task.status in FINAL_STATUSES and last >= task.last_seq
         return {"events": events, "final": final, "status": task.status, "last_seq": task.last_seq}
 
+    # -- resources -----------------------------------------------------------------------
     def resources(self, c: cmd.Resources) -> dict[str, Any]:
-        usage = self.d.scheduler.usage()
+        scheduler = self.service.scheduler
+        usage = scheduler.usage()
         return {
             "device_usage": usage,
-            "active_tasks": self.d.scheduler.active(),
-            "limits": self.d.scheduler.limits(),
-            "gpu_info": self.d.gpus.info(usage),
-            "queue_length": self.d.scheduler.queue_length,
-            "running": self.d.scheduler.running_count,
+            "active_tasks": scheduler.active(),
+            "limits": scheduler.limits(),
+            "gpu_info": self.service.gpus.info(usage),
+            "queue_length": scheduler.queue_length,
+            "running": scheduler.running_count,
         }
 
     def gpu(self, c: cmd.Gpu) -> dict[str, Any]:
-        info: dict[str, Any] = self.d.gpus.info(self.d.scheduler.usage())
+        info: dict[str, Any] = self.service.gpus.info(self.service.scheduler.usage())
         return info
 
     def set_limits(self, c: cmd.SetLimits) -> dict[str, Any]:
-        why = self.d.scheduler.validate_limits(c.limits)
+        scheduler = self.service.scheduler
+        why = scheduler.validate_limits(c.limits)
         if why is not None:
-            raise CommandError(ErrorCode.BAD_REQUEST, why)
-        self.d.scheduler.set_limits(c.limits)
+            raise _bad(why)
+        scheduler.set_limits(c.limits)
         log.info("limits changed: %s", c.limits)
-        self.d.schedule()
-        return {"limits": self.d.scheduler.limits(), "config": self.d.scheduler.raw_limits()}
+        self.service.schedule()
+        return {"limits": scheduler.limits(), "config": scheduler.raw_limits()}
 
+    # -- the daemon ----------------------------------------------------------------------
     def ps(self, c: cmd.Ps) -> dict[str, Any]:
-        return {"runners": self.d.runner_views()}
+        return {"runners": self.service.runner_views()}
 
     def health(self, c: cmd.Health) -> dict[str, Any]:
+        service, scheduler, store = self.service, self.service.scheduler, self.service.store
+        figures = service.figures()
         return {
             "version": protocol.__version__,
-            "running": self.d.scheduler.running_count,
-            "queued": self.d.scheduler.queue_length,
-            "tasks": self.d.store.counts(),
-            "gpu_available": self.d.gpus.count > 0,
-            "gpu_count": self.d.gpus.count,
-            "start_mode": self.d.settings.start_mode,
-            "uptime": round(time.monotonic() - self.d.started, 3),
-            "events_stored": self.d.store.events_total(),
+            "running": scheduler.running_count,
+            "queued": scheduler.queue_length,
+            "tasks": store.counts(),
+            "gpu_available": service.gpus.count > 0,
+            "gpu_count": service.gpus.count,
+            "start_mode": service.settings.start_mode,
+            "uptime": round(figures.uptime, 3),
+            "events_stored": store.events_total(),
             # Additions.
-            "pid": self.d.pid,
-            "subscriptions": self.d.subscriptions,
-            "events_received": self.d.pipeline.received,
-            "events_dropped": self.d.pipeline.dropped,
-            "loop_lag_seconds": round(self.d.loop_lag, 6),
-            "loop_lag_max_seconds": round(self.d.loop_lag_max, 6),
+            "pid": figures.pid,
+            "subscriptions": figures.subscriptions,
+            "events_received": figures.events_received,
+            "events_dropped": figures.events_dropped,
+            "loop_lag_seconds": round(figures.loop_lag, 6),
+            "loop_lag_max_seconds": round(figures.loop_lag_max, 6),
         }
+
+    def shutdown(self, c: cmd.Shutdown) -> dict[str, Any]:
+        # Answered first: the daemon stops after this reply, serving while jobs wind down.
+        self.service.shutdown("shutdown requested")
+        return {"stopping": True}

@@ -20,7 +20,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.jobs import JobSpec
+from protocol.jobs import JobConfig, JobSpec
 from protocol.settings import Settings, auto_job_memory_mb
 from protocol.tasks import CANCELLED, FAILED, TaskRecord
 
@@ -35,25 +35,25 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def job_config(settings: Settings) -> dict[str, Any]:
-    """The settings a runner needs (JSON-safe)."""
-    return {
-        "home": str(settings.home),
-        "data_roots": [str(p) for p in settings.data_roots],
-        "upload_url": settings.upload_url,
-        "upload_file_field": settings.upload_file_field,
-        "upload_label_field": settings.upload_label_field,
-        "upload_type_field": settings.upload_type_field,
-        "upload_auth_header": settings.upload_auth_header,
-        "upload_retries": settings.upload_retries,
-        "download_max_bytes": settings.download_max_bytes,
-        "download_timeout": settings.download_timeout,
-        "unzip_max_bytes": settings.unzip_max_bytes,
-        "unzip_max_ratio": settings.unzip_max_ratio,
-        "unzip_max_entries": settings.unzip_max_entries,
-        "url_allow_hosts": list(settings.url_allow_hosts),
-        "url_allow_loopback": settings.url_allow_loopback,
-    }
+def job_config(settings: Settings) -> JobConfig:
+    """The settings a runner needs, built once per job from the supervisor's own."""
+    return JobConfig(
+        home=str(settings.home),
+        data_roots=tuple(str(p) for p in settings.data_roots),
+        upload_url=settings.upload_url,
+        upload_file_field=settings.upload_file_field,
+        upload_label_field=settings.upload_label_field,
+        upload_type_field=settings.upload_type_field,
+        upload_auth_header=settings.upload_auth_header,
+        upload_retries=settings.upload_retries,
+        download_max_bytes=settings.download_max_bytes,
+        download_timeout=settings.download_timeout,
+        unzip_max_bytes=settings.unzip_max_bytes,
+        unzip_max_ratio=settings.unzip_max_ratio,
+        unzip_max_entries=settings.unzip_max_entries,
+        url_allow_hosts=settings.url_allow_hosts,
+        url_allow_loopback=settings.url_allow_loopback,
+    )
 
 
 def job_spec(settings: Settings, task: TaskRecord, host_device: str, ncores: int | None = None) -> JobSpec:

@@ -32,9 +32,10 @@ __all__ = [
     "watchdog_interval",
 ]
 
-#: Variables that belong to the daemon alone: the spawner drops them from a job's environment
-#: (with the default ``NotifyAccess=main`` systemd would ignore a job's messages anyway, but a
-#: job has no business holding the daemon's notify socket or watchdog).
+#: Variables that belong to the daemon alone: the fork server and a cold-started runner get an
+#: environment without them (``supervisor.forkserver``, ``supervisor.spawner``; with the default
+#: ``NotifyAccess=main`` systemd would ignore a job's messages anyway, but a job has no business
+#: holding the daemon's notify socket or watchdog).
 NOTIFY_ENV_KEYS: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 

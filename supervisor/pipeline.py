@@ -30,9 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import Any, cast
 
 from protocol import events as ev
 from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
@@ -43,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Publish ``[(topic, json), ...]`` on the events-out socket.
 Publish = Callable[[list[tuple[bytes, bytes]]], None]
-
-_SPLICE_PREFIX = b'{"rseq":'
 
 
 class Pipeline:
@@ -109,9 +105,9 @@ class Pipeline:
                 continue
             for payload in msg[1:]:
                 try:
-                    event = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    self._drop("malformed event JSON from task %s: %s", task.task_id, exc)
+                    event = ev.decode(payload)
+                except ValueError as exc:
+                    self._drop("malformed event from task %s: %s", task.task_id, exc)
                     continue
                 self._accept(task, event, payload, rows, out, dirty)
         self._flush(rows, out, dirty)
@@ -129,7 +125,7 @@ class Pipeline:
         until = None if limit is None else task.last_rseq + 1 + limit
         lines = journal.read(task.last_rseq, until)
         for event, raw in lines:
-            self._accept(task, event, raw, rows, out, dirty, from_journal=True)
+            self._accept(task, cast(ev.Event, event), raw, rows, out, dirty, from_journal=True)
         self._flush(rows, out, dirty)
         return len(lines)
 
@@ -140,7 +136,7 @@ class Pipeline:
     def _accept(
         self,
         task: TaskRecord,
-        event: Any,
+        event: ev.Event,
         raw: bytes,
         rows: list[tuple[str, int, bytes]],
         out: list[tuple[bytes, bytes]],
@@ -148,9 +144,6 @@ class Pipeline:
         *,
         from_journal: bool = False,
     ) -> None:
-        if not isinstance(event, dict):
-            self._drop("event of task %s is not an object", task.task_id)
-            return
         why = ev.check_event(event)
         if why is not None:
             self._drop("malformed event from task %s: %s", task.task_id, why)
@@ -165,34 +158,38 @@ class Pipeline:
             journal = self._journals.get(task.task_id)
             missing = journal.read(task.last_rseq, rseq) if journal is not None else []
             for old, old_raw in missing:
-                self._accept(task, old, old_raw, rows, out, dirty, from_journal=True)
+                self._accept(task, cast(ev.Event, old), old_raw, rows, out, dirty, from_journal=True)
             if rseq > task.last_rseq + 1:
                 lost = f"{task.last_rseq + 1}..{rseq - 1}"
                 log.error("task %s: runner events %s missing from socket and journal", task.task_id, lost)
-                self._store_one(task, self._make(task, ev.LOG, f"runner events {lost} were lost", "WARNING"), rows, out)
+                self._store_one(task, ev.LOG, f"runner events {lost} were lost", "WARNING", {}, rows, out)
         elif rseq > task.last_rseq + 1:
             log.error("task %s: journal jumps from rseq %d to %d", task.task_id, task.last_rseq, rseq)
         task.last_rseq = rseq
-        rewritten = False
+        rewritten = final = False
         if event["kind"] != ev.LOG or "progress" in event:  # a plain log line changes nothing
             rewritten = self._apply(task, event)
+            final = ev.is_final(event)
         task.last_seq += 1
         seq = task.last_seq
-        if not rewritten and "seq" not in event and "source" not in event and raw.startswith(_SPLICE_PREFIX):
-            # The publisher's own encoding: prepend seq instead of re-encoding 1 KiB.
-            data = b'{"seq":%d,' % seq + raw[1:]
-        else:
-            event.pop("source", None)
+        data = None
+        if not rewritten and "seq" not in event and "source" not in event:
+            # The fast path: ``raw`` as the publisher encoded it, with ``rseq`` its first key
+            # (``protocol.events.runner_event`` puts it there), gets ``seq`` prepended instead of
+            # being re-encoded (1 KiB); anything else (None) is re-encoded below.
+            data = ev.number(raw, seq)
+        if data is None:
+            event.pop("source", None)  # a runner cannot claim to be the supervisor
             event["seq"] = seq
-            data = orjson.dumps(event)
-        if event["kind"] == ev.STATUS and event.get("status") in FINAL_STATUSES:
+            data = ev.encode(event)
+        if final:
             self._held[task.task_id] = ((task.task_id, seq, data), (task.task_id.encode(), data))
         else:
             rows.append((task.task_id, seq, data))
             out.append((task.task_id.encode(), data))
         dirty[task.task_id] = task
 
-    def _apply(self, task: TaskRecord, event: dict[str, Any]) -> bool:
+    def _apply(self, task: TaskRecord, event: ev.Event) -> bool:
         """Reflect one runner event in its task record; True when ``event`` was rewritten."""
         kind = event["kind"]
         if "progress" in event:
@@ -224,23 +221,19 @@ class Pipeline:
         return False
 
     # -- supervisor events ---------------------------------------------------------------
-    def _make(self, task: TaskRecord, kind: str, message: str, level: str, **fields: Any) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "task_id": task.task_id,
-            "timestamp": now_iso(),
-            "kind": kind,
-            "level": level,
-            "message": message,
-        }
-        event.update({k: v for k, v in fields.items() if v is not None})
-        event["source"] = "supervisor"
-        return event
-
     def _store_one(
-        self, task: TaskRecord, event: dict[str, Any], rows: list[tuple[str, int, bytes]], out: list[tuple[bytes, bytes]]
+        self,
+        task: TaskRecord,
+        kind: str,
+        message: str,
+        level: str,
+        fields: dict[str, Any],
+        rows: list[tuple[str, int, bytes]],
+        out: list[tuple[bytes, bytes]],
     ) -> None:
         task.last_seq += 1
-        data = orjson.dumps({"seq": task.last_seq, **event})
+        event = ev.supervisor_event(task.last_seq, task.task_id, now_iso(), kind, level, message, fields)
+        data = ev.encode(event)
         rows.append((task.task_id, task.last_seq, data))
         out.append((task.task_id.encode(), data))
 
@@ -249,7 +242,7 @@ class Pipeline:
         The caller sets the task's fields (status, message) before calling."""
         rows: list[tuple[str, int, bytes]] = []
         out: list[tuple[bytes, bytes]] = []
-        self._store_one(task, self._make(task, kind, message, level, **fields), rows, out)
+        self._store_one(task, kind, message, level, fields, rows, out)
         self._flush(rows, out, {task.task_id: task})
 
     def release_final(self, task: TaskRecord) -> bool:

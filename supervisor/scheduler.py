@@ -1,6 +1,6 @@
 """What runs where and when: a priority queue over per-device, per-type concurrency limits.
 
-Pure logic (no sockets, no processes, no clock): the daemon pushes tasks, asks ``place()`` for
+Pure logic (no sockets, no processes, no clock): the lifecycle pushes tasks, asks ``place()`` for
 the tasks that may start now, and ``release``\\ s a slot when a runner is gone. Tests drive it
 directly.
 
@@ -28,7 +28,7 @@ from protocol.tasks import DEVICE_RE, TASK_TYPES
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A task the daemon should start now, on ``device``; ``warning`` when it fell back."""
+    """A task to start now, on ``device``; ``warning`` when it fell back."""
 
     task_id: str
     task_type: str
@@ -138,9 +138,6 @@ class Scheduler:
         self._queue.remove(entry)
         return True
 
-    def is_queued(self, task_id: str) -> bool:
-        return task_id in self._queued
-
     def queued(self) -> list[str]:
         """Queued task ids in the order they would start."""
         return [e.task_id for e in self._queue]
@@ -223,7 +220,3 @@ class Scheduler:
         for task_id, (dev, task_type) in self._running.items():
             out.setdefault(dev, []).append({"id": task_id, "type": task_type})
         return out
-
-    def device_of(self, task_id: str) -> str | None:
-        slot = self._running.get(task_id)
-        return slot[0] if slot else None

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
 
-FINAL = ("completed", "failed", "cancelled")
+from protocol.events import is_final
+from protocol.tasks import FINAL_STATUSES
 
 
 class RFUAVError(Exception):
@@ -38,6 +40,22 @@ class RFUAVError(Exception):
 
 def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass
+class _Stream:
+    """Where one ``stream_events`` stands: the last event's ``seq`` seen, consecutive failed
+    connections, and whether the stream has ended."""
+
+    url: str
+    last: int
+    deadline: float | None
+    failures: int = 0
+    done: bool = False
+
+    def remaining(self) -> float | None:
+        """Seconds left before ``deadline`` (None: no deadline)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 class RFUAVClient:
@@ -157,7 +175,7 @@ class RFUAVClient:
 
     def wait_for(self, task_id: str, timeout: float = 300.0, predicate: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Follow the task's event stream until ``predicate(task)`` (default: a final status)."""
-        done = predicate or (lambda t: t["status"] in FINAL)
+        done = predicate or (lambda t: t["status"] in FINAL_STATUSES)
         deadline = time.monotonic() + timeout
         task = self.get_task(task_id)
         if done(task):
@@ -193,52 +211,58 @@ class RFUAVClient:
         task). ``retries`` bounds consecutive failed reconnects; ``deadline`` (monotonic)
         bounds the whole stream.
         """
-        url = path or f"/api/v2/tasks/{task_id}/events"
-        last = last_event_id or 0
-        failures = 0
-        while True:
-            headers = {"Last-Event-ID": str(last)} if last else {}
-            remaining = None if deadline is None else deadline - time.monotonic()
+        stream = _Stream(path or f"/api/v2/tasks/{task_id}/events", last_event_id or 0, deadline)
+        while not stream.done:
+            remaining = stream.remaining()
             if remaining is not None and remaining <= 0:
                 return
-            timeout = httpx.Timeout(self._http.timeout.connect, read=remaining if remaining else 120.0)
-            ended = False
             try:
-                with connect_sse(self._http, "GET", url, headers=headers, timeout=timeout) as source:
-                    if source.response.status_code == 204:
-                        return  # resumed after the final event: the stream has ended
-                    if source.response.status_code != 200:
-                        source.response.read()
-                        self._raise_for(source.response)
-                    failures = 0
-                    for sse in source.iter_sse():
-                        if not sse.data:
-                            continue
-                        event = orjson.loads(sse.data)
-                        if sse.id:
-                            seq = int(sse.id)
-                            if seq <= last:
-                                continue
-                            last = seq
-                        yield event
-                        if event.get("kind") == "status" and event.get("status") in FINAL:
-                            return
-                    ended = True  # the server closed the stream cleanly
+                yield from self._connect(stream, remaining)
             except (httpx.TransportError, SSEError, RFUAVError) as exc:
                 if isinstance(exc, RFUAVError) and exc.code != 503:
                     raise
-                failures += 1
-                if not reconnect or failures > retries:
+                stream.failures += 1
+                if not reconnect or stream.failures > retries:
                     raise RFUAVError(0, f"event stream of {task_id} lost: {exc}") from None
-                time.sleep(min(2.0, 0.05 * 2**failures))  # back off before resuming
+                time.sleep(min(2.0, 0.05 * 2**stream.failures))  # back off before resuming
                 continue
-            if ended:
-                # A clean end without a final event: the task ended (final seen via the store) or
-                # this client was dropped for falling behind. Ask which.
-                task = self.get_task(task_id)
-                if task["status"] in FINAL and int(task.get("last_seq") or 0) <= last:
-                    return
-                if not reconnect:
+            if stream.done:
+                return
+            # A clean end without a final event: the task ended (final seen via the store) or
+            # this client was dropped for falling behind. Ask which.
+            task = self.get_task(task_id)
+            if task["status"] in FINAL_STATUSES and int(task.get("last_seq") or 0) <= stream.last:
+                return
+            if not reconnect:
+                return
+
+    def _connect(self, stream: _Stream, remaining: float | None) -> Iterator[dict[str, Any]]:
+        """One connection of ``stream`` (reading for at most ``remaining`` seconds): the events
+        after ``stream.last``, until the final one (``stream.done``) or until the server closes
+        the stream. Raises ``RFUAVError`` for an error answer, httpx's and httpx-sse's errors
+        for a broken connection."""
+        headers = {"Last-Event-ID": str(stream.last)} if stream.last else {}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=remaining if remaining else 120.0)
+        with connect_sse(self._http, "GET", stream.url, headers=headers, timeout=timeout) as source:
+            if source.response.status_code == 204:
+                stream.done = True  # resumed after the final event: the stream has ended
+                return
+            if source.response.status_code != 200:
+                source.response.read()
+                self._raise_for(source.response)
+            stream.failures = 0
+            for sse in source.iter_sse():
+                if not sse.data:
+                    continue
+                event = orjson.loads(sse.data)
+                if sse.id:
+                    seq = int(sse.id)
+                    if seq <= stream.last:
+                        continue
+                    stream.last = seq
+                yield event
+                if is_final(event):
+                    stream.done = True
                     return
 
     def _raise_for(self, response: httpx.Response) -> None:

@@ -11,10 +11,9 @@ Contracts:
   DEALER reconnects by itself when the supervisor comes back; web never needs a restart.
 - A reply that arrives after its caller gave up is dropped.
 
-Why a plain socket on the loop's reader instead of ``zmq.asyncio``: every request of every HTTP
-call goes through here, and draining all ready replies in one callback (no future and no task
-per receive) is what keeps the round trip cheap. ZeroMQ's descriptor is edge-triggered, so the
-socket's ``EVENTS`` are checked after every send as well.
+A ``web.loopsocket.LoopSocket``: replies are drained in batches from the loop's reader, with no
+future and no task per receive, and the socket is looked at again after every send (its
+descriptor is edge-triggered).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from protocol.codec import ProtocolError, encode
 from protocol.commands import Command, command_message
 from protocol.replies import CommandError, parse_reply
 from web.errors import Unavailable
+from web.loopsocket import LoopSocket
 
 log = logging.getLogger(__name__)
 
@@ -40,42 +40,25 @@ DEFAULT_TIMEOUT = 10.0
 CONNECT_WAIT = 0.5
 
 
-class ControlClient:
+class ControlClient(LoopSocket):
     """Async request/reply over one DEALER socket; shared by every request of a process."""
 
     def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT, context: zmq.Context[Any] | None = None) -> None:
-        self.address = address
+        super().__init__(address, zmq.DEALER, context=context)
         self.timeout = timeout
-        self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"w{os.getpid()}-"
-        self._check_scheduled = False
 
     async def start(self) -> None:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.connect(self.address)
-        self._sock = sock
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._drain)
+        self._open({zmq.IMMEDIATE: 1, zmq.SNDHWM: 10_000})
 
     async def stop(self) -> None:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(Unavailable("web is shutting down"))
         self._pending.clear()
-        if self._sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close(linger=0)
-            self._sock = None
+        self._close()
 
     async def call(self, command: Command, *, timeout: float | None = None) -> dict[str, Any]:
         """Send ``command`` and wait for its reply's ``data``."""
@@ -113,31 +96,13 @@ class ControlClient:
             self._sock.send(payload, zmq.NOBLOCK)
         except zmq.Again:
             return False
-        self._schedule_check()
+        self._schedule_drain()  # the send may have consumed the edge of a waiting reply
         return True
 
-    def _schedule_check(self) -> None:
-        # A send may consume the descriptor's edge while replies wait: look again soon.
-        if not self._check_scheduled and self._loop is not None:
-            self._check_scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        """Route every reply that is ready (called when the descriptor signals, and after sends)."""
-        self._check_scheduled = False
-        sock = self._sock
-        if sock is None:
-            return
-        while socket_events(sock) & zmq.POLLIN:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._route(frames[-1])
-
-    def _route(self, data: bytes) -> None:
+    def _receive(self, frames: list[bytes]) -> None:
+        """Route one reply (its last frame; a DEALER sees no envelope) to its caller."""
         try:
-            request_id, result = parse_reply(data)
+            request_id, result = parse_reply(frames[-1])
         except ProtocolError as exc:
             log.warning("dropping malformed control reply: %s", exc)
             return
@@ -154,8 +119,3 @@ def _expire(fut: asyncio.Future[dict[str, Any]]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
 
-
-def socket_events(sock: zmq.Socket[bytes]) -> int:
-    """The socket's ``ZMQ_EVENTS`` bit mask (readable/writable now)."""
-    value = sock.getsockopt(zmq.EVENTS)
-    return value if isinstance(value, int) else 0

@@ -16,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import orjson
 import zmq
 
-from protocol.events import STATUS, sse_view
-from protocol.tasks import FINAL_STATUSES
-from web.control import socket_events
+from protocol import events as ev
+from web.loopsocket import LoopSocket
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +35,13 @@ class Item(NamedTuple):
     final: bool
 
 
-def is_final(event: dict[str, Any]) -> bool:
-    """A final status event ends a task's stream."""
-    return event.get("kind") == STATUS and event.get("status") in FINAL_STATUSES
-
-
-def frame(event: dict[str, Any]) -> bytes:
+def frame(event: Mapping[str, Any]) -> bytes:
     """The SSE frame of a stored event: ``id: <seq>`` and one ``data:`` line of JSON."""
-    return b"id: %d\ndata: %s\n\n" % (event.get("seq", 0), orjson.dumps(sse_view(event)))
+    return b"id: %d\ndata: %s\n\n" % (event.get("seq", 0), ev.encode(ev.sse_view(event)))
 
 
-def item(event: dict[str, Any]) -> Item:
-    return Item(int(event.get("seq", 0)), frame(event), is_final(event))
+def item(event: Mapping[str, Any]) -> Item:
+    return Item(int(event.get("seq", 0)), frame(event), ev.is_final(event))
 
 
 class Subscription:
@@ -115,21 +108,16 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class Hub:
+class Hub(LoopSocket):
     """One SUB socket on the supervisor's events-out PUB, fanned out to ``Subscription``s.
 
-    Like ``web.control``, a plain socket on the loop's reader: each callback drains up to
-    ``BATCH`` ready messages (then yields to the loop and continues), with no future per message.
+    A ``web.loopsocket.LoopSocket``: each callback drains up to ``BATCH`` ready messages (then
+    yields to the loop and continues), with no future per message.
     """
 
-    BATCH = 1000
-
     def __init__(self, address: str, *, context: zmq.Context[Any] | None = None, rcvhwm: int = 200_000) -> None:
-        self.address = address
-        self._ctx = context or zmq.Context.instance()
+        super().__init__(address, zmq.SUB, context=context)
         self._rcvhwm = rcvhwm
-        self._sock: zmq.Socket[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[bytes, set[Subscription]] = {}
         self.received = 0  # events that reached a watched task
         self.relayed = 0  # event deliveries to subscribers
@@ -141,24 +129,10 @@ class Hub:
         self.sent += n
 
     async def start(self) -> None:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.address)
-        self._sock = sock
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._drain)
-        self._loop.call_soon(self._drain)
+        self._open({zmq.RCVHWM: self._rcvhwm, zmq.SUBSCRIBE: b""})
 
     async def stop(self) -> None:
-        if self._sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close(linger=0)
-            self._sock = None
+        self._close()
 
     @property
     def active(self) -> int:
@@ -179,23 +153,7 @@ class Hub:
             if not subs:
                 del self._subs[key]
 
-    def _drain(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        for _ in range(self.BATCH):
-            if not socket_events(sock) & zmq.POLLIN:
-                return
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._deliver(frames)
-        # More may be waiting: continue after the loop has served others (the edge is spent).
-        assert self._loop is not None
-        self._loop.call_soon(self._drain)
-
-    def _deliver(self, frames: list[bytes]) -> None:
+    def _receive(self, frames: list[bytes]) -> None:
         # [task_id, event, event, ...]: one or more events of one task (protocol.events).
         if len(frames) < 2:
             log.warning("dropping an events-out message of %d frame(s)", len(frames))
@@ -205,11 +163,8 @@ class Hub:
             return
         for data in frames[1:]:
             try:
-                event = orjson.loads(data)
-                if not isinstance(event, dict):
-                    raise TypeError(f"expected an object, got {type(event).__name__}")
-                entry = item(event)
-            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                entry = item(ev.decode(data))
+            except (TypeError, ValueError) as exc:
                 log.warning("dropping a malformed event of task %r: %s", frames[0][:64], exc)
                 continue
             self.received += 1

@@ -1,7 +1,7 @@
 """What a browser loads: the dashboard (``/``), the offline API docs (``/docs``), the icon
 (``/favicon.ico``) and the static files under ``/static`` (``web/static``).
 
-``/`` and ``/docs`` are rows of the route table (web/app.py); ``static_routes()`` adds the rest,
+``/`` and ``/docs`` are rows of the route table (web/routes.py); ``static_routes()`` adds the rest,
 which the OpenAPI document leaves out.
 """
 

@@ -2,113 +2,39 @@
 
 Contracts:
 
-- Field names, defaults and ranges are API.md's; additions are optional with defaults
-  (/work/notes/params.md). Numbers also have generous upper bounds (no 10^18 epochs), so no value
-  can overflow the store's 64-bit integers. Unknown fields are ignored, as the original service did.
-- Types are strict: ``"8"`` is not an integer and ``1`` is not a boolean (a float field accepts
-  an integer). A violation becomes a 400 naming every offending field (``validation_errors``).
+- Field names, defaults and ranges are API.md's; additions (marked below, listed in README's
+  "Jobs") are optional with defaults. Numbers also have generous upper bounds (no 10^18 epochs),
+  so no value can overflow the store's 64-bit integers. Shared fields and checks: ``web.fields``.
+- A violation becomes a 400 naming every offending field (``web.validation``).
 - ``params(paths)`` returns the job's params with every local path resolved and confined
   (``web.paths``); it raises ``PathRefused`` for the first refused path of each field.
-- ``token`` is a secret: it is carried in params for the runner and never appears in a message.
+- The CLI (``web.cli``) builds its options from these models: a field's type, whether it is
+  required, and its name.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.catalog import (
-    AUGMENT_METHODS,
-    FIXED_INPUT_SIZE,
-    MIN_INPUT_SIZE,
-    MODEL_SET,
-    MODELS,
-)
-from protocol.tasks import DEVICE_RE, TASK_ID_RE
-from web.paths import Confinement, PathRefused, url_problem
+from protocol.catalog import AUGMENT_METHODS, FIXED_INPUT_SIZE, MIN_INPUT_SIZE, MODEL_SET, MODELS
+from protocol.tasks import DEVICE_RE
+from web.fields import STRICT, TaskFields, UploadFields, check_device, check_name
+from web.paths import Confinement
 
-_STRICT = ConfigDict(strict=True, extra="ignore")
-#: An upload token: visible ASCII, inner spaces allowed ("Bearer x"); "" or null means none.
-_TOKEN_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
-MAX_TOKEN = 4096
-
-
-def _check_device(value: str) -> str:
-    if not DEVICE_RE.fullmatch(value):
-        raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
-    return value
-
-
-def _check_task_id(value: str | None) -> str | None:
-    if value is not None and not TASK_ID_RE.fullmatch(value):
-        raise ValueError("must be 1-128 characters of letters, digits, '_', '.' or '-', starting with a letter or digit")
-    return value
-
-
-class TaskFields(BaseModel):
-    """Fields every task request shares."""
-
-    model_config = _STRICT
-    default_device: ClassVar[str] = "cpu"
-
-    task_id: str | None = Field(None, description="custom task id (must be new)")
-    priority: int = Field(5, ge=1, le=10, description="1-10, higher runs first")
-    description: str | None = None
-
-    _task_id = field_validator("task_id")(_check_task_id)
-
-    def spec(self, task_type: str, job: str, params: dict[str, Any], device: str) -> dict[str, Any]:
-        """The ``TaskSpec`` object of this request (a plain dict for the control ``submit``)."""
-        return {
-            "task_type": task_type,
-            "job": job,
-            "params": params,
-            "device": device,
-            "priority": self.priority,
-            "task_id": self.task_id,
-            "description": self.description,
-            "strategy_type": getattr(self, "strategy_type", None),
-        }
-
-
-class UploadFields(BaseModel):
-    model_config = _STRICT
-
-    enable_upload: bool = Field(False, description="upload results to the satellite platform")
-    upload_url: str | None = Field(None, description="upload endpoint (default: the configured one)")
-    token: str | None = Field(None, description="auth token for the upload; never echoed or logged")
-
-    @field_validator("upload_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        problem = url_problem(value) if value is not None else None
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("token")
-    @classmethod
-    def _token(cls, value: str | None) -> str | None:
-        # The token becomes an HTTP header value: anything else would make the upload raise an
-        # error quoting it. The value is never echoed.
-        if value and not (len(value) <= MAX_TOKEN and _TOKEN_RE.fullmatch(value)):
-            raise ValueError(
-                f"must be at most {MAX_TOKEN} printable ASCII characters, without control characters "
-                "or leading or trailing whitespace"
-            )
-        return value
-
-    def upload_params(self) -> dict[str, Any]:
-        return {"enable_upload": self.enable_upload, "upload_url": self.upload_url, "token": self.token}
+__all__ = [
+    "AugmentRequest",
+    "BatchInferenceRequest",
+    "CropRequest",
+    "DiagnosticRequest",
+    "InferenceFields",
+    "InferenceRequest",
+    "LimitsRequest",
+    "SplitRequest",
+    "TaskFields",
+    "TrainingRequest",
+]
 
 
 class TrainingRequest(TaskFields, UploadFields):
@@ -129,13 +55,13 @@ class TrainingRequest(TaskFields, UploadFields):
     pretrained: bool = True
     shuffle: bool = True
     strategy_type: str | None = Field(None, description="passed through, echoed in responses")
-    # Additions (params.md).
+    # Additions to API.md.
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     deterministic: bool = False
     augment: bool = Field(True, description="mild train-time augmentation")
     num_workers: int | None = Field(None, ge=0, le=256, description="override the DataLoader workers")
 
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     @field_validator("model")
     @classmethod
@@ -147,7 +73,7 @@ class TrainingRequest(TaskFields, UploadFields):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        return _check_name(value)
+        return check_name(value)
 
     @model_validator(mode="after")
     def _size_fits_model(self) -> TrainingRequest:
@@ -183,23 +109,16 @@ class TrainingRequest(TaskFields, UploadFields):
         }
 
 
-def _check_name(value: str | None) -> str | None:
-    # ``name`` becomes one directory below save_path: no separators, no climbing.
-    if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value or "\x00" in value):
-        raise ValueError("must be a single directory name (no '/', not '.' or '..')")
-    return value
-
-
 class InferenceFields(TaskFields):
     cfg_path: str = Field(description="model config written by training (YAML): local, .zip or URL")
     weight_path: str = Field(description="weights written by training: local, .zip or URL")
     device: str = "cuda"
     priority: int = Field(3, ge=1, le=10, description="1-10, higher runs first")
-    # Additions (params.md).
+    # Additions to API.md.
     batch_size: int = Field(32, ge=1, le=65_536)
     top_k: int = Field(5, ge=1, le=1000)
 
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     def model_params(self, paths: Confinement) -> dict[str, Any]:
         return {
@@ -220,7 +139,7 @@ class InferenceRequest(InferenceFields, UploadFields):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        return _check_name(value)
+        return check_name(value)
 
     def params(self, paths: Confinement) -> dict[str, Any]:
         return {
@@ -266,7 +185,7 @@ class SplitRequest(TaskFields):
     seed: int | None = Field(42, ge=0, le=2**32 - 1)
     device: str = "cpu"
 
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitRequest:
@@ -294,7 +213,7 @@ class AugmentRequest(TaskFields):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     device: str = "cpu"
 
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     @field_validator("methods")
     @classmethod
@@ -326,7 +245,7 @@ class CropRequest(TaskFields):
     height: int = Field(ge=1, le=1_000_000)
     device: str = "cpu"
 
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     def params(self, paths: Confinement) -> dict[str, Any]:
         return {
@@ -356,7 +275,7 @@ class DiagnosticRequest(TaskFields):
     device: str = "cpu"
 
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     def params(self, paths: Confinement) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -374,7 +293,7 @@ class DiagnosticRequest(TaskFields):
 class LimitsRequest(BaseModel):
     """POST /api/v2/resources/config: ``{max_concurrent: {device: {task_type: n}}}``."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     max_concurrent: dict[str, dict[str, int]] = Field(min_length=1)
 
@@ -388,64 +307,3 @@ class LimitsRequest(BaseModel):
                 if not 0 <= n <= 10_000:
                     raise ValueError(f"{device}.{task_type} must be between 0 and 10000")
         return value
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-_TYPE_NAMES = {
-    "int_type": "must be an integer",
-    "float_type": "must be a number",
-    "string_type": "must be a string",
-    "bool_type": "must be a boolean",
-    "list_type": "must be an array",
-    "dict_type": "must be an object",
-    "model_type": "must be an object",
-    "none_required": "is not accepted here",
-    "missing": "is required",
-    "int_parsing": "must be an integer",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-}
-
-
-def _num(value: Any) -> Any:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _reason(err: dict[str, Any]) -> str:
-    kind = err.get("type", "")
-    ctx = err.get("ctx") or {}
-    if kind in _TYPE_NAMES:
-        return _TYPE_NAMES[kind]
-    if kind == "greater_than_equal":
-        return f"must be >= {_num(ctx.get('ge'))}"
-    if kind == "greater_than":
-        return f"must be > {_num(ctx.get('gt'))}"
-    if kind == "less_than_equal":
-        return f"must be <= {_num(ctx.get('le'))}"
-    if kind == "less_than":
-        return f"must be < {_num(ctx.get('lt'))}"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} item(s)"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} item(s)"
-    if kind == "value_error":
-        return str(ctx.get("error") or err.get("msg", "is invalid"))
-    return str(err.get("msg", "is invalid"))
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """``[{field, error}]`` for every violation. Values are never echoed (a token is secret)."""
-    out = []
-    for err in exc.errors(include_input=False, include_url=False):
-        field = ".".join(str(p) for p in err.get("loc", ()))
-        reason = _reason(dict(err))
-        # A model-level check names its field as "field: reason".
-        if not field and ": " in reason:
-            field, reason = reason.split(": ", 1)
-        out.append({"field": field or "body", "error": reason})
-    return out
-
-
-def path_error(exc: PathRefused) -> dict[str, str]:
-    return {"field": exc.field, "error": exc.reason}

@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.datasets import digits
 from tests.support.service import Service, free_port
-from web.cli import ProgressBar
+from web.cli.render import ProgressBar
 
 from .conftest import REPO
 

@@ -30,22 +30,23 @@ from typing import Any, Self
 import orjson
 import zmq
 
-from protocol.jobs import JobSpec
-from protocol.tasks import JOBS
+from protocol.codec import build
+from protocol.jobs import JobConfig, JobSpec
+from protocol.tasks import JOB_TASK_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "cancelled")
 
-_server: Any = None  # the warm fork server (supervisor.spawner._ForkServer), once started
+_server: Any = None  # the warm fork server (supervisor.forkserver.ForkServer), once started
 
 
 def warm_server() -> Any:
     """The process's preloaded fork server, started (and probed) on first use."""
     global _server
-    from supervisor.spawner import PRELOAD, _ForkServer
+    from supervisor.forkserver import PRELOAD, ForkServer
 
     if _server is None or not _server.alive():
-        server = _ForkServer(PRELOAD)
+        server = ForkServer(PRELOAD)
         server.launch()
         server.probe()  # blocks until the preload is done and a forked child ran
         _server = server
@@ -65,9 +66,9 @@ class _WarmProcess:
     def __init__(self, spec: JobSpec) -> None:
         import multiprocessing.context as mp_context
 
-        from supervisor.spawner import WARM_TARGET, _Named
+        from supervisor.forkserver import WARM_TARGET, Named
 
-        target: Any = _Named(*WARM_TARGET)  # resolved to runner.entry.run_and_exit in the child
+        target: Any = Named(*WARM_TARGET)  # resolved to runner.entry.run_and_exit in the child
         process = mp_context.ForkServerProcess(target=target, args=(spec,), name=f"rfuav-runner-{spec.task_id}")
         self._popen = warm_server().spawn(process)
         self.pid: int = self._popen.pid
@@ -120,7 +121,7 @@ class RunnerProcess:
         self._sub.bind(endpoint)
         self.spec = JobSpec(
             task_id=self.task_id,
-            task_type=JOBS[job],
+            task_type=JOB_TASK_TYPES[job],
             job=job,
             params=params,
             device=device,
@@ -132,7 +133,8 @@ class RunnerProcess:
             opencv_threads=1,
             dataloader_workers=dataloader_workers,
             batch_cap=batch_cap,
-            config=config or {},
+            # Given settings over the defaults, checked as the runner checks a spec.
+            config=build(JobConfig, config or {}, where="config"),
         )
         spec_path = task_dir / "spec.json"
         spec_path.write_bytes(self.spec.dump())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.codec import build
+from protocol.jobs import JobConfig
 from runner import upload, urls
 from tests.runner.satellite import Satellite
 
@@ -33,7 +35,7 @@ def _config(url: str, token: str = "t0k", **kw: object) -> upload.UploadConfig:
     params = {"upload_url": url, "token": token}
     config = {"upload_file_field": "file", "upload_label_field": "businessLabel", "upload_type_field": "fileType",
               "upload_auth_header": "X-Token", "upload_retries": 2, "url_allow_loopback": True, **kw}  # fmt: skip
-    return upload.UploadConfig.from_job(params, config)
+    return upload.UploadConfig.from_job(params, build(JobConfig, config, where="config"))
 
 
 def test_one_multipart_request_per_file(satellite: Satellite, tmp_path: Path) -> None:
@@ -133,7 +135,7 @@ def test_upload_targets_on_this_host_refused(
     f.write_text("{}")
     rec = Recorder()
     url = satellite.url.replace("127.0.0.1", host)
-    cfg = _config(url, url_allow_loopback=opt_in, url_allow_hosts=host.strip("[]"))
+    cfg = _config(url, url_allow_loopback=opt_in, url_allow_hosts=[host.strip("[]")])
     failures = upload.upload([upload.UploadItem(f, *upload.INFERENCE_RESULT)], cfg, rec.reporter())
     assert len(failures) == 1 and reason in failures[0] and not rec.waits
     assert not satellite.uploads
@@ -161,4 +163,4 @@ def test_no_url_is_a_clear_error() -> None:
     with pytest.raises(
         ValueError, match="neither upload_url nor the configured default"
     ):
-        upload.UploadConfig.from_job({"enable_upload": True}, {})
+        upload.UploadConfig.from_job({"enable_upload": True}, JobConfig())

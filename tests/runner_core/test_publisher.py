@@ -16,6 +16,7 @@ import orjson
 import pytest
 import zmq
 
+from protocol import events as ev
 from protocol.jobs import JobSpec
 from runner.publisher import Publisher
 
@@ -89,6 +90,19 @@ def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> No
     publisher.close()
     journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
     assert [e["rseq"] for e in journal] == list(range(1, 2001))
+
+
+def test_encoding_puts_rseq_first_for_the_supervisor(short_dir: Path) -> None:
+    """The supervisor numbers a runner's event without re-encoding it (``protocol.events.number``)
+    only when ``rseq`` is its first key."""
+    publisher = Publisher("t3", f"ipc://{short_dir}/nobody.sock", short_dir / "j.jsonl")
+    publisher.wait_for_subscriber(0.0)
+    publisher.emit("progress", "half", progress=50, stage=None)
+    publisher.close()
+    (line,) = (short_dir / "j.jsonl").read_bytes().splitlines()
+    numbered = ev.number(line, 9)
+    assert line.startswith(ev.RUNNER_PREFIX) and numbered is not None
+    assert orjson.loads(numbered) == {**orjson.loads(line), "seq": 9} and "stage" not in orjson.loads(line)
 
 
 def _start(

@@ -51,7 +51,7 @@ def test_spec_on_cpu() -> None:
     assert (spec.torch_threads, spec.dataloader_workers, spec.opencv_threads, spec.batch_cap) == (4, 4, 1, 8)
     assert spec.events_endpoint == "ipc:///tmp/rfx/events-in.sock"
     assert spec.params["token"] == "s3cret"  # the runner needs it for the upload
-    assert spec.config["home"] == "/x" and "download_max_bytes" in spec.config
+    assert spec.config.home == "/x" and spec.config.download_max_bytes == settings.download_max_bytes
 
 
 def test_spec_on_gpu_maps_device() -> None:

@@ -63,7 +63,7 @@ def _free_port() -> int:
 def _children(pid: int) -> dict[str, psutil.Process]:
     out = {}
     for child in psutil.Process(pid).children():
-        # The supervisor retitles itself "rfuavd supervisor"; web keeps "... supervisor web".
+        # The supervisor retitles itself "rfuavd supervisor"; web keeps "... -m web".
         words = " ".join(child.cmdline()).split()
         out["web" if words[-1] == "web" else "supervisor"] = child
     return out

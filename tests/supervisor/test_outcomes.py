@@ -1,4 +1,4 @@
-"""How a task ends (issue point 7), each with its reason; the slot is released every time."""
+"""How a task ends, each with its reason; the slot is released every time."""
 
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ import pytest_asyncio
 
 from supervisor.cgroups import Cgroups, JobLimits
 from supervisor.gpu import Gpus
-from supervisor.ps import process_entry, runner_view
-from supervisor.spawner import RunnerHandle, Spawner
+from supervisor.handle import RunnerHandle
+from supervisor.ps import Ps
+from supervisor.spawner import Spawner
 from tests.support.cgroups import assert_job_cgroup, why_no_cgroups
 from tests.support.processes import (
     EventSink,
@@ -73,7 +74,13 @@ async def running() -> AsyncIterator[Running]:
 @pytest.mark.timeout(60)
 async def test_ps_shows_the_runner_tree_cgroups_and_limits(running: Running) -> None:
     handle, task = running.handle, running.task
-    view = runner_view(handle, task)
+    gpus = Gpus()  # the daemon's, passed in: ps asks it for GPU memory per process
+    try:
+        ps = Ps(gpus)
+        view = ps.runner_view(handle, task, ps.gpu_memory())
+        gpu_available = gpus.available
+    finally:
+        gpus.close()
     assert view["task_id"] == task.task_id and view["task_type"] == "diagnostic"
     assert view["device"] == "cpu" and view["pid"] == handle.pid
     assert view["started_at"].endswith("+00:00") and view["age"] >= 0
@@ -90,14 +97,10 @@ async def test_ps_shows_the_runner_tree_cgroups_and_limits(running: Running) -> 
     assert runner["cpu_percent"] > 0.0
     assert [p["pid"] for p in rest] == [running.grandchild]
     assert rest[0]["ppid"] == handle.pid and rest[0]["children"] == []
-    gpus = Gpus()
-    try:
-        if gpus.available:
-            assert runner["gpu_memory"] == 0  # NVML answers; the diagnostic job uses no GPU
-        else:
-            assert runner["gpu_memory"] is None  # unknown: no NVML here, not "0 bytes"
-    finally:
-        gpus.close()
+    if gpu_available:
+        assert runner["gpu_memory"] == 0  # NVML answers; the diagnostic job uses no GPU
+    else:
+        assert runner["gpu_memory"] is None  # unknown: no NVML here, not "0 bytes"
 
     limits = view["limits"]
     assert limits["enforced"] is handle.limits_enforced
@@ -136,9 +139,13 @@ def _stopped(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.timeout(60)
 def test_cpu_percent_is_the_share_since_the_previous_look(burner: subprocess.Popen[bytes]) -> None:
     # Each ps looks through new psutil objects, as runner_view does: what it measured last time
-    # must be found again by pid and start time.
+    # must be found again (by the same Ps) by pid and start time.
+    gpus = Gpus()
+    ps = Ps(gpus)
+    gpus.close()
+
     def look() -> float:
-        entry = process_entry(psutil.Process(burner.pid), None)
+        entry = ps.process_entry(psutil.Process(burner.pid), None)
         assert entry["pid"] == burner.pid and entry["status"] in ("stopped", "running", "sleeping")
         return float(entry["cpu_percent"])
 
@@ -173,7 +180,7 @@ async def test_ps_shows_each_process_gpu_memory_summed_over_gpus_from_nvml(
         assert gpus.count == 2
         memory = gpus.pids_memory()
         assert memory == {runner: 512 << 20, 4_000_000: 64 << 20}
-        view = runner_view(running.handle, running.task, gpu_memory=memory)
+        (view,) = Ps(gpus).views([(running.task, running.handle)])  # asks the Gpus given
     finally:
         gpus.close()
     by_pid = {p["pid"]: p["gpu_memory"] for p in view["processes"]}

@@ -127,3 +127,17 @@ def test_second_signal_kills_jobs_at_once(make_supervisor: Callable[..., Supervi
     supervisor.start()
     task = supervisor.get(task_id)
     assert (task["status"], task["message"]) == ("cancelled", "cancelled: the supervisor is shutting down")
+
+
+@pytest.mark.timeout(180)
+def test_shutdown_command_stops_like_sigterm(supervisor: SupervisorProcess) -> None:
+    supervisor.call("set_limits", limits={"cpu": {"diagnostic": 1}})
+    running = supervisor.submit(params={"sleep": 60})
+    pending = supervisor.submit(params={"events": 3})
+    supervisor.wait_task(running, lambda t: t["status"] == "running" and t["message"].startswith("running on"))
+    assert supervisor.call("shutdown") == {"stopping": True}
+    assert supervisor.proc is not None and supervisor.proc.wait(60) == 0
+    assert "shutdown requested: shutting down" in supervisor.log_text()
+    supervisor.start()
+    assert supervisor.get(running)["status"] == "cancelled"
+    assert supervisor.wait_final(pending)["status"] == "completed"

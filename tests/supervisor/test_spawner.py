@@ -20,7 +20,9 @@ import pytest
 import pytest_asyncio
 
 from supervisor.cgroups import Cgroups, JobLimits, instance_key
-from supervisor.spawner import ExitInfo, RunnerHandle, Spawner
+from supervisor.executor import ExitInfo
+from supervisor.handle import RunnerHandle
+from supervisor.spawner import Spawner
 from tests.support.cgroups import why_no_cgroups
 from tests.support.processes import (
     EventSink,

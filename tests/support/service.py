@@ -16,7 +16,7 @@ What it does:
 
 - ``start()`` starts ``tests.support.supervisor.SupervisorProcess`` (temp ``RFUAV_HOME``, short
   runtime dir under /tmp, cold start mode unless ``env`` says otherwise), then the web server as
-  a subprocess (``python -m supervisor web``) on a free loopback port with the same environment,
+  a subprocess (``python -m web``) on a free loopback port with the same environment,
   and returns once ``GET /api/v1/health`` answers 200 (so both are up and connected).
 - Attributes: ``base_url``, ``home`` (the RFUAV_HOME; the default data root), ``env`` (the full
   environment both processes got), ``settings``, ``client`` (an ``RFUAVClient`` with the token
@@ -87,7 +87,7 @@ class Service:
     def start_web(self) -> None:
         with open(self.web_log, "ab") as log:  # the child keeps its own descriptor
             self.web = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "web"],
+                [sys.executable, "-m", "web"],
                 cwd=str(REPO),
                 env=self.env,
                 stdout=log,

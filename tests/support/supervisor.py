@@ -288,9 +288,9 @@ class SupervisorProcess:
     # -- conveniences --------------------------------------------------------------------
     def submit(self, job: str = "diagnostic", params: dict[str, Any] | None = None, **fields: Any) -> str:
         """Submit one task (``task_type`` follows from ``job``); return its id."""
-        from protocol.tasks import JOBS
+        from protocol.tasks import JOB_TASK_TYPES
 
-        spec = {"task_type": JOBS[job], "job": job, "params": params or {}, **fields}
+        spec = {"task_type": JOB_TASK_TYPES[job], "job": job, "params": params or {}, **fields}
         data = self.call("submit", tasks=[spec])
         task_id: str = data["tasks"][0]["task_id"]
         return task_id

@@ -17,7 +17,7 @@ import pytest
 
 from protocol.catalog import AUGMENT_METHODS, MODELS
 from tests.support.service import Service
-from web.app import ROUTES
+from web.routes import ROUTES
 
 TASK_FIELDS = (
     "task_id", "task_type", "status", "message", "progress", "device", "priority", "description",

@@ -6,17 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from protocol.catalog import MODELS
 from web import schemas
 from web.paths import Confinement, PathRefused
+from web.validation import validation_errors
 
 
-def errors_of(model: type[schemas.BaseModel], body: dict[str, object]) -> dict[str, str]:
+def errors_of(model: type[BaseModel], body: dict[str, object]) -> dict[str, str]:
     with pytest.raises(ValidationError) as info:
         model.model_validate(body)
-    return {e["field"]: e["error"] for e in schemas.validation_errors(info.value)}
+    return {e["field"]: e["error"] for e in validation_errors(info.value)}
 
 
 TRAIN = {"model": "resnet18", "num_classes": 3, "train_path": "t", "val_path": "v", "save_path": "s"}
@@ -80,7 +81,7 @@ def test_task_id_and_name_are_safe() -> None:
 def test_token_value_never_appears_in_errors() -> None:
     with pytest.raises(ValidationError) as info:
         schemas.TrainingRequest.model_validate({**TRAIN, "token": 12345678, "upload_url": "ftp://x"})
-    text = repr(schemas.validation_errors(info.value))
+    text = repr(validation_errors(info.value))
     assert "12345678" not in text and "token" in text and "upload_url" in text
 
 

@@ -1,0 +1,100 @@
+"""The seam between a task's lifecycle and whatever gives the task a process.
+
+``supervisor.lifecycle`` never knows which executor runs a task. It asks an ``Executor`` to
+``start`` a job spec under its limits and holds the ``JobHandle`` it gets back; after a
+supervisor restart it asks the executor to ``adopt`` the task's recorded process. Through the
+handle it stops the job (``terminate``, then ``kill`` once the grace period is over: that
+escalation is the lifecycle's, the same for every executor), learns how it ended (``wait``),
+and has whatever is left of it killed and its resources freed (``alive_pids``, ``kill``,
+``cleanup``).
+
+Implementations: ``supervisor.local.LocalExecutor`` (this host: the preloaded fork server, or
+a fresh interpreter; ``supervisor.spawner``). A cluster executor (one runner host per job,
+placed by Ray) plugs in here the same way: the queue, limits, store and events stay ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from typing import Any, Protocol
+
+from protocol.jobs import JobSpec
+from protocol.tasks import TaskRecord
+from supervisor.job_cgroup import JobLimits
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitInfo:
+    """How a runner ended. ``code``: exit status, ``-signum`` when killed by a signal, None
+    when unknown (an adopted runner, or one whose fork server died before reporting)."""
+
+    code: int | None
+    oom_killed: bool
+    memory_limit_mb: int
+
+
+class JobHandle(Protocol):
+    """One started (or adopted) job, as long as any process of it lives."""
+
+    @property
+    def pid(self) -> int:
+        """The runner's pid (its process group's id too)."""
+
+    @property
+    def create_time(self) -> float:
+        """The runner's start time: with ``pid``, what identifies it after a restart."""
+
+    @property
+    def cgroup(self) -> dict[str, str]:
+        """Where the job's limits live (hierarchy -> directory), recorded for ``adopt``."""
+
+    @property
+    def limits_enforced(self) -> bool: ...
+
+    @property
+    def warning(self) -> str | None:
+        """Said in the task's log once it started (e.g. limits the host cannot enforce)."""
+
+    async def wait(self) -> ExitInfo:
+        """Resolve once the runner has exited."""
+
+    def terminate(self) -> None:
+        """Ask the job to stop (SIGTERM to its process group)."""
+
+    def kill(self) -> None:
+        """Kill every process of the job at once."""
+
+    def alive_pids(self) -> list[int]:
+        """Every live process of the job (the runner and what it started)."""
+
+    def cgroup_state(self) -> dict[str, Any]:
+        """The job's limits and usage as enforced now (``ps``)."""
+
+    def cleanup(self) -> None:
+        """Free the job's resources (its cgroups). Blocks: call from a worker thread."""
+
+
+class Executor(Protocol):
+    """Gives started tasks their processes."""
+
+    @property
+    def mode(self) -> str:
+        """How jobs start now (``warm``, ``cold``, …): said in each task's log."""
+
+    def open(self) -> None:
+        """Begin getting ready in the background (``start`` waits for it); on the loop."""
+
+    async def close(self) -> None:
+        """Stop what ``open`` started; running jobs carry on (a restart adopts them)."""
+
+    async def start(self, spec: JobSpec, limits: JobLimits) -> JobHandle:
+        """Start the job of ``spec``; return once its process exists. Raises when it cannot
+        (the task then fails with the reason)."""
+
+    def adopt(self, task: TaskRecord) -> JobHandle | None:
+        """The recorded process of a task a previous supervisor ran, if it still lives."""
+
+    def remove_leftovers(self, keep: Collection[str]) -> None:
+        """Remove what jobs of this instance left behind (e.g. cgroups after a crash),
+        except for the tasks in ``keep`` (adopted, still running)."""

@@ -1,0 +1,337 @@
+"""A task's life in the supervisor, from queued to reaped, and its recovery after a restart.
+
+``enqueue`` → ``schedule`` (the scheduler places it, a slot is held) → ``_start`` (job spec,
+``Executor.start``, then wait) → ``_reap`` (journal tail, outcome, cleanup) → ``finish`` (the
+final record, the slot freed, the queue moves on). ``cancel`` takes a queued task out at once;
+a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over. ``close``
+starts nothing more (pending tasks stay pending for the next start); ``stop_jobs`` cancels what
+runs and waits for it; ``kill_jobs`` is the impatient second step.
+
+``recover`` (on start) re-queues pending tasks in their order and adopts running tasks whose
+process the executor still finds (same pid and start time); the others end after their journal
+has been read — with the runner's own final status when it reported one, failed otherwise —
+so no task stays ``running`` forever and no journaled event is lost.
+
+The lifecycle owns the live tasks (``tasks``: pending and running, the authoritative copy while
+they live; the pipeline looks runners' tasks up in the same dict) and never knows which
+executor runs them (``supervisor.executor``). No sockets, no clock of its own: tests drive it
+in-process with a fake executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from protocol.events import LOG, STATUS
+from protocol.settings import Settings
+from protocol.tasks import CANCELLED, FAILED, PENDING, RUNNING, TaskRecord
+from supervisor import jobs
+from supervisor.executor import Executor, JobHandle
+from supervisor.job_cgroup import JobLimits
+from supervisor.pipeline import Pipeline
+from supervisor.scheduler import Scheduler
+from supervisor.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Journal lines stored per step when catching up (the loop runs other work between steps).
+CATCH_UP_CHUNK = 1000
+#: Beyond the grace period, how long ``stop_jobs`` waits for the kills to land.
+KILL_SECONDS = 30.0
+#: How long ``stop_jobs`` lets reaps finish their bookkeeping.
+REAP_SECONDS = 10.0
+
+
+@dataclass(eq=False)
+class RunningTask:
+    """A placed task's process (``handle`` once started) and what was asked of it."""
+
+    task_id: str
+    handle: JobHandle | None = None
+    cancel_reason: str | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    stopper: asyncio.Task[None] | None = None
+
+
+class Lifecycle:
+    """Owns the live tasks and their processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        scheduler: Scheduler,
+        pipeline: Pipeline,
+        executor: Executor,
+        tasks: dict[str, TaskRecord],
+        *,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``tasks``: the live tasks, shared with ``pipeline``. ``on_change``: called after
+        the queue or the running set may have changed (the daemon's systemd status)."""
+        self._settings = settings
+        self._store = store
+        self._scheduler = scheduler
+        self._pipeline = pipeline
+        self._executor = executor
+        self.tasks = tasks
+        self.running: dict[str, RunningTask] = {}
+        self.closing = False
+        self._on_change = on_change
+        self._limits = JobLimits(settings.job_memory_mb, settings.job_cpus, settings.job_pids, settings.job_cpu_weight)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- queue ---------------------------------------------------------------------------
+    def enqueue(self, tasks: list[TaskRecord]) -> None:
+        """Queue newly stored tasks and start what may start."""
+        for task in tasks:
+            self.tasks[task.task_id] = task
+            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority)
+            self._pipeline.emit(task, LOG, f"queued (priority {task.priority}, device {task.requested_device})")
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Start every queued task that has room now (nothing once ``close``\\ d)."""
+        if self.closing:
+            return
+        for placement in self._scheduler.place():
+            task = self.tasks[placement.task_id]
+            task.status = RUNNING
+            task.device = placement.device
+            task.started_at = time.time()
+            task.message = f"starting on {placement.device}"
+            job = RunningTask(task.task_id)
+            self.running[task.task_id] = job
+            if placement.warning:
+                self._pipeline.emit(task, LOG, placement.warning, "WARNING")
+            else:
+                self._store.update_task(task)
+            self._in_background(self._start(task, job))
+        self._on_change()
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    # -- a task's process ----------------------------------------------------------------
+    async def _start(self, task: TaskRecord, job: RunningTask) -> None:
+        assert task.device is not None and task.task_dir is not None
+        try:
+            spec = jobs.job_spec(self._settings, task, task.device)
+            task_dir = os.path.realpath(task.task_dir)
+            os.makedirs(task_dir, mode=0o700, exist_ok=True)
+            if task.last_rseq == 0:
+                # A journal left by a deleted task of the same id is not this task's.
+                try:
+                    os.unlink(spec.journal_path)
+                except FileNotFoundError:
+                    pass
+            self._pipeline.attach(task)
+            handle = await self._executor.start(spec, self._limits)
+        except Exception as exc:
+            log.exception("task %s: could not start its runner", task.task_id)
+            job.exited.set()
+            self.finish(task, FAILED, f"could not start the runner: {type(exc).__name__}: {exc}")
+            return
+        job.handle = handle
+        task.pid = handle.pid
+        task.pid_started = handle.create_time
+        task.cgroup = orjson.dumps(handle.cgroup).decode() if handle.cgroup else None
+        task.limits_enforced = handle.limits_enforced
+        self._pipeline.emit(task, LOG, f"started on {task.device} (pid {handle.pid}, {self._executor.mode} start)")
+        if handle.warning:
+            self._pipeline.emit(task, LOG, handle.warning, "WARNING")
+        if job.cancel_reason is not None:
+            job.stopper = asyncio.ensure_future(self._stop(job, handle))
+        await self._reap(task, job, handle)
+
+    async def _reap(self, task: TaskRecord, job: RunningTask, handle: JobHandle) -> None:
+        try:
+            info = await handle.wait()
+        except Exception as exc:
+            log.exception("task %s: waiting for pid %d failed", task.task_id, handle.pid)
+            job.exited.set()
+            await self._catch_up(task)
+            await asyncio.to_thread(self._release, task, handle)
+            final = self._pipeline.final_status(task.task_id)
+            if final is None:
+                final = (FAILED, f"runner lost: {type(exc).__name__}: {exc}")
+            self.finish(task, final[0], final[1])
+            return
+        job.exited.set()
+        # Events still in flight on the socket are all in the journal: read its tail.
+        await self._catch_up(task)
+        # Killing strays and removing cgroups can take the kernel a while (freeing a job's
+        # gigabytes after an OOM kill): in a worker thread, never on the loop.
+        await asyncio.to_thread(self._release, task, handle)
+        reason = job.cancel_reason or "cancelled"
+        report = self._pipeline.exit_report(task.task_id)
+        if report:
+            reason = f"{reason} (the runner reported on its way out: {report})"
+        result = jobs.outcome(
+            self._pipeline.final_status(task.task_id),
+            info.code,
+            info.oom_killed,
+            info.memory_limit_mb,
+            job.cancel_reason is not None,
+            reason,
+        )
+        log.info("task %s: %s (%s; exit %s)", task.task_id, result.status, result.message, info.code)
+        self.finish(task, result.status, result.message, code=info.code, announce=result.from_supervisor)
+
+    async def _catch_up(self, task: TaskRecord) -> None:
+        """Store the journal's unread tail (tens of thousands of events after a flood) a chunk
+        at a time, letting the loop answer control requests between chunks."""
+        while self._pipeline.catch_up(task, CATCH_UP_CHUNK) >= CATCH_UP_CHUNK:
+            await asyncio.sleep(0)
+
+    def _release(self, task: TaskRecord, handle: JobHandle) -> None:
+        """Nothing of a job outlives its runner: kill what is left, free its cgroups. Blocks."""
+        try:
+            left = handle.alive_pids()
+            if left:
+                log.warning("task %s: killing %d leftover process(es) %s", task.task_id, len(left), left)
+                handle.kill()
+        except OSError as exc:
+            log.warning("task %s: leftover check failed: %s", task.task_id, exc)
+        try:
+            handle.cleanup()
+        except OSError as exc:
+            log.warning("task %s: cgroup cleanup failed: %s", task.task_id, exc)
+
+    def finish(self, task: TaskRecord, status: str, message: str, *, code: int | None = None, announce: bool = True) -> None:
+        """Record a task's end, free its slot and move the queue on. ``announce``: store and
+        publish a final status event (False when the runner reported its own end: its held
+        final event goes out with the final record instead)."""
+        task.status = status
+        task.message = message
+        task.exit_code = code
+        task.finished_at = time.time()
+        if task.started_at is None:
+            task.started_at = task.finished_at
+        if announce:
+            level = "ERROR" if status == FAILED else "WARNING" if status == CANCELLED else "INFO"
+            self._pipeline.emit(task, STATUS, message, level, status=status)
+        elif self._pipeline.release_final(task):
+            pass  # the runner's own final event went out with the final record
+        else:
+            task.updated_at = task.finished_at
+            self._store.update_task(task)
+        self._scheduler.release(task.task_id)
+        self.tasks.pop(task.task_id, None)
+        self.running.pop(task.task_id, None)
+        self._pipeline.detach(task.task_id)
+        self.schedule()
+
+    # -- cancel --------------------------------------------------------------------------
+    def cancel(self, task_id: str, reason: str) -> None:
+        """Cancel a live task: a queued one at once, a running one by terminate, grace, kill."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        if task.status == PENDING:
+            self._scheduler.remove(task_id)
+            self.finish(task, CANCELLED, reason)
+            return
+        job = self.running.get(task_id)
+        if job is None or job.cancel_reason is not None:
+            return
+        job.cancel_reason = reason
+        self._pipeline.cancelling(task_id)
+        self._pipeline.emit(task, LOG, f"cancel requested: {reason}", "WARNING")
+        if job.handle is not None:
+            job.stopper = asyncio.ensure_future(self._stop(job, job.handle))
+        # else: _start starts the stopper once the runner's process exists.
+
+    async def _stop(self, job: RunningTask, handle: JobHandle) -> None:
+        handle.terminate()
+        grace = self._settings.grace_seconds
+        try:
+            await asyncio.wait_for(job.exited.wait(), grace)
+            return
+        except TimeoutError:
+            pass
+        task = self.tasks.get(job.task_id)
+        if task is not None:
+            self._pipeline.emit(task, LOG, f"runner did not stop within {grace:g} s: killing it", "WARNING")
+        handle.kill()
+
+    # -- shutdown ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Start no more tasks; pending ones stay pending (stored) for the next start."""
+        self.closing = True
+
+    async def stop_jobs(self, reason: str) -> None:
+        """Cancel every running job (grace, then kill) and wait for them to end, within
+        bounds: a job that does not end in time is left to the next start to adopt or fail."""
+        for task_id in list(self.running):
+            self.cancel(task_id, reason)
+        waits = [job.exited.wait() for job in self.running.values()]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), self._settings.grace_seconds + KILL_SECONDS)
+            except TimeoutError:
+                # Still starting (a fork server importing torch), say: never hang the shutdown.
+                log.error("%d job(s) did not end in time; leaving them to the next start", len(self.running))
+        # Reaps finish their bookkeeping in the background tasks; let them.
+        if self._background:
+            await asyncio.wait(self._background, timeout=REAP_SECONDS)
+
+    def kill_jobs(self) -> None:
+        """Kill every running job at once (their reaps record them as cancelled if asked to)."""
+        for job in self.running.values():
+            if job.handle is not None:
+                job.handle.kill()
+
+    def processes(self) -> list[tuple[TaskRecord, JobHandle]]:
+        """Each running task with its process (for ``ps``)."""
+        out = []
+        for task_id, job in self.running.items():
+            task = self.tasks.get(task_id)
+            if job.handle is not None and task is not None:
+                out.append((task, job.handle))
+        return out
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Re-queue pending tasks, adopt live runners, end lost ones (see the module docstring)."""
+        for task in self._store.tasks_in_order(RUNNING):
+            self.tasks[task.task_id] = task
+            self._pipeline.attach(task)
+            handle = self._executor.adopt(task)
+            # Events journaled while we were away come first (all at once: nothing else is
+            # served before recovery ends).
+            self._pipeline.catch_up(task)
+            if handle is None:
+                final = self._pipeline.final_status(task.task_id)
+                if final is not None:
+                    self._end_lost(task, final[0], final[1], announce=False)
+                else:
+                    self._end_lost(task, FAILED, "runner lost while the supervisor was down", announce=True)
+                continue
+            job = RunningTask(task.task_id, handle)
+            self.running[task.task_id] = job
+            self._scheduler.occupy(task.task_id, task.task_type, task.device or "cpu")
+            self._pipeline.emit(task, LOG, f"adopted after a supervisor restart (pid {handle.pid})")
+            self._in_background(self._reap(task, job, handle))
+        self._executor.remove_leftovers(keep=set(self.running))
+        pending = self._store.tasks_in_order(PENDING)
+        for task in pending:
+            self.tasks[task.task_id] = task
+            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority)
+        if pending:
+            log.info("recovered %d pending task(s)", len(pending))
+        self.schedule()
+
+    def _end_lost(self, task: TaskRecord, status: str, message: str, *, announce: bool) -> None:
+        log.warning("task %s: runner (pid %s) not found after restart: %s", task.task_id, task.pid, message)
+        self.finish(task, status, message, announce=announce)

@@ -1,0 +1,58 @@
+"""The one ``Event``: how it is built, numbered, checked, ended and shown."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from protocol import events as ev
+from protocol.tasks import FINAL_STATUSES, STATUSES
+
+
+def test_runner_event_puts_rseq_first_and_leaves_out_none() -> None:
+    event = ev.runner_event(7, "t1", "2025-01-01T00:00:00.000+00:00", ev.LOG, "INFO", "m", {"step": None, "i": 3})
+    assert list(event) == ["rseq", "task_id", "timestamp", "kind", "level", "message", "i"]
+    raw = ev.encode(event)
+    assert raw.startswith(ev.RUNNER_PREFIX)
+    assert ev.check_event(ev.decode(raw)) is None
+
+
+def test_number_prepends_seq_to_a_runner_encoding_only() -> None:
+    raw = ev.encode(ev.runner_event(2, "t1", "ts", ev.PROGRESS, "INFO", "half", {"progress": 50}))
+    numbered = ev.number(raw, 41)
+    assert numbered is not None and numbered.startswith(b'{"seq":41,"rseq":2,')
+    assert orjson.loads(numbered) == {**orjson.loads(raw), "seq": 41}
+    # An encoding with another key first is re-encoded by the caller instead.
+    assert ev.number(b'{"kind":"log","rseq":2}', 41) is None
+    assert ev.number(b'{ "rseq":2}', 41) is None
+
+
+def test_supervisor_event_shape() -> None:
+    event = ev.supervisor_event(5, "t1", "ts", ev.STATUS, "ERROR", "killed", {"status": "failed", "x": None})
+    assert list(event) == ["seq", "task_id", "timestamp", "kind", "level", "message", "status", "source"]
+    assert event["source"] == ev.SUPERVISOR and "rseq" not in event
+    assert ev.is_final(event)
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_is_final(status: str) -> None:
+    assert ev.is_final({"kind": ev.STATUS, "status": status}) == (status in FINAL_STATUSES)
+    assert not ev.is_final({"kind": ev.LOG, "status": status, "message": "a log line naming a status"})
+
+
+def test_sse_view_drops_rseq_only() -> None:
+    event = ev.decode(b'{"seq":3,"rseq":1,"task_id":"t","timestamp":"ts","kind":"log","level":"INFO","message":"m"}')
+    view = ev.sse_view(event)
+    assert "rseq" not in view and view == {k: v for k, v in event.items() if k != "rseq"}
+    assert list(view)[0] == "seq"
+
+
+def test_decode_refuses_what_is_not_an_object() -> None:
+    for data in (b"[1]", b"3", b"not json", b'"s"'):
+        with pytest.raises(ValueError):
+            ev.decode(data)
+
+
+def test_event_fields_and_stage_names() -> None:
+    assert ev.EVENT_FIELDS[:2] == ("seq", "rseq") and "source" in ev.EVENT_FIELDS
+    assert ev.STAGE_COMPLETED == "completed" and ev.STAGE_COMPLETED in ev.STAGES
