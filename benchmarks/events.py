@@ -104,7 +104,9 @@ def baseline(n: int, size: int, rate: float) -> dict[str, float]:
         )
         (task_dir / "spec.json").write_bytes(spec.dump())
         env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=True
+        )
         events, first, last = _collect(sock, n)
         proc.wait(60)
         return _summary(events, n, first, last)

@@ -66,7 +66,9 @@ def main() -> int:
     print(f"bare `python -c 'import zmq'`        {base / MB:7.1f} MB")
     print(f"supervisor idle ({args.mode} start)         {idle / MB:7.1f} MB   ratio {idle / base:.2f}   (goal ≤ 60 MB)")
     print(f"supervisor with {args.runners} runners           {busy / MB:7.1f} MB   ratio {busy / base:.2f}")
-    print(f"(its child processes, not counted: {others / MB:.1f} MB USS in all; {args.runners} cancels took {cancel_s:.2f} s)")
+    print(
+        f"(its child processes, not counted: {others / MB:.1f} MB USS in all; {args.runners} cancels took {cancel_s:.2f} s)"
+    )
     return 0
 
 

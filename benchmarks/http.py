@@ -35,7 +35,7 @@ from tests.support.service import Service, free_port
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 
-_BARE_APP = '''
+_BARE_APP = """
 import sys
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -50,7 +50,7 @@ async def task(request):
 app = Starlette(routes=[Route("/api/v2/tasks/{task_id}", task)])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
             server_header=False)
-'''
+"""
 
 
 def _ms(value: str) -> float:
@@ -76,11 +76,13 @@ def wrk(url: str, script: Path | None = None, seconds: int = DURATION) -> dict[s
 def _post_script(tmp: Path, body: str) -> Path:
     script = tmp / "post.lua"
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
-    script.write_text(textwrap.dedent(f'''
+    script.write_text(
+        textwrap.dedent(f'''
         wrk.method = "POST"
         wrk.body = "{escaped}"
         wrk.headers["Content-Type"] = "application/json"
-    '''))
+    ''')
+    )
     return script
 
 
@@ -159,8 +161,10 @@ def main() -> int:
     print(line("POST /api/v2/training/start", post, ">= 500 req/s, p99 <= 20 ms"))
     print(f"training tasks created and queued by the POST run: {created} (then cancelled)")
     for name, r in (("GET", get), ("POST", post)):
-        print(f"CPU per {name} request: web {r['web_us']:.0f} us, supervisor {r['sup_us']:.0f} us "
-              f"(the machine's {psutil.cpu_count()} cores are shared with wrk and everything else)")
+        print(
+            f"CPU per {name} request: web {r['web_us']:.0f} us, supervisor {r['sup_us']:.0f} us "
+            f"(the machine's {psutil.cpu_count()} cores are shared with wrk and everything else)"
+        )
     print(f"ratio GET / bare: {get['rps'] / base['rps']:.2f} (goal >= 0.7)")
     print(f"vs the original: GET x{get['rps'] / 312:.1f} (312 req/s), POST x{post['rps'] / 23.5:.1f} (23.5 req/s)")
     return 0

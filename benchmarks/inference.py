@@ -50,49 +50,31 @@ def per_image(paths: list[Path], model: torch.nn.Module, size: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def batched(
-    paths: list[Path], model: torch.nn.Module, size: int, batch: int, workers: int
-) -> float:
-    model = copy.deepcopy(model).to(
-        memory_format=torch.channels_last
-    )  # the caller's model stays as is
+def batched(paths: list[Path], model: torch.nn.Module, size: int, batch: int, workers: int) -> float:
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # the caller's model stays as is
     dataset = datasets.ImageList(paths, datasets.transforms(size), size)
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers,
                         worker_init_fn=datasets.seed_worker if workers else None)  # fmt: skip
     started = time.perf_counter()
     with torch.inference_mode():
         for images, _, _ in loader:
-            probs = torch.softmax(
-                model(images.contiguous(memory_format=torch.channels_last)), dim=1
-            )
+            probs = torch.softmax(model(images.contiguous(memory_format=torch.channels_last)), dim=1)
             probs.topk(5, dim=1).indices.tolist()
     return len(paths) / (time.perf_counter() - started)
 
 
-def runner_rate(
-    params: dict[str, object], task_dir: Path, threads: int, workers: int
-) -> float:
+def runner_rate(params: dict[str, object], task_dir: Path, threads: int, workers: int) -> float:
     """A real runner process: images/s of its prediction loop (the final result's summary)."""
     params = dict(params, save_path=str(task_dir / "results"))
-    with RunnerProcess(
-        "inference", params, task_dir, torch_threads=threads, dataloader_workers=workers
-    ) as rp:
+    with RunnerProcess("inference", params, task_dir, torch_threads=threads, dataloader_workers=workers) as rp:
         final = rp.finish(timeout=1800)
     if final["status"] != "completed":
-        raise SystemExit(
-            f"runner inference failed: {final['message']}\n{rp.log_tail()}"
-        )
-    return float(
-        [e for e in rp.events if e["kind"] == "result"][-1]["result"]["summary"][
-            "images_per_s"
-        ]
-    )
+        raise SystemExit(f"runner inference failed: {final['message']}\n{rp.log_tail()}")
+    return float([e for e in rp.events if e["kind"] == "result"][-1]["result"]["summary"]["images_per_s"])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", type=int, default=64, help="model input size")
     parser.add_argument("--threads", type=int, default=1)
@@ -105,9 +87,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rfbench-infer-"))
     try:
         per_class = max(1, args.images // 10)
-        data = digits(
-            work / "digits", size=32, per_class=per_class, splits={"all": 1.0}, seed=0
-        )
+        data = digits(work / "digits", size=32, per_class=per_class, splits={"all": 1.0}, seed=0)
         paths = datasets.list_images(data["all"])
         model = models.build(MODEL, 10).eval()
         (work / "model").mkdir()
@@ -123,26 +103,12 @@ def main() -> int:
         params = {"cfg_path": str(work / "model" / "config.yaml"), "weight_path": str(work / "model" / "best.pth"),
                   "source_path": str(data["all"]), "batch_size": args.batch, "top_k": 5}  # fmt: skip
         rates: dict[str, list[float]] = {"runner": [], "per-image": [], "batched": []}
-        for n in range(
-            args.rounds
-        ):  # interleaved, so that all three see the same machine load
-            rates["runner"].append(
-                runner_rate(params, work / f"task{n}", args.threads, args.workers)
-            )
+        for n in range(args.rounds):  # interleaved, so that all three see the same machine load
+            rates["runner"].append(runner_rate(params, work / f"task{n}", args.threads, args.workers))
             rates["per-image"].append(per_image(paths, model, args.size))
-            rates["batched"].append(
-                batched(paths, model, args.size, args.batch, args.workers)
-            )
-            print(
-                "  round "
-                + str(n + 1)
-                + ": "
-                + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
-                + " img/s"
-            )
-        runner_best, single, plain = (
-            max(rates[k]) for k in ("runner", "per-image", "batched")
-        )
+            rates["batched"].append(batched(paths, model, args.size, args.batch, args.workers))
+            print("  round " + str(n + 1) + ": " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) + " img/s")
+        runner_best, single, plain = (max(rates[k]) for k in ("runner", "per-image", "batched"))
         print(f"  runner    {runner_best:8.1f} img/s (best of {args.rounds})")
         print(f"  per-image {single:8.1f} img/s  (the article's loop)")
         print(f"  batched  {plain:8.1f} img/s  (best plain batched loop)")

@@ -34,7 +34,9 @@ LOADERS = 2
 
 
 # -- the load generator (child process) ------------------------------------------------------
-async def _client(port: int, path: str, out: list[int], seqs: list[int], ready: asyncio.Event, counter: list[int], total: int) -> None:
+async def _client(
+    port: int, path: str, out: list[int], seqs: list[int], ready: asyncio.Event, counter: list[int], total: int
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
     await writer.drain()
@@ -78,7 +80,9 @@ async def _load(port: int, path: str, clients: int) -> dict[str, Any]:
     seqs: list[list[int]] = [[] for _ in range(clients)]
     ready = asyncio.Event()
     counter = [0]
-    tasks = [asyncio.create_task(_client(port, path, latencies[i], seqs[i], ready, counter, clients)) for i in range(clients)]
+    tasks = [
+        asyncio.create_task(_client(port, path, latencies[i], seqs[i], ready, counter, clients)) for i in range(clients)
+    ]
     await ready.wait()
     print("READY", flush=True)
     await asyncio.gather(*tasks)
@@ -108,10 +112,17 @@ def _run(svc: Any, clients: int) -> dict[str, Any]:
     path = f"/api/v2/tasks/{task['task_id']}/events"
     web = psutil.Process(svc.web_pid)
     rss_before = web.memory_info().rss
-    per = [clients // LOADERS + (1 if i < clients % LOADERS else 0) for i in range(LOADERS)] if clients >= LOADERS else [clients]
+    per = (
+        [clients // LOADERS + (1 if i < clients % LOADERS else 0) for i in range(LOADERS)]
+        if clients >= LOADERS
+        else [clients]
+    )
     procs = [
-        subprocess.Popen([sys.executable, "-m", "benchmarks.sse", "--load", str(svc.port), path, str(n)],
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.sse", "--load", str(svc.port), path, str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for n in per
         if n
     ]
@@ -172,7 +183,9 @@ def main() -> int:
               f"max {r['max']:.1f} ms; web RSS {r['rss_before']:.0f} MB idle -> {r['rss_connected']:.0f} MB "
               f"connected -> {r['rss_peak']:.0f} MB peak; web CPU {r['web_cpu']:.1f} s, "
               f"load generators' CPU {r['loader_cpu']:.1f} s, in {r['elapsed']:.1f} s")  # fmt: skip
-    print(f"events emitted at {RATE:g}/s; ratio p99 {CLIENTS} clients / 1 client: {fan['p99'] / max(base['p99'], 1e-3):.1f}")
+    print(
+        f"events emitted at {RATE:g}/s; ratio p99 {CLIENTS} clients / 1 client: {fan['p99'] / max(base['p99'], 1e-3):.1f}"
+    )
     print(f"web memory per connected client: {(fan['rss_connected'] - fan['rss_before']) * 1024 / CLIENTS:.1f} KB")
     return 0 if base["complete"] and fan["complete"] else 1
 

@@ -53,9 +53,7 @@ def bare_epoch(train: Path, workers: int) -> tuple[float, dict[str, torch.Tensor
     transform.set_random_seed(SEED)
     train_set = datasets.ImageFolder(train, transform)
     model = models.build(MODEL, len(train_set.class_names))
-    loader = make_loader(
-        train_set, batch_size=BATCH, workers=workers, shuffle=True, seed=SEED
-    )
+    loader = make_loader(train_set, batch_size=BATCH, workers=workers, shuffle=True, seed=SEED)
     optimizer = make_optimizer(model, 1e-3)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -73,9 +71,7 @@ def bare_epoch(train: Path, workers: int) -> tuple[float, dict[str, torch.Tensor
     return seen / elapsed, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def runner_epoch(
-    data: dict[str, Path], work: Path, threads: int, workers: int, n: int
-) -> tuple[float, dict[str, Any]]:
+def runner_epoch(data: dict[str, Path], work: Path, threads: int, workers: int, n: int) -> tuple[float, dict[str, Any]]:
     params = {"model": MODEL, "num_classes": 10, "train_path": str(data["train"]), "val_path": str(data["val"]),
                   "save_path": str(work / f"out{n}"), "batch_size": BATCH, "num_epochs": 1, "learning_rate": 1e-3,
                   "image_size": IMAGE_SIZE, "pretrained": False, "shuffle": True, "seed": SEED, "deterministic": True,
@@ -95,9 +91,7 @@ def runner_epoch(
     return rate, checkpoint["model"]
 
 
-def bare_process(
-    train: Path, work: Path, threads: int, workers: int, n: int
-) -> tuple[float, dict[str, Any]]:
+def bare_process(train: Path, work: Path, threads: int, workers: int, n: int) -> tuple[float, dict[str, Any]]:
     """``bare_epoch`` in a fresh interpreter, like the runner's."""
     out = work / f"bare{n}.pth"
     cmd = [sys.executable, "-m", "benchmarks.training", "--bare", str(train), str(out),
@@ -108,12 +102,8 @@ def bare_process(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--per-class", type=int, default=100, help="digits per class (60%% train)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=100, help="digits per class (60%% train)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -121,12 +111,8 @@ def main() -> int:
         help="torch threads (the service gives 50%% of the cores)",
     )
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="alternating runs of each; best taken"
-    )
-    parser.add_argument(
-        "--bare", nargs=2, metavar=("TRAIN", "OUT"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each; best taken")
+    parser.add_argument("--bare", nargs=2, metavar=("TRAIN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -146,17 +132,13 @@ def main() -> int:
         for n in range(args.rounds):
             rate, runner_state = runner_epoch(data, work, args.threads, args.workers, n)
             runner_rates.append(rate)
-            brate, bare_state = bare_process(
-                data["train"], work, args.threads, args.workers, n
-            )
+            brate, bare_state = bare_process(data["train"], work, args.threads, args.workers, n)
             bare_rates.append(brate)
             same = runner_state.keys() == bare_state.keys() and all(
                 torch.equal(runner_state[k], bare_state[k]) for k in bare_state
             )
             identical &= same
-            print(
-                f"  round {n + 1}: runner {rate:7.1f} img/s   bare {brate:7.1f} img/s   weights identical: {same}"
-            )
+            print(f"  round {n + 1}: runner {rate:7.1f} img/s   bare {brate:7.1f} img/s   weights identical: {same}")
         best_runner, best_bare = max(runner_rates), max(bare_rates)
         ratio = best_runner / best_bare
         print(f"training images/s: runner {best_runner:.1f}, bare loop {best_bare:.1f}, "

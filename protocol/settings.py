@@ -52,8 +52,12 @@ def _parse_env_file(path: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = setting(Path("./var"), "RFUAV_HOME", "state: SQLite store, task directories, default data root", shown="./var")
-    runtime_dir: Path = setting(Path("./var/run"), "RFUAV_RUNTIME_DIR", "IPC sockets (created 0700)", shown="$RFUAV_HOME/run")
+    home: Path = setting(
+        Path("./var"), "RFUAV_HOME", "state: SQLite store, task directories, default data root", shown="./var"
+    )
+    runtime_dir: Path = setting(
+        Path("./var/run"), "RFUAV_RUNTIME_DIR", "IPC sockets (created 0700)", shown="$RFUAV_HOME/run"
+    )
     host: str = setting("127.0.0.1", "RFUAV_HOST", "HTTP bind address")
     port: int = setting(8000, "RFUAV_PORT", "HTTP port")
     api_token: str = setting("", "RFUAV_API_TOKEN", "when set, `Authorization: Bearer <token>` is required on /api/v2")
@@ -87,13 +91,19 @@ class Settings:
     cpu_worker_fraction: float = setting(
         0.5, "RFUAV_CPU_WORKER_FRACTION", "DataLoader workers on the CPU, as a fraction of cores"
     )
-    cpu_thread_fraction: float = setting(0.5, "RFUAV_CPU_THREAD_FRACTION", "torch threads on the CPU, as a fraction of cores")
+    cpu_thread_fraction: float = setting(
+        0.5, "RFUAV_CPU_THREAD_FRACTION", "torch threads on the CPU, as a fraction of cores"
+    )
     opencv_threads: int = setting(1, "RFUAV_OPENCV_THREADS", "OpenCV threads per job")
     upload_url: str = setting("", "RFUAV_UPLOAD_URL", "default satellite upload endpoint")
     upload_file_field: str = setting("file", "RFUAV_UPLOAD_FILE_FIELD", "multipart field of the file part")
-    upload_label_field: str = setting("businessLabel", "RFUAV_UPLOAD_LABEL_FIELD", "multipart field of the business label")
+    upload_label_field: str = setting(
+        "businessLabel", "RFUAV_UPLOAD_LABEL_FIELD", "multipart field of the business label"
+    )
     upload_type_field: str = setting("fileType", "RFUAV_UPLOAD_TYPE_FIELD", "multipart field of the file type")
-    upload_auth_header: str = setting("Authorization", "RFUAV_UPLOAD_AUTH_HEADER", "header carrying the request's token")
+    upload_auth_header: str = setting(
+        "Authorization", "RFUAV_UPLOAD_AUTH_HEADER", "header carrying the request's token"
+    )
     upload_retries: int = setting(3, "RFUAV_UPLOAD_RETRIES", "retries per file after the first attempt")
     download_max_bytes: int = setting(2 << 30, "RFUAV_DOWNLOAD_MAX_BYTES", "largest download")
     download_timeout: float = setting(600.0, "RFUAV_DOWNLOAD_TIMEOUT", "seconds a download may take in all")

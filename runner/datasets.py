@@ -52,37 +52,23 @@ def list_images(root: Path, recursive: bool = True) -> list[Path]:
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(
-                Path(dirpath) / f
-                for f in filenames
-                if not f.startswith(".") and is_image(Path(f))
-            )
+            found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image(Path(f)))
     else:
-        found = [
-            p
-            for p in root.iterdir()
-            if p.is_file() and not p.name.startswith(".") and is_image(p)
-        ]
+        found = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_image(p)]
     return sorted(found)
 
 
 def class_folders(root: Path) -> list[str]:
     """Class names of an ImageFolder root: its sub-folders that hold at least one image."""
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"dataset folder {root} does not exist or is not a directory"
-        )
-    names = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+        raise FileNotFoundError(f"dataset folder {root} does not exist or is not a directory")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [n for n in names if list_images(root / n)]
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode ``path`` to RGB uint8. ``cv2.imread`` fails silently (None) on a bad file: say so."""
-    data = np.fromfile(
-        str(path), dtype=np.uint8
-    )  # imread cannot take every path (unicode)
+    data = np.fromfile(str(path), dtype=np.uint8)  # imread cannot take every path (unicode)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"cannot decode image {path}")
@@ -113,9 +99,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     """An ImageFolder tree read with OpenCV. ``class_names`` fixes the index of each class
     (pass the training set's names to the validation set so both agree)."""
 
-    def __init__(
-        self, root: Path, transform: A.Compose, class_names: list[str] | None = None
-    ) -> None:
+    def __init__(self, root: Path, transform: A.Compose, class_names: list[str] | None = None) -> None:
         self.root = root
         self.transform = transform
         found = class_folders(root)
@@ -124,18 +108,14 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         else:
             unknown = sorted(set(found) - set(class_names))
             if unknown:
-                raise ValueError(
-                    f"{root} has class folder(s) not in the training set: {', '.join(unknown)}"
-                )
+                raise ValueError(f"{root} has class folder(s) not in the training set: {', '.join(unknown)}")
         self.class_names = list(class_names)
         index = {name: i for i, name in enumerate(self.class_names)}
         self.samples: list[tuple[Path, int]] = [
             (path, index[name]) for name in found for path in list_images(root / name)
         ]
         if not self.samples:
-            raise ValueError(
-                f"no images found in {root} (expected one sub-folder per class)"
-            )
+            raise ValueError(f"no images found in {root} (expected one sub-folder per class)")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -150,9 +130,7 @@ class ImageList(Dataset[tuple[torch.Tensor, int, bool]]):
     """Images for inference: ``(tensor, index, ok)``; an unreadable image yields ``ok=False``
     (and a zero tensor) so one bad file does not stop the batch."""
 
-    def __init__(
-        self, paths: list[Path], transform: A.Compose, image_size: int
-    ) -> None:
+    def __init__(self, paths: list[Path], transform: A.Compose, image_size: int) -> None:
         self.paths = paths
         self.transform = transform
         self.image_size = image_size

@@ -48,9 +48,7 @@ def resolve(name: str) -> Device:
     this process cannot see a GPU (the scheduler should have sent the job to the CPU)."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} requested but no CUDA device is visible to the runner"
-        )
+        raise RuntimeError(f"device {name!r} requested but no CUDA device is visible to the runner")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {name!r}: expected 'cpu' or 'cuda[:N]'")
     return Device(device)

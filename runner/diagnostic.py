@@ -33,9 +33,7 @@ from typing import Any
 from runner.context import JobContext
 
 _GRANDCHILD = (
-    "import signal, sys, time\n"
-    "if sys.argv[1] == '1': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "time.sleep(3600)\n"
+    "import signal, sys, time\nif sys.argv[1] == '1': signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)\n"
 )
 
 

@@ -156,8 +156,7 @@ def _save(
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.download_max_bytes:
         raise FetchError(
-            f"download of {url} refused: {declared} bytes exceeds download_max_bytes "
-            f"({limits.download_max_bytes})"
+            f"download of {url} refused: {declared} bytes exceeds download_max_bytes ({limits.download_max_bytes})"
         )
     name = _filename(url)
     size = 0
@@ -167,8 +166,7 @@ def _save(
                 size += len(chunk)
                 if size > limits.download_max_bytes:
                     raise FetchError(
-                        f"download of {url} refused: more than download_max_bytes "
-                        f"({limits.download_max_bytes}) bytes"
+                        f"download of {url} refused: more than download_max_bytes ({limits.download_max_bytes}) bytes"
                     )
                 if check_stop is not None:
                     check_stop()
@@ -190,12 +188,8 @@ def _check_member(info: zipfile.ZipInfo) -> None:
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise FetchError(f"zip refused: entry {info.filename!r} has an absolute path")
     if ".." in parts:
-        raise FetchError(
-            f"zip refused: entry {info.filename!r} leaves the extraction folder (..)"
-        )
-    kind = stat.S_IFMT(
-        info.external_attr >> 16
-    )  # 0: no Unix type recorded (a plain file)
+        raise FetchError(f"zip refused: entry {info.filename!r} leaves the extraction folder (..)")
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a plain file)
     if kind == stat.S_IFLNK:
         raise FetchError(f"zip refused: entry {info.filename!r} is a symbolic link")
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -222,9 +216,7 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
         total = sum(i.file_size for i in infos)
         packed = sum(i.compress_size for i in infos)
         if total > limits.unzip_max_bytes:
-            raise FetchError(
-                f"zip refused: expands to {total} bytes, over unzip_max_bytes ({limits.unzip_max_bytes})"
-            )
+            raise FetchError(f"zip refused: expands to {total} bytes, over unzip_max_bytes ({limits.unzip_max_bytes})")
         if total and total / max(packed, 1) > limits.unzip_max_ratio:
             raise FetchError(
                 f"zip refused: compression ratio {total / max(packed, 1):.0f} exceeds "
@@ -245,41 +237,29 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> Path:
                     while chunk := src.read(CHUNK):
                         written += len(chunk)
                         if written > limits.unzip_max_bytes:
-                            raise FetchError(
-                                f"zip refused: expands past unzip_max_bytes ({limits.unzip_max_bytes})"
-                            )
+                            raise FetchError(f"zip refused: expands past unzip_max_bytes ({limits.unzip_max_bytes})")
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise FetchError(
-                    f"zip {archive.name}: cannot extract {info.filename!r}: {exc}"
-                ) from None
+                raise FetchError(f"zip {archive.name}: cannot extract {info.filename!r}: {exc}") from None
     return _unwrap(dest)
 
 
 def _unwrap(dest: Path) -> Path:
-    entries = [
-        p
-        for p in dest.iterdir()
-        if not p.name.startswith(".") and p.name not in _IGNORED_TOP
-    ]
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_TOP]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return dest
 
 
 # -- local paths ------------------------------------------------------------------------
-def confine(
-    path: str | Path, roots: tuple[Path, ...], *, must_exist: bool = True
-) -> Path:
+def confine(path: str | Path, roots: tuple[Path, ...], *, must_exist: bool = True) -> Path:
     """``path`` resolved (symlinks followed); refused unless inside one of ``roots``.
     With no roots configured there is nothing to check against."""
     resolved = Path(path).expanduser().resolve(strict=False)
     if must_exist and not resolved.exists():
         raise FileNotFoundError(f"path {path} does not exist")
     if roots and not any(resolved.is_relative_to(r.resolve()) for r in roots):
-        raise FetchError(
-            f"path {path} is outside the data roots ({', '.join(str(r) for r in roots)})"
-        )
+        raise FetchError(f"path {path} is outside the data roots ({', '.join(str(r) for r in roots)})")
     return resolved
 
 
@@ -327,9 +307,7 @@ class Inputs:
         path = self.resolve(value, purpose)
         if path.is_file():
             return path
-        matches = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-        )
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if len(matches) != 1:
             raise FetchError(
                 f"{purpose}: expected exactly one {'/'.join(suffixes)} file in {value}, found {len(matches)}"

@@ -53,9 +53,7 @@ class InferenceParams:
     def from_params(cls, params: dict[str, Any]) -> InferenceParams:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in params.items() if k in known and v is not None}
-        missing = [
-            k for k in ("cfg_path", "weight_path", "source_path") if k not in values
-        ]
+        missing = [k for k in ("cfg_path", "weight_path", "source_path") if k not in values]
         if missing:
             raise ValueError(f"inference parameter(s) missing: {', '.join(missing)}")
         return cls(**values)
@@ -82,14 +80,9 @@ class ModelConfig:
             if key not in raw:
                 raise ValueError(f"config {path.name} lacks '{key}'")
         num_classes = int(raw["num_classes"])
-        names = [
-            str(n)
-            for n in raw.get("class_names") or [str(i) for i in range(num_classes)]
-        ]
+        names = [str(n) for n in raw.get("class_names") or [str(i) for i in range(num_classes)]]
         if len(names) != num_classes:
-            raise ValueError(
-                f"config {path.name}: {len(names)} class_names for num_classes {num_classes}"
-            )
+            raise ValueError(f"config {path.name}: {len(names)} class_names for num_classes {num_classes}")
         return cls(
             model=str(raw["model"]),
             num_classes=num_classes,
@@ -100,9 +93,7 @@ class ModelConfig:
         )
 
 
-def load_model(
-    cfg: ModelConfig, weights: Path, device: devices.Device
-) -> tuple[torch.nn.Module, str]:
+def load_model(cfg: ModelConfig, weights: Path, device: devices.Device) -> tuple[torch.nn.Module, str]:
     """The trained model in eval mode on ``device``, and a note on how it was prepared.
 
     On the CPU: convolution + batch-norm pairs folded into one convolution (``torch.fx``;
@@ -140,22 +131,15 @@ def load_model(
     return fused, note
 
 
-def _same_outputs(
-    reference: torch.nn.Module, candidate: torch.nn.Module, size: int
-) -> bool:
+def _same_outputs(reference: torch.nn.Module, candidate: torch.nn.Module, size: int) -> bool:
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = reference(x), candidate(x)
     scale = max(1.0, float(want.abs().max()))
-    return bool(
-        want.shape == got.shape
-        and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale)
-    )
+    return bool(want.shape == got.shape and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale))
 
 
-def predict(
-    model: torch.nn.Module, loader: DataLoader[Any], device: devices.Device, top_k: int
-) -> Any:
+def predict(model: torch.nn.Module, loader: DataLoader[Any], device: devices.Device, top_k: int) -> Any:
     """Yield ``(indices, ok, top probabilities, top class ids)`` per batch."""
     with torch.inference_mode():
         for images, index, ok in loader:
@@ -174,12 +158,9 @@ def predict(
             )
 
 
-def _result(
-    image: Path, names: list[str], probs: list[float], ids: list[int]
-) -> dict[str, Any]:
+def _result(image: Path, names: list[str], probs: list[float], ids: list[int]) -> dict[str, Any]:
     predictions = [
-        {"class_id": int(c), "class_name": names[c], "probability": round(float(p), 6)}
-        for p, c in zip(probs, ids)
+        {"class_id": int(c), "class_name": names[c], "probability": round(float(p), 6)} for p, c in zip(probs, ids)
     ]
     return {
         "image": str(image),
@@ -189,9 +170,7 @@ def _result(
     }
 
 
-def _write(
-    out: OutputTree, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int
-) -> tuple[Path, Path]:
+def _write(out: OutputTree, results: list[dict[str, Any]], summary: dict[str, Any], top_k: int) -> tuple[Path, Path]:
     json_path = out.write_text(
         "results.json", json.dumps({"summary": summary, "results": results}, ensure_ascii=False, indent=1)
     )
@@ -209,11 +188,7 @@ def _write_csv(fh: Any, results: list[dict[str, Any]], top_k: int) -> None:
         row = [r["image"], r.get("top_class", ""), r.get("probability", "")]
         for k in range(top_k):
             preds = r.get("predictions", [])
-            row += (
-                [preds[k]["class_name"], preds[k]["probability"]]
-                if k < len(preds)
-                else ["", ""]
-            )
+            row += [preds[k]["class_name"], preds[k]["probability"]] if k < len(preds) else ["", ""]
         writer.writerow(row + [r.get("error", "")])
 
 
@@ -223,17 +198,13 @@ def run(ctx: JobContext) -> str:
     if p.batch_size < 1 or p.top_k < 1:
         raise ValueError("batch_size and top_k must be >= 1")
     device = devices.resolve(ctx.device)
-    inputs = fetch.Inputs(
-        ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
-    )
+    inputs = fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
     cfg = ModelConfig.load(inputs.resolve_file(p.cfg_path, "config", (".yaml", ".yml")))
     weights = inputs.resolve_file(p.weight_path, "weights", (".pth", ".pt", ".bin"))
     source = inputs.resolve(p.source_path, "source")
     images = datasets.list_images(source)
     if not images:
-        raise ValueError(
-            f"no images found in {p.source_path} (extensions {', '.join(IMAGE_EXTENSIONS)})"
-        )
+        raise ValueError(f"no images found in {p.source_path} (extensions {', '.join(IMAGE_EXTENSIONS)})")
     if p.save_path:
         out = inputs.output(str(Path(p.save_path) / p.name) if p.name else p.save_path)
     else:
@@ -247,9 +218,7 @@ def run(ctx: JobContext) -> str:
         datasets.transforms(cfg.image_size, mean=cfg.mean, std=cfg.std),
         cfg.image_size,
     )
-    workers = min(
-        ctx.spec.dataloader_workers, max(0, (len(images) - 1) // p.batch_size)
-    )
+    workers = min(ctx.spec.dataloader_workers, max(0, (len(images) - 1) // p.batch_size))
     loader = DataLoader(
         dataset,
         batch_size=p.batch_size,
@@ -306,13 +275,8 @@ def run(ctx: JobContext) -> str:
         raise ValueError(f"none of the {len(images)} images could be decoded")
     if p.enable_upload:
         cfg_up = upload.UploadConfig.from_job(ctx.params, ctx.config)
-        items = [
-            upload.UploadItem(path, *upload.INFERENCE_RESULT)
-            for path in (json_path, csv_path)
-        ]
-        failures = upload.upload(
-            items, cfg_up, upload.Reporter(ctx.log, ctx.error, ctx.wait)
-        )
+        items = [upload.UploadItem(path, *upload.INFERENCE_RESULT) for path in (json_path, csv_path)]
+        failures = upload.upload(items, cfg_up, upload.Reporter(ctx.log, ctx.error, ctx.wait))
         if failures:
             message = "; ".join(failures)
             ctx.error(f"upload failed (local results kept in {out_dir}): {message}")

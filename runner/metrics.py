@@ -29,18 +29,14 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     return float(hits.float().mean().item() * 100.0)
 
 
-def mean_average_precision(
-    probs: np.ndarray, targets: np.ndarray, num_classes: int
-) -> float:
+def mean_average_precision(probs: np.ndarray, targets: np.ndarray, num_classes: int) -> float:
     """Macro average precision over one-hot labels, over the classes present in ``targets``
     (average precision is undefined for a class without positives)."""
     onehot = np.eye(num_classes, dtype=np.int64)[targets]
     present = onehot.sum(axis=0) > 0
     if not present.any():
         return 0.0
-    return float(
-        average_precision_score(onehot[:, present], probs[:, present], average="macro")
-    )
+    return float(average_precision_score(onehot[:, present], probs[:, present], average="macro"))
 
 
 def classification(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

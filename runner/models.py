@@ -81,9 +81,7 @@ def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     path = head_path(name)
     old = _get(model, path)
     if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(
-            old.in_features, num_classes, bias=old.bias is not None
-        )
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     elif isinstance(old, nn.Conv2d):
         # squeezenet: a 1x1 convolution per class, then global pooling
         new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
@@ -107,14 +105,10 @@ def _builder_kwargs(name: str) -> dict[str, Any]:
     return {}
 
 
-def build(
-    name: str, num_classes: int, imagenet_state: dict[str, Any] | None = None
-) -> nn.Module:
+def build(name: str, num_classes: int, imagenet_state: dict[str, Any] | None = None) -> nn.Module:
     """A fresh ``name`` with ``num_classes`` outputs; ImageNet weights first when given."""
     if name not in MODEL_SET:
-        raise ValueError(
-            f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SET))}"
-        )
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SET))}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = tvm.get_model(name, weights=None, **_builder_kwargs(name))
@@ -157,19 +151,14 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"refused weights file {path.name}: it is not a plain tensor file and loading it "
-            f"would run code ({first})"
+            f"refused weights file {path.name}: it is not a plain tensor file and loading it would run code ({first})"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise WeightsError(f"cannot read weights file {path.name}: {exc}") from None
     if not isinstance(obj, dict):
-        raise WeightsError(
-            f"weights file {path.name} holds a {type(obj).__name__}, not a dict"
-        )
+        raise WeightsError(f"weights file {path.name} holds a {type(obj).__name__}, not a dict")
     return obj
 
 
@@ -197,21 +186,14 @@ def load_state(
     ``WeightsError``.
     """
     own = model.state_dict()
-    clean = {
-        k.removeprefix("module."): v for k, v in state.items()
-    }  # DataParallel checkpoints
+    clean = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel checkpoints
     skipped: list[str] = []
     fitting: dict[str, Any] = {}
     for key, value in clean.items():
-        if (
-            key in own
-            and isinstance(value, torch.Tensor)
-            and value.shape != own[key].shape
-        ):
+        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape:
             if not allow_shape_mismatch:
                 raise WeightsError(
-                    f"{what}: {key} has shape {tuple(value.shape)}, the model expects "
-                    f"{tuple(own[key].shape)}"
+                    f"{what}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
                 )
             skipped.append(key)
             continue
@@ -220,16 +202,12 @@ def load_state(
     missing = [k for k in result.missing_keys if k not in skipped]
     unexpected = list(result.unexpected_keys)
     if allow_unexpected_aux:
-        unexpected = [
-            k for k in unexpected if not k.startswith(("AuxLogits.", "aux1.", "aux2."))
-        ]
+        unexpected = [k for k in unexpected if not k.startswith(("AuxLogits.", "aux1.", "aux2."))]
     if missing or unexpected:
         detail = []
         if missing:
             detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
-            detail.append(
-                f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})"
-            )
+            detail.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise WeightsError(f"{what} do not fit the model: {'; '.join(detail)}")
     return skipped

@@ -51,9 +51,7 @@ _METHODS: dict[str, Callable[[], Any]] = {
         sigma_x_limit=(0.6, 1.5), sigma_y_limit=(0.6, 1.5), beta_limit=(0.9, 4.0), p=1.0
     ),
     "CLAHE": lambda: A.CLAHE(p=1.0),
-    "ColorJitter": lambda: A.ColorJitter(
-        brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0
-    ),
+    "ColorJitter": lambda: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0),
     "GaussNoise": lambda: A.GaussNoise(std_range=(0.03, 0.1), p=1.0),
     "ISONoise": lambda: A.ISONoise(p=1.0),
     "Sharpen": lambda: A.Sharpen(p=1.0),
@@ -62,9 +60,7 @@ assert set(_METHODS) == set(AUGMENT_METHODS)
 
 
 # -- shared -------------------------------------------------------------------------------
-def _parallel(
-    ctx: JobContext, items: list[T], work: Callable[[T], Any], what: str
-) -> list[Any]:
+def _parallel(ctx: JobContext, items: list[T], work: Callable[[T], Any], what: str) -> list[Any]:
     """Run ``work`` over ``items`` on the thread pool; progress and stop checks from this thread.
     Returns the results in ``items`` order."""
     results: list[Any] = [None] * len(items)
@@ -118,9 +114,7 @@ def _read_unchanged(path: Path) -> np.ndarray | None:
 
 
 def _io(ctx: JobContext) -> fetch.Inputs:
-    return fetch.Inputs(
-        ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
-    )
+    return fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
 
 
 def _source_and_output(ctx: JobContext, input_key: str, label: str) -> tuple[Path, OutputTree]:
@@ -130,9 +124,7 @@ def _source_and_output(ctx: JobContext, input_key: str, label: str) -> tuple[Pat
     out = io.output(str(ctx.params["output_path"]))
     output = out.root
     if output == source or output.is_relative_to(source):
-        raise ValueError(
-            f"output_path {output} must not lie inside the input folder {source}"
-        )
+        raise ValueError(f"output_path {output} must not lie inside the input folder {source}")
     return source, out
 
 
@@ -152,9 +144,7 @@ def check_ratios(train_ratio: float, val_ratio: float) -> None:
     if not 0 <= val_ratio < 1:
         raise ValueError(f"val_ratio must be >= 0 and < 1, got {val_ratio}")
     if train_ratio + val_ratio > 1 + 1e-9:
-        raise ValueError(
-            f"train_ratio + val_ratio must be <= 1, got {train_ratio + val_ratio:g}"
-        )
+        raise ValueError(f"train_ratio + val_ratio must be <= 1, got {train_ratio + val_ratio:g}")
 
 
 def plan_split(
@@ -190,15 +180,11 @@ def split(ctx: JobContext) -> str:
     output = out.root
     classes = datasets.class_folders(source)
     if not classes:
-        raise ValueError(
-            f"no class folders with images in {p['input_path']} (expected ImageFolder layout)"
-        )
+        raise ValueError(f"no class folders with images in {p['input_path']} (expected ImageFolder layout)")
     jobs: list[tuple[Path, Path]] = []
     counts: dict[str, dict[str, int]] = {}
     for klass in classes:
-        plan = plan_split(
-            datasets.list_images(source / klass), klass, train_ratio, val_ratio, seed
-        )
+        plan = plan_split(datasets.list_images(source / klass), klass, train_ratio, val_ratio, seed)
         counts[klass] = {part: len(files) for part, files in plan.items()}
         for part, files in plan.items():
             jobs += [(f, Path(part, klass, f.relative_to(source / klass))) for f in files]
@@ -210,12 +196,12 @@ def split(ctx: JobContext) -> str:
         out.copy_from(*job)
 
     _parallel(ctx, jobs, copy, "split")
-    totals = {
-        part: sum(c[part] for c in counts.values()) for part in ("train", "val", "test")
-    }
+    totals = {part: sum(c[part] for c in counts.values()) for part in ("train", "val", "test")}
     for klass, c in counts.items():
         ctx.log(f"class {klass}: train {c['train']}, val {c['val']}, test {c['test']}")
-    message = f"split {len(jobs)} images: train {totals['train']}, val {totals['val']}, test {totals['test']} into {output}"
+    message = (
+        f"split {len(jobs)} images: train {totals['train']}, val {totals['val']}, test {totals['test']} into {output}"
+    )
     ctx.log(message, progress=100)
     return message
 
@@ -232,9 +218,7 @@ def augment(ctx: JobContext) -> str:
     methods = list(p.get("methods") or [])
     unknown = [m for m in methods if m not in _METHODS]
     if not methods or unknown:
-        raise ValueError(
-            f"methods must be a non-empty list of {', '.join(AUGMENT_METHODS)}; unknown: {unknown}"
-        )
+        raise ValueError(f"methods must be a non-empty list of {', '.join(AUGMENT_METHODS)}; unknown: {unknown}")
     copies = int(p.get("copies", 1))
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
@@ -268,9 +252,7 @@ def augment(ctx: JobContext) -> str:
                 written += 1
         return written
 
-    ctx.log(
-        f"augmenting {len(images)} images with {', '.join(methods)} ({copies} per method)"
-    )
+    ctx.log(f"augmenting {len(images)} images with {', '.join(methods)} ({copies} per method)")
     written = sum(_parallel(ctx, images, work, "augment"))
     message = f"augmented {len(images)} images: {written} files ({len(images)} originals) in {output}"
     ctx.log(message, progress=100)
@@ -282,9 +264,7 @@ def crop(ctx: JobContext) -> str:
     p = ctx.params
     x, y, width, height = (int(p[k]) for k in ("x", "y", "width", "height"))
     if x < 0 or y < 0 or width < 1 or height < 1:
-        raise ValueError(
-            f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}"
-        )
+        raise ValueError(f"crop box must have x, y >= 0 and width, height >= 1, got {(x, y, width, height)}")
     source, out, images = _images(ctx, "input_path", "input")
     output = out.root
 
@@ -306,8 +286,7 @@ def crop(ctx: JobContext) -> str:
     cropped = len(images) - len(skipped)
     if skipped:
         names = "; ".join(
-            f"{path.relative_to(source) if path != source else path.name} ({why})"
-            for path, why in skipped
+            f"{path.relative_to(source) if path != source else path.name} ({why})" for path, why in skipped
         )
         ctx.warning(f"{len(skipped)} images not cropped: {names}")
     message = f"cropped {cropped} of {len(images)} images into {output}; {len(skipped)} too small or unreadable"

@@ -57,9 +57,7 @@ class _Trainer:
         self.ctx = ctx
         self.p = p
         self.device = devices.resolve(ctx.device)
-        self.inputs = fetch.Inputs(
-            ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log
-        )
+        self.inputs = fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
         self.state = _State()
         self._amp_reported = False
 
@@ -84,9 +82,7 @@ class _Trainer:
                 f"num_classes is {p.num_classes} but the training set {p.train_path} has "
                 f"{len(names)} class folders ({', '.join(names[:20])})"
             )
-        self.val_set = datasets.ImageFolder(
-            val_dir, datasets.transforms(p.image_size), class_names=names
-        )
+        self.val_set = datasets.ImageFolder(val_dir, datasets.transforms(p.image_size), class_names=names)
         ctx.log(
             f"data: {len(self.train_set)} training and {len(self.val_set)} validation images, "
             f"{p.num_classes} classes ({', '.join(names[:20])})"
@@ -96,12 +92,8 @@ class _Trainer:
         cap = ctx.spec.batch_cap
         if not self.device.is_cuda and cap and p.batch_size > cap:
             self.batch_size = cap
-            ctx.warning(
-                f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP)"
-            )
-        workers = (
-            p.num_workers if p.num_workers is not None else ctx.spec.dataloader_workers
-        )
+            ctx.warning(f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP)")
+        workers = p.num_workers if p.num_workers is not None else ctx.spec.dataloader_workers
         self.train_loader = make_loader(
             self.train_set, batch_size=self.batch_size, workers=workers, shuffle=p.shuffle,
             seed=p.seed, pin_memory=self.device.pin_memory,
@@ -112,9 +104,7 @@ class _Trainer:
         )  # fmt: skip
         self.model.to(self.device.torch_device)
         self.optimizer = make_optimizer(self.model, p.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=max(1, p.num_epochs)
-        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, p.num_epochs))
         self.scaler = torch.amp.GradScaler("cuda") if self.device.is_cuda else None
         self.criterion = nn.CrossEntropyLoss()
         if self._resume is not None:
@@ -132,9 +122,7 @@ class _Trainer:
         p, ctx = self.p, self.ctx
         self._resume: dict[str, Any] | None = None
         if p.weight_path:
-            path = self.inputs.resolve_file(
-                p.weight_path, "weights", (".pth", ".pt", ".pth.tar", ".bin")
-            )
+            path = self.inputs.resolve_file(p.weight_path, "weights", (".pth", ".pt", ".pth.tar", ".bin"))
             checkpoint = models.load_weights_file(path)
             model = models.build(p.model, p.num_classes)
             resumable = (
@@ -144,9 +132,7 @@ class _Trainer:
                 and checkpoint.get("num_classes") == p.num_classes
             )
             if resumable:
-                models.load_state(
-                    model, models.state_of(checkpoint), what=f"checkpoint {path.name}"
-                )
+                models.load_state(model, models.state_of(checkpoint), what=f"checkpoint {path.name}")
                 self._resume = checkpoint
                 self.state.epoch = int(checkpoint["epoch"])
                 self.state.step = int(checkpoint.get("step", 0))
@@ -172,9 +158,7 @@ class _Trainer:
             if state is not None:
                 ctx.log(f"pretrained: {why}")
                 return models.build(p.model, p.num_classes, imagenet_state=state)
-            ctx.warning(
-                f"pretrained requested but {why} (no download at run time): training from scratch"
-            )
+            ctx.warning(f"pretrained requested but {why} (no download at run time): training from scratch")
         return models.build(p.model, p.num_classes)
 
     # the loop ------------------------------------------------------------------------
@@ -205,9 +189,7 @@ class _Trainer:
         p, ctx = self.p, self.ctx
         total = p.num_epochs
         if self.state.epoch >= total:
-            ctx.log(
-                f"the checkpoint already has {self.state.epoch} epochs (num_epochs {total}): nothing to train"
-            )
+            ctx.log(f"the checkpoint already has {self.state.epoch} epochs (num_epochs {total}): nothing to train")
         for epoch in range(self.state.epoch + 1, total + 1):
             ctx.emit(
                 ev.LOG, f"epoch {epoch}/{total} started", stage=ev.EPOCH_START, epoch=epoch,
@@ -219,9 +201,7 @@ class _Trainer:
                 val = self._evaluate(epoch)
             except Cancelled:
                 path = self._save("last.pth")
-                ctx.warning(
-                    f"stopped during epoch {epoch}: {path} holds {self.state.epoch} complete epochs"
-                )
+                ctx.warning(f"stopped during epoch {epoch}: {path} holds {self.state.epoch} complete epochs")
                 raise
             self.scheduler.step()
             self.state.epoch = epoch
@@ -259,7 +239,9 @@ class _Trainer:
             "grad_scaler_enabled": scaler.is_enabled(),
             "grad_scale": float(scaler.get_scale()),
         }
-        self.ctx.log(f"mixed precision: autocast {amp['autocast_dtype']}, GradScaler scale {amp['grad_scale']:g}", amp=amp)
+        self.ctx.log(
+            f"mixed precision: autocast {amp['autocast_dtype']}, GradScaler scale {amp['grad_scale']:g}", amp=amp
+        )
 
     def _train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
         ctx, device, model = self.ctx, self.device, self.model
@@ -323,10 +305,7 @@ class _Trainer:
                 images, targets = device.to(images), device.to(targets)
                 with device.autocast():
                     logits = model(images)
-                loss_sum += (
-                    float(self.criterion(logits.float(), targets).item())
-                    * targets.shape[0]
-                )
+                loss_sum += float(self.criterion(logits.float(), targets).item()) * targets.shape[0]
                 all_logits.append(logits.float().cpu())
                 all_targets.append(targets.cpu())
         logits_cat, targets_cat = torch.cat(all_logits), torch.cat(all_targets)
@@ -345,16 +324,12 @@ class _Trainer:
     def upload(self) -> str | None:
         """Upload config.yaml and best.pth; returns the failure summary, or None."""
         cfg = upload.UploadConfig.from_job(self.ctx.params, self.ctx.config)
-        items = [
-            upload.UploadItem(self.out_dir / "config.yaml", *upload.TRAINING_CONFIG)
-        ]
+        items = [upload.UploadItem(self.out_dir / "config.yaml", *upload.TRAINING_CONFIG)]
         best = self.out_dir / "best.pth"
         if best.exists():
             items.append(upload.UploadItem(best, *upload.TRAINING_WEIGHTS))
         self.ctx.log(f"uploading {len(items)} files to the satellite platform")
-        failures = upload.upload(
-            items, cfg, upload.Reporter(self.ctx.log, self.ctx.error, self.ctx.wait)
-        )
+        failures = upload.upload(items, cfg, upload.Reporter(self.ctx.log, self.ctx.error, self.ctx.wait))
         return "; ".join(failures) if failures else None
 
 
@@ -368,8 +343,6 @@ def run(ctx: JobContext) -> str:
     if p.enable_upload:
         failed = trainer.upload()
         if failed:
-            ctx.error(
-                f"upload failed (local results kept in {trainer.out_dir}): {failed}"
-            )
+            ctx.error(f"upload failed (local results kept in {trainer.out_dir}): {failed}")
             return f"completed; upload failed: {failed}"
     return "completed"

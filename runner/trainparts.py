@@ -47,11 +47,7 @@ class TrainingParams:
         """Known keys only (web validated them); a missing required key raises ``ValueError``."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in params.items() if k in known and v is not None}
-        missing = [
-            k
-            for k in ("model", "num_classes", "train_path", "val_path", "save_path")
-            if k not in values
-        ]
+        missing = [k for k in ("model", "num_classes", "train_path", "val_path", "save_path") if k not in values]
         if missing:
             raise ValueError(f"training parameter(s) missing: {', '.join(missing)}")
         return cls(**values)

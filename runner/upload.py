@@ -54,9 +54,7 @@ class UploadConfig:
         """The upload of a job: its ``params`` (``upload_url``, ``token``) over its ``config``."""
         url = params.get("upload_url") or config.upload_url
         if not url:
-            raise ValueError(
-                "enable_upload is set but neither upload_url nor the configured default is given"
-            )
+            raise ValueError("enable_upload is set but neither upload_url nor the configured default is given")
         return cls(
             url=str(url),
             token=params.get("token") or None,
@@ -155,8 +153,6 @@ def upload(items: list[UploadItem], cfg: UploadConfig, report: Reporter) -> list
                     report.error(f"upload of {item.path.name} failed after {tries}: {reason}")
                 else:
                     shown_type = item.file_type or '""'
-                    report.info(
-                        f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}"
-                    )
+                    report.info(f"uploaded {item.path.name} ({n}/{len(items)}) as {item.label}/{shown_type}")
                 break
     return failures

@@ -39,9 +39,7 @@ from protocol.jobs import JobConfig
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
-_METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
+_METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")

@@ -134,7 +134,6 @@ def _read_words(path: Path) -> frozenset[str]:
         return frozenset()
 
 
-
 class Cgroups:
     """This supervisor's view of the cgroup hierarchies and the job cgroups it creates."""
 
@@ -329,5 +328,5 @@ class Cgroups:
                 continue
             for entry in entries:
                 if entry.name.startswith(head) and entry.is_dir():
-                    found.setdefault(entry.name[len(head):], {})[hier] = str(entry)
+                    found.setdefault(entry.name[len(head) :], {})[hier] = str(entry)
         return found

@@ -187,7 +187,9 @@ class Control:
         if spec.job not in JOB_TASK_TYPES:
             raise _bad(f"{where}: job must be one of {', '.join(JOB_TASK_TYPES)}, got {spec.job!r}")
         if JOB_TASK_TYPES.get(spec.job) != spec.task_type:
-            raise _bad(f"{where}: job {spec.job!r} is not of task type {spec.task_type!r} (it is {JOB_TASK_TYPES.get(spec.job)!r})")
+            raise _bad(
+                f"{where}: job {spec.job!r} is not of task type {spec.task_type!r} (it is {JOB_TASK_TYPES.get(spec.job)!r})"
+            )
         settings = self.service.settings
         if spec.job == "diagnostic":
             why = jobs.diagnostic_problem(settings, spec.params)

@@ -116,7 +116,13 @@ class Daemon:
         tasks: dict[str, TaskRecord] = {}
         self.pipeline = Pipeline(self.store, self.events_out.publish, tasks)
         self.lifecycle = Lifecycle(
-            self.settings, self.store, self.scheduler, self.pipeline, self.executor, tasks, on_change=self._status_changed
+            self.settings,
+            self.store,
+            self.scheduler,
+            self.pipeline,
+            self.executor,
+            tasks,
+            on_change=self._status_changed,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
@@ -173,7 +179,9 @@ class Daemon:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise AlreadyRunning(f"another supervisor (pid {other}) is running with home {self.settings.home}") from None
+            raise AlreadyRunning(
+                f"another supervisor (pid {other}) is running with home {self.settings.home}"
+            ) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{self.pid}\n".encode(), 0)
 

@@ -62,7 +62,9 @@ def device_entry(
     }
 
 
-def summary_line(index: int, name: str, capability: tuple[int, int] | None, total: int, free: int, cuda: str | None) -> str:
+def summary_line(
+    index: int, name: str, capability: tuple[int, int] | None, total: int, free: int, cuda: str | None
+) -> str:
     """One GPU in the daemon's start-up hardware summary."""
     cc = f"{capability[0]}.{capability[1]}" if capability else "?"
     return (

@@ -191,4 +191,3 @@ class JobCgroup:
                 return False
             # The kernel drops a killed task from its cgroup when it finishes exiting.
             time.sleep(0.01)
-

@@ -143,7 +143,9 @@ def outcome(
         limit = f"limit {memory_limit_mb} MiB" if memory_limit_mb else "no limit set"
         return Outcome(FAILED, f"out of memory ({limit})")
     if code is None:
-        return Outcome(FAILED, "runner ended without reporting (exit status unknown: adopted after a supervisor restart)")
+        return Outcome(
+            FAILED, "runner ended without reporting (exit status unknown: adopted after a supervisor restart)"
+        )
     if code == -signal.SIGTERM:
         return Outcome(CANCELLED, "cancelled: the runner was terminated by SIGTERM")
     if code < 0:

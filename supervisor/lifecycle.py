@@ -208,7 +208,9 @@ class Lifecycle:
         except OSError as exc:
             log.warning("task %s: cgroup cleanup failed: %s", task.task_id, exc)
 
-    def finish(self, task: TaskRecord, status: str, message: str, *, code: int | None = None, announce: bool = True) -> None:
+    def finish(
+        self, task: TaskRecord, status: str, message: str, *, code: int | None = None, announce: bool = True
+    ) -> None:
         """Record a task's end, free its slot and move the queue on. ``announce``: store and
         publish a final status event (False when the runner reported its own end: its held
         final event goes out with the final record instead)."""

@@ -255,7 +255,9 @@ class Pipeline:
         self._flush([row], [message], {task.task_id: task})
         return True
 
-    def _flush(self, rows: list[tuple[str, int, bytes]], out: list[tuple[bytes, bytes]], dirty: dict[str, TaskRecord]) -> None:
+    def _flush(
+        self, rows: list[tuple[str, int, bytes]], out: list[tuple[bytes, bytes]], dirty: dict[str, TaskRecord]
+    ) -> None:
         if not rows and not dirty:
             return
         now = time.time()

@@ -112,7 +112,9 @@ class Scheduler:
                 return f"limits[{dev!r}] must be an object {{task_type: n}}"
             for task_type, n in table.items():
                 if task_type not in TASK_TYPES:
-                    return f"unknown task type {task_type!r} in limits[{dev!r}] (expected one of {', '.join(TASK_TYPES)})"
+                    return (
+                        f"unknown task type {task_type!r} in limits[{dev!r}] (expected one of {', '.join(TASK_TYPES)})"
+                    )
                 if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                     return f"limits[{dev!r}][{task_type!r}] must be an integer >= 0, got {n!r}"
         return None

@@ -46,7 +46,6 @@ REFILL_DELAY = 0.25
 READY_TIMEOUT = 180.0
 
 
-
 class Spawner:
     """Starts runners (warm or cold) in their own cgroups and adopts survivors after a restart."""
 

@@ -31,7 +31,7 @@ _BOOL: frozenset[str] = frozenset(f.name for f in _FIELDS if "bool" in str(f.typ
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
-    {', '.join(n + (' TEXT PRIMARY KEY' if n == 'task_id' else '') for n in _NAMES)},
+    {", ".join(n + (" TEXT PRIMARY KEY" if n == "task_id" else "") for n in _NAMES)},
     ord INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
@@ -229,7 +229,9 @@ class Store:
         """Remove a finished task and its events."""
         self._begin()
         self._db.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
-        self._db.execute("DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)", (task_id, *sorted(FINAL_STATUSES)))
+        self._db.execute(
+            "DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)", (task_id, *sorted(FINAL_STATUSES))
+        )
         self.commit()
 
     # -- events --------------------------------------------------------------------------

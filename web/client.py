@@ -61,7 +61,9 @@ class _Stream:
 class RFUAVClient:
     """A synchronous client (httpx) for one service."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
@@ -93,7 +95,9 @@ class RFUAVClient:
         return body.get("data")
 
     # -- training --------------------------------------------------------------------------
-    def start_training(self, model: str, num_classes: int, train_path: str, val_path: str, save_path: str, **fields: Any) -> dict[str, Any]:
+    def start_training(
+        self, model: str, num_classes: int, train_path: str, val_path: str, save_path: str, **fields: Any
+    ) -> dict[str, Any]:
         body = {"model": model, "num_classes": num_classes, "train_path": train_path, "val_path": val_path,
                 "save_path": save_path, **_drop_none(fields)}  # fmt: skip
         return self.request("POST", "/api/v2/training/start", body)  # type: ignore[no-any-return]
@@ -104,11 +108,15 @@ class RFUAVClient:
     def stop_training(self, task_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v2/training/{task_id}/stop")  # type: ignore[no-any-return]
 
-    def stream_training_logs(self, task_id: str, last_event_id: int | None = None, **kw: Any) -> Iterator[dict[str, Any]]:
+    def stream_training_logs(
+        self, task_id: str, last_event_id: int | None = None, **kw: Any
+    ) -> Iterator[dict[str, Any]]:
         return self.stream_events(task_id, last_event_id, path=f"/api/v2/training/{task_id}/logs", **kw)
 
     # -- preprocessing ---------------------------------------------------------------------
-    def split_dataset(self, input_path: str, output_path: str, train_ratio: float = 0.7, val_ratio: float = 0.2, **fields: Any) -> dict[str, Any]:
+    def split_dataset(
+        self, input_path: str, output_path: str, train_ratio: float = 0.7, val_ratio: float = 0.2, **fields: Any
+    ) -> dict[str, Any]:
         body = {"input_path": input_path, "output_path": output_path, "train_ratio": train_ratio,
                 "val_ratio": val_ratio, **_drop_none(fields)}  # fmt: skip
         return self.request("POST", "/api/v2/preprocessing/split", body)  # type: ignore[no-any-return]
@@ -117,7 +125,9 @@ class RFUAVClient:
         body = {"dataset_path": dataset_path, "output_path": output_path, "methods": methods, **_drop_none(fields)}
         return self.request("POST", "/api/v2/preprocessing/augment", body)  # type: ignore[no-any-return]
 
-    def crop_images(self, input_path: str, output_path: str, x: int, y: int, width: int, height: int, **fields: Any) -> dict[str, Any]:
+    def crop_images(
+        self, input_path: str, output_path: str, x: int, y: int, width: int, height: int, **fields: Any
+    ) -> dict[str, Any]:
         body = {"input_path": input_path, "output_path": output_path, "x": x, "y": y, "width": width,
                 "height": height, **_drop_none(fields)}  # fmt: skip
         return self.request("POST", "/api/v2/preprocessing/crop", body)  # type: ignore[no-any-return]
@@ -130,7 +140,9 @@ class RFUAVClient:
         body = {"cfg_path": cfg_path, "weight_path": weight_path, "source_path": source_path, **_drop_none(fields)}
         return self.request("POST", "/api/v2/inference/start", body)  # type: ignore[no-any-return]
 
-    def start_batch_inference(self, cfg_path: str, weight_path: str, source_paths: list[str], **fields: Any) -> dict[str, Any]:
+    def start_batch_inference(
+        self, cfg_path: str, weight_path: str, source_paths: list[str], **fields: Any
+    ) -> dict[str, Any]:
         body = {"cfg_path": cfg_path, "weight_path": weight_path, "source_paths": source_paths, **_drop_none(fields)}
         return self.request("POST", "/api/v2/inference/batch", body)  # type: ignore[no-any-return]
 
@@ -146,14 +158,20 @@ class RFUAVClient:
         return self.request("GET", f"/api/v2/tasks/{task_id}")  # type: ignore[no-any-return]
 
     def get_all_tasks(
-        self, status: str | None = None, task_type: str | None = None, limit: int | None = None, cursor: str | None = None
+        self,
+        status: str | None = None,
+        task_type: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
         """One page of tasks, newest first (the service's default page size unless ``limit``);
         its ``next_cursor``, passed as ``cursor``, gives the next page (None: the last one)."""
         params = _drop_none({"status": status, "task_type": task_type, "limit": limit, "cursor": cursor})
         return self.request("GET", "/api/v2/tasks", params=params or None)  # type: ignore[no-any-return]
 
-    def iter_tasks(self, status: str | None = None, task_type: str | None = None, limit: int = 1000) -> Iterator[dict[str, Any]]:
+    def iter_tasks(
+        self, status: str | None = None, task_type: str | None = None, limit: int = 1000
+    ) -> Iterator[dict[str, Any]]:
         """Every matching task, newest first, page by page."""
         cursor: str | None = None
         while True:
@@ -173,7 +191,9 @@ class RFUAVClient:
     def get_logs(self, task_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/v2/tasks/{task_id}/logs", params={"after": after} if after else None)  # type: ignore[no-any-return]
 
-    def wait_for(self, task_id: str, timeout: float = 300.0, predicate: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def wait_for(
+        self, task_id: str, timeout: float = 300.0, predicate: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
         """Follow the task's event stream until ``predicate(task)`` (default: a final status)."""
         done = predicate or (lambda t: t["status"] in FINAL_STATUSES)
         deadline = time.monotonic() + timeout

@@ -43,7 +43,9 @@ CONNECT_WAIT = 0.5
 class ControlClient(LoopSocket):
     """Async request/reply over one DEALER socket; shared by every request of a process."""
 
-    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = DEFAULT_TIMEOUT, context: zmq.Context[Any] | None = None
+    ) -> None:
         super().__init__(address, zmq.DEALER, context=context)
         self.timeout = timeout
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -118,4 +120,3 @@ class ControlClient(LoopSocket):
 def _expire(fut: asyncio.Future[dict[str, Any]]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
-

@@ -41,7 +41,9 @@ def check_device(value: str) -> str:
 
 def check_task_id(value: str | None) -> str | None:
     if value is not None and not TASK_ID_RE.fullmatch(value):
-        raise ValueError("must be 1-128 characters of letters, digits, '_', '.' or '-', starting with a letter or digit")
+        raise ValueError(
+            "must be 1-128 characters of letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     return value
 
 

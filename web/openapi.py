@@ -113,7 +113,8 @@ def _operation(route: ApiRoute, routes: list[ApiRoute], token: bool) -> dict[str
 def _parameters(route: ApiRoute) -> list[dict[str, Any]]:
     """Path parameters, then query parameters, then (SSE) the ``Last-Event-ID`` header."""
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in _path_params(route.path)
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_params(route.path)
     ]
     for name, kind, about, *most in route.query:
         schema: dict[str, Any] = {"type": kind}
@@ -144,7 +145,10 @@ def _success(route: ApiRoute, routes: list[ApiRoute]) -> dict[str, Any]:
         data = {"$ref": f"#/components/schemas/{route.response.__name__}"}
     else:
         data = {"type": "object"}
-    answer: dict[str, Any] = {"description": "success", "content": {"application/json": {"schema": _envelope(data, 200)}}}
+    answer: dict[str, Any] = {
+        "description": "success",
+        "content": {"application/json": {"schema": _envelope(data, 200)}},
+    }
     links = _links(route, routes)
     if links:
         answer["links"] = links

@@ -50,7 +50,9 @@ async def dashboard(request: Request[Any]) -> Response:
 async def favicon(request: Request[Any]) -> Response:
     """The icon browsers ask for by themselves (an SVG: every current browser takes one); a 404
     there is a console error on every page."""
-    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+    return FileResponse(
+        STATIC_DIR / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )
 
 
 def static_routes() -> list[BaseRoute]:

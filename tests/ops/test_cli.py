@@ -75,7 +75,9 @@ def cli_env(url: str, token: str | None = TOKEN) -> dict[str, str]:
     return env
 
 
-def rfuav(svc: Service | None, *args: str, url: str | None = None, token: str | None = TOKEN, timeout: float = 90) -> Run:
+def rfuav(
+    svc: Service | None, *args: str, url: str | None = None, token: str | None = TOKEN, timeout: float = 90
+) -> Run:
     """Run ``rfuav ARGS`` as a shell user would: a fresh process, its exit code and output."""
     target = url or (svc.base_url if svc else "http://127.0.0.1:9")
     proc = subprocess.run(
@@ -431,7 +433,6 @@ def test_train_follow_draws_the_progress_bar_on_a_terminal(tmp_path: Path) -> No
         assert (save / "tty" / "best.pth").is_file()
         # The task record turns final once the runner is reaped, a moment after its final event.
         assert service.client.wait_for(task_id, timeout=60)["status"] == "completed"
-
 
 
 class _Tty(io.StringIO):

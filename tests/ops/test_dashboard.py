@@ -77,7 +77,9 @@ def open_page(browser, svc: Service) -> Iterator[Callable[..., Watched]]:  # typ
     def open_(token: str | None = TOKEN) -> Watched:
         storage = {"cookies": [], "origins": [{"origin": svc.base_url,
                                                "localStorage": [{"name": "rfuav.token", "value": token}]}]}  # fmt: skip
-        context = browser.new_context(viewport={"width": 1400, "height": 1200}, storage_state=storage if token else None)
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1200}, storage_state=storage if token else None
+        )
         watched = Watched(context.new_page())
         opened.append((context, watched))
         icons = http_requests(svc, "favicon", 200)

@@ -60,7 +60,9 @@ def test_web_loads_no_supervisor_runner_or_torch() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('supervisor', 'runner', 'torch'))\n"
         "print(','.join(bad))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert proc.stdout.strip() == ""
 
 

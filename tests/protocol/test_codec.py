@@ -22,8 +22,16 @@ RECORDS: list[type] = [TaskSpec, JobSpec, JobConfig]
 #: The smallest valid fields of each record (commands need none but ``task_id`` where asked).
 REQUIRED: dict[type, dict[str, Any]] = {
     TaskSpec: {"task_type": "training", "job": "training"},
-    JobSpec: {"task_id": "t", "task_type": "training", "job": "training", "params": {}, "device": "cpu",
-              "host_device": "cpu", "task_dir": "/tmp/t", "events_endpoint": "ipc:///tmp/e"},  # fmt: skip
+    JobSpec: {
+        "task_id": "t",
+        "task_type": "training",
+        "job": "training",
+        "params": {},
+        "device": "cpu",
+        "host_device": "cpu",
+        "task_dir": "/tmp/t",
+        "events_endpoint": "ipc:///tmp/e",
+    },  # fmt: skip
     JobConfig: {},
 }
 
@@ -105,7 +113,9 @@ def test_an_alias_is_checked() -> None:
 
 
 def test_optional_fields() -> None:
-    assert parse_command(orjson.dumps({"v": 1, "id": "r", "kind": "get", "task_id": "t", "task_type": None}))[1] == Get("t")
+    assert parse_command(orjson.dumps({"v": 1, "id": "r", "kind": "get", "task_id": "t", "task_type": None}))[1] == Get(
+        "t"
+    )
     with pytest.raises(ProtocolError, match=r"field 'task_type' must be str \| None, got int"):
         build(Get, {"task_id": "t", "task_type": 5}, where="get")
     with pytest.raises(ProtocolError, match=r"field 'cursor' must be int \| None, got bool"):
@@ -134,7 +144,9 @@ def test_list_and_dict_items_are_checked() -> None:
 
 
 def test_nested_record_tuple_and_float() -> None:
-    spec = build(JobSpec, {**REQUIRED[JobSpec], "config": {"data_roots": ["/a", "/b"], "download_timeout": 1}}, where="spec")
+    spec = build(
+        JobSpec, {**REQUIRED[JobSpec], "config": {"data_roots": ["/a", "/b"], "download_timeout": 1}}, where="spec"
+    )
     assert spec.config.data_roots == ("/a", "/b")
     assert spec.config.download_timeout == 1.0 and type(spec.config.download_timeout) is float
     assert JobSpec.load(spec.dump()) == spec

@@ -51,7 +51,11 @@ def test_every_variable_is_read(f: dataclasses.Field[object], tmp_path: Path) ->
 @pytest.mark.parametrize("f", [f for f in DECLARED if f.metadata["shown"] is None], ids=lambda f: f.metadata["env"])
 def test_the_documented_default_is_the_default(f: dataclasses.Field[object], tmp_path: Path) -> None:
     shown = st._shown(f)
-    assert getattr(_from({f.metadata["env"]: shown}, tmp_path), f.name) == getattr(_from({}, tmp_path), f.name) == f.default
+    assert (
+        getattr(_from({f.metadata["env"]: shown}, tmp_path), f.name)
+        == getattr(_from({}, tmp_path), f.name)
+        == f.default
+    )
 
 
 def test_limit_variables(tmp_path: Path) -> None:

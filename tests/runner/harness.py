@@ -169,17 +169,13 @@ class RunnerProcess:
             self.final = event
         return event
 
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
-    ) -> dict[str, Any]:
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         """Collect events until one matches ``predicate``; fail on the deadline or on the end."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(
-                    f"no matching event within {timeout} s; last: {self.events[-3:]}"
-                )
+                raise AssertionError(f"no matching event within {timeout} s; last: {self.events[-3:]}")
             event = self.next_event(min(remaining, 1.0))
             if event is None:
                 if self.proc.poll() is not None and self.final is None:
@@ -192,9 +188,7 @@ class RunnerProcess:
             if predicate(event):
                 return event
             if self.final is not None:
-                raise AssertionError(
-                    f"job ended before the awaited event: {self.final['message']}\n{self.log_tail()}"
-                )
+                raise AssertionError(f"job ended before the awaited event: {self.final['message']}\n{self.log_tail()}")
 
     def _drain(self) -> None:
         while self.final is None and self.next_event(0.5) is not None:
@@ -203,9 +197,7 @@ class RunnerProcess:
     def finish(self, timeout: float) -> dict[str, Any]:
         """Wait for the final status event and the process exit; returns the final event."""
         if self.final is None:
-            self.wait_for(
-                lambda e: e["kind"] == "status" and e.get("status") in FINAL, timeout
-            )
+            self.wait_for(lambda e: e["kind"] == "status" and e.get("status") in FINAL, timeout)
         assert self.final is not None
         self.proc.wait(timeout=30)
         return self.final
@@ -241,9 +233,7 @@ class RunnerProcess:
         self.close()
 
 
-def run_job(
-    job: str, params: dict[str, Any], task_dir: Path, timeout: float = 240, **kw: Any
-) -> RunnerProcess:
+def run_job(job: str, params: dict[str, Any], task_dir: Path, timeout: float = 240, **kw: Any) -> RunnerProcess:
     """Run a job to its end; returns the finished ``RunnerProcess`` (events, final)."""
     with RunnerProcess(job, params, task_dir, **kw) as rp:
         rp.finish(timeout)

@@ -43,9 +43,7 @@ class Satellite:
                     self.send_response(upload.status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(
-                    b'{"code": 200}' if upload.status == 200 else b'{"code": 500}'
-                )
+                self.wfile.write(b'{"code": 200}' if upload.status == 200 else b'{"code": 500}')
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -57,10 +55,7 @@ class Satellite:
 
     def _parse(self, headers: dict[str, str], body: bytes) -> Upload:
         message = BytesParser(policy=default_policy).parsebytes(
-            b"Content-Type: "
-            + headers.get("Content-Type", "").encode()
-            + b"\r\n\r\n"
-            + body
+            b"Content-Type: " + headers.get("Content-Type", "").encode() + b"\r\n\r\n" + body
         )
         fields: dict[str, str] = {}
         files: dict[str, tuple[str, bytes]] = {}

@@ -63,9 +63,7 @@ def server() -> Iterator[dict[str, Any]]:
             elif self.path.startswith("/redirect/"):
                 n = int(self.path.rsplit("/", 1)[1])
                 self.send_response(302)
-                self.send_header(
-                    "Location", f"/redirect/{n - 1}" if n > 1 else "/file.bin"
-                )
+                self.send_header("Location", f"/redirect/{n - 1}" if n > 1 else "/file.bin")
                 self.end_headers()
             elif self.path == "/to-metadata":
                 self.send_response(302)
@@ -235,9 +233,7 @@ def test_zip_extracts_and_unwraps_single_top_folder(tmp_path: Path) -> None:
     archive = _zip(tmp_path / "a.zip", [("data/x/1.txt", b"1"), ("data/y/2.txt", b"2")])
     root = fetch.extract_zip(archive, tmp_path / "out", LIMITS)
     assert root == tmp_path / "out" / "data"
-    assert (root / "x" / "1.txt").read_bytes() == b"1" and (
-        root / "y" / "2.txt"
-    ).read_bytes() == b"2"
+    assert (root / "x" / "1.txt").read_bytes() == b"1" and (root / "y" / "2.txt").read_bytes() == b"2"
     flat = _zip(tmp_path / "b.zip", [("x/1.txt", b"1"), ("top.txt", b"t")])
     assert fetch.extract_zip(flat, tmp_path / "out2", LIMITS) == tmp_path / "out2"
 
@@ -276,9 +272,7 @@ def _fifo_info(name: str) -> zipfile.ZipInfo:
         ([("big.bin", bytes(range(256)) * 8200)], "over unzip_max_bytes"),
     ],
 )
-def test_unsafe_zips_refused_before_writing(
-    entries: list[tuple[Any, bytes]], reason: str, tmp_path: Path
-) -> None:
+def test_unsafe_zips_refused_before_writing(entries: list[tuple[Any, bytes]], reason: str, tmp_path: Path) -> None:
     archive = _zip(tmp_path / "bad.zip", entries)
     with pytest.raises(fetch.FetchError, match=reason):
         fetch.extract_zip(archive, tmp_path / "out", LIMITS)

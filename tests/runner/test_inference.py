@@ -21,9 +21,7 @@ from tests.runner.satellite import Satellite
 
 
 @pytest.mark.timeout(200)
-def test_inference_on_held_out_digits(
-    trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path
-) -> None:
+def test_inference_on_held_out_digits(trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path) -> None:
     out: Path = trained["out"]
     params = {"cfg_path": str(out / "config.yaml"), "weight_path": str(out / "best.pth"),
                   "source_path": str(digits["test"]), "save_path": str(tmp_path / "res"), "name": "t1", "batch_size": 32, "top_k": 3}  # fmt: skip
@@ -43,9 +41,7 @@ def test_inference_on_held_out_digits(
             and r["top_class"] == r["predictions"][0]["class_name"]
         )
     csv_lines = (tmp_path / "res" / "t1" / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == len(results) + 1 and csv_lines[0].startswith(
-        "image,top_class,probability"
-    )
+    assert len(csv_lines) == len(results) + 1 and csv_lines[0].startswith("image,top_class,probability")
     # The job's probabilities (conv+bn folded, channels-last, batched) are those of a plain
     # model.eval() forward of the same weights on the same inputs.
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -63,10 +59,7 @@ def test_inference_on_held_out_digits(
     assert res[0]["result"]["image"] == results[0]["image"]
     final = res[-1]["result"]
     assert final["summary"]["count"] == len(results) and final["summary"]["failed"] == 0
-    assert (
-        final["image"] == results[-1]["image"]
-        and final["top_class"] == results[-1]["top_class"]
-    )
+    assert final["image"] == results[-1]["image"] and final["top_class"] == results[-1]["top_class"]
 
 
 @pytest.mark.timeout(200)
@@ -87,9 +80,7 @@ def test_inference_single_image_from_zip_weights(
     assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
     final = [e for e in rp.events if e["kind"] == "result"][-1]["result"]
     assert final["image"] == str(image) and final["summary"]["count"] == 1
-    assert (
-        tmp_path / "task" / "results" / "results.json"
-    ).exists()  # save_path null → the task dir
+    assert (tmp_path / "task" / "results" / "results.json").exists()  # save_path null → the task dir
 
 
 @pytest.mark.timeout(200)
@@ -124,24 +115,17 @@ def test_inference_upload_failure_keeps_results_and_completes(
     assert len(sat.uploads) == 4  # two files, each tried twice
     assert all(u.headers["Authorization"] == TOKEN for u in sat.uploads)  # sent, and echoed
     assert {u.files["file"][0] for u in sat.uploads} == {"results.json", "results.csv"}
-    assert all(
-        u.fields == {"businessLabel": "SATEL_AGENT", "fileType": ""}
-        for u in sat.uploads
-    )
+    assert all(u.fields == {"businessLabel": "SATEL_AGENT", "fileType": ""} for u in sat.uploads)
     errors = [e["message"] for e in rp.events if e["level"] == "ERROR"]
     assert any(m.startswith("upload failed (local results kept") for m in errors)
-    assert (tmp_path / "res" / "results.json").exists() and (
-        tmp_path / "res" / "results.csv"
-    ).exists()
+    assert (tmp_path / "res" / "results.json").exists() and (tmp_path / "res" / "results.csv").exists()
     assert all(TOKEN not in json.dumps(e) for e in rp.events)
     for name in ("events.jsonl", "stdout.log", "stderr.log"):
         assert TOKEN not in (tmp_path / "task" / name).read_text(), name
 
 
 @pytest.mark.timeout(200)
-def test_inference_from_urls(
-    trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path
-) -> None:
+def test_inference_from_urls(trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path) -> None:
     """cfg, weights and a zip of images all given as URLs (a real http.server on loopback):
     downloaded into the task directory, the zip extracted and then removed."""
     served = tmp_path / "served"
@@ -163,28 +147,15 @@ def test_inference_from_urls(
         rp = run_job("inference", params, tmp_path / "task", timeout=180, torch_threads=1,
                      config={"url_allow_loopback": True})  # fmt: skip
     assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
-    results = json.loads((tmp_path / "task" / "results" / "results.json").read_text())[
-        "results"
-    ]
-    assert sorted(Path(r["image"]).name for r in results) == sorted(
-        p.name for p in images
-    )
-    assert all(
-        Path(r["image"]).is_relative_to(
-            tmp_path / "task" / "inputs" / "source" / "batch"
-        )
-        for r in results
-    )
-    assert not (
-        tmp_path / "task" / "downloads" / "source" / "images.zip"
-    ).exists()  # removed after extraction
+    results = json.loads((tmp_path / "task" / "results" / "results.json").read_text())["results"]
+    assert sorted(Path(r["image"]).name for r in results) == sorted(p.name for p in images)
+    assert all(Path(r["image"]).is_relative_to(tmp_path / "task" / "inputs" / "source" / "batch") for r in results)
+    assert not (tmp_path / "task" / "downloads" / "source" / "images.zip").exists()  # removed after extraction
     assert sum(r["top_class"] == "5" for r in results) / len(results) >= 0.9
 
 
 @pytest.mark.timeout(150)
-def test_inference_reports_unreadable_images(
-    trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path
-) -> None:
+def test_inference_reports_unreadable_images(trained: dict[str, Any], digits: dict[str, Path], tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     good = datasets.list_images(digits["test"] / "2")[0]
@@ -202,21 +173,11 @@ def test_inference_reports_unreadable_images(
     assert summary["count"] == 2 and summary["failed"] == 1
     results = {
         Path(r["image"]).name: r
-        for r in json.loads(
-            (tmp_path / "task" / "results" / "results.json").read_text()
-        )["results"]
+        for r in json.loads((tmp_path / "task" / "results" / "results.json").read_text())["results"]
     }
-    assert (
-        results["broken.png"]["error"] == "cannot decode image"
-        and "predictions" not in results["broken.png"]
-    )
-    assert (
-        results["good.png"]["top_class"] in [str(i) for i in range(10)]
-        and "error" not in results["good.png"]
-    )
-    assert any(
-        e["level"] == "WARNING" and "broken.png" in e["message"] for e in rp.events
-    )
+    assert results["broken.png"]["error"] == "cannot decode image" and "predictions" not in results["broken.png"]
+    assert results["good.png"]["top_class"] in [str(i) for i in range(10)] and "error" not in results["good.png"]
+    assert any(e["level"] == "WARNING" and "broken.png" in e["message"] for e in rp.events)
 
 
 @pytest.mark.timeout(150)

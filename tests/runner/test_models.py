@@ -29,9 +29,7 @@ NUM_CLASSES = 7
 
 
 def test_catalog_names_are_torchvision_classifiers() -> None:
-    assert sorted(MODELS) == sorted(
-        torchvision.models.list_models(module=torchvision.models)
-    )
+    assert sorted(MODELS) == sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def _out_features(module: nn.Module) -> int:
@@ -103,9 +101,7 @@ def test_weights_of_another_head_are_skipped_others_must_fit(tmp_path: Path) -> 
         models.load_state(models.build("resnet34", 10), source.state_dict(), what="w")
 
 
-def test_cached_imagenet_weights_never_downloaded(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_cached_imagenet_weights_never_downloaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     state, why = models.cached_imagenet_state("resnet18")
     assert state is None and "not in the local cache" in why

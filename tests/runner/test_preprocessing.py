@@ -16,25 +16,15 @@ from tests.support.datasets import write_png
 
 def _final_log(events: list[dict[str, object]]) -> str:
     """The job's closing summary: its last log line at 100%."""
-    return str(
-        [e for e in events if e["kind"] == "log" and e.get("progress") == 100][-1][
-            "message"
-        ]
-    )
+    return str([e for e in events if e["kind"] == "log" and e.get("progress") == 100][-1]["message"])
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.timeout(120)
-def test_split_is_stratified_complete_and_reproducible(
-    spectro: Path, tmp_path: Path
-) -> None:
+def test_split_is_stratified_complete_and_reproducible(spectro: Path, tmp_path: Path) -> None:
     params = {
         "input_path": str(spectro),
         "output_path": str(tmp_path / "a"),
@@ -133,9 +123,7 @@ def test_augment_writes_every_copy_per_method(spectro: Path, tmp_path: Path) -> 
                 assert not np.array_equal(first, second), (rel, m)
     assert f"{len(expected)} files" in _final_log(rp.events)
     # Reproducible with the seed, whatever the thread scheduling.
-    params2 = dict(
-        params, output_path=str(tmp_path / "b"), methods=["GaussNoise", "ColorJitter"]
-    )
+    params2 = dict(params, output_path=str(tmp_path / "b"), methods=["GaussNoise", "ColorJitter"])
     rp2 = run_job("augment", params2, tmp_path / "t2", timeout=140, torch_threads=2)
     assert rp2.final is not None and rp2.final["status"] == "completed", rp2.log_tail()
     again = _files(tmp_path / "b")
@@ -152,21 +140,14 @@ def test_augment_unknown_method_fails(spectro: Path, tmp_path: Path) -> None:
         "methods": ["Blur"],
     }
     rp = run_job("augment", params, tmp_path / "t", timeout=90, torch_threads=1)
-    assert (
-        rp.final is not None
-        and rp.final["status"] == "failed"
-        and "unknown: ['Blur']" in rp.final["message"]
-    )
+    assert rp.final is not None and rp.final["status"] == "failed" and "unknown: ['Blur']" in rp.final["message"]
 
 
 @pytest.mark.timeout(100)
 def test_crop_cuts_the_box_and_names_small_images(tmp_path: Path) -> None:
     src = tmp_path / "src"
     rng = np.random.default_rng(0)
-    big = {
-        f"a/big{i}.png": rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
-        for i in range(3)
-    }
+    big = {f"a/big{i}.png": rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for i in range(3)}
     gray = {"b/gray.png": rng.integers(0, 255, (50, 50), dtype=np.uint8)}
     small = {"b/small.png": rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)}
     for rel, img in {**big, **gray, **small}.items():
@@ -182,17 +163,12 @@ def test_crop_cuts_the_box_and_names_small_images(tmp_path: Path) -> None:
     rp = run_job("crop", params, tmp_path / "t", timeout=90, torch_threads=2)
     assert rp.final is not None and rp.final["status"] == "completed", rp.log_tail()
     out = tmp_path / "out"
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(
-        [*big, *gray]
-    )
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted([*big, *gray])
     for rel, img in {**big, **gray}.items():
         got = cv2.imread(str(out / rel), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(got, img[10:35, 5:35])
     warning = [e for e in rp.events if e["level"] == "WARNING"]
-    assert (
-        len(warning) == 1
-        and "b/small.png (30x20 is smaller than the box)" in warning[0]["message"]
-    )
+    assert len(warning) == 1 and "b/small.png (30x20 is smaller than the box)" in warning[0]["message"]
     assert "cropped 4 of 5 images" in _final_log(rp.events)
     assert "1 too small" in _final_log(rp.events)
 
@@ -211,9 +187,7 @@ def test_crop_nothing_fits_fails(tmp_path: Path) -> None:
     rp = run_job("crop", params, tmp_path / "t", timeout=90, torch_threads=1)
     assert rp.final is not None and rp.final["status"] == "failed"
     assert "no image could be cropped" in rp.final["message"]
-    assert any(
-        "x.png (10x10 is smaller than the box)" in e["message"] for e in rp.events
-    )
+    assert any("x.png (10x10 is smaller than the box)" in e["message"] for e in rp.events)
 
 
 @pytest.mark.timeout(100)

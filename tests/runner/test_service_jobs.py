@@ -40,11 +40,7 @@ def test_train_then_infer_over_http(svc: Service) -> None:
     )  # fmt: skip
     done = client.wait_for(task["task_id"], timeout=270)
     assert done["status"] == "completed", client.get_logs(task["task_id"])[-3:]
-    assert (
-        done["progress"] == 100
-        and done["current_epoch"] == 3
-        and done["total_epochs"] == 3
-    )
+    assert done["progress"] == 100 and done["current_epoch"] == 3 and done["total_epochs"] == 3
     metrics = done["latest_metrics"]
     assert set(EPOCH_METRICS) <= set(metrics) and metrics["epoch"] == 3
     assert metrics["best_acc"] >= 90.0
@@ -60,31 +56,23 @@ def test_train_then_infer_over_http(svc: Service) -> None:
     done = client.wait_for(inf["task_id"], timeout=200)
     assert done["status"] == "completed", client.get_logs(inf["task_id"])[-3:]
     res = done["res"]
-    assert {"image", "predictions", "top_class"} <= set(res) and res["summary"][
-        "count"
-    ] == 140
-    results = json.loads((svc.home / "results" / "r" / "results.json").read_text())[
-        "results"
-    ]
+    assert {"image", "predictions", "top_class"} <= set(res) and res["summary"]["count"] == 140
+    results = json.loads((svc.home / "results" / "r" / "results.json").read_text())["results"]
     correct = sum(r["top_class"] == Path(r["image"]).parent.name for r in results)
     assert correct / len(results) >= 0.9
 
 
 @pytest.mark.timeout(200)
 def test_preprocessing_over_http(svc: Service) -> None:
-    src = datasets.spectrograms(
-        svc.home / "data" / "spec", per_class=6, size=32, seed=2
-    )
+    src = datasets.spectrograms(svc.home / "data" / "spec", per_class=6, size=32, seed=2)
     client = svc.client
-    split = client.split_dataset(
-        str(src), str(svc.home / "split"), train_ratio=0.5, val_ratio=0.5, seed=1
-    )
+    split = client.split_dataset(str(src), str(svc.home / "split"), train_ratio=0.5, val_ratio=0.5, seed=1)
     crop = client.crop_images(str(src), str(svc.home / "crop"), 0, 0, 16, 16)
     for t in (split, crop):
         done = client.wait_for(t["task_id"], timeout=150)
-        assert done["status"] == "completed" and done["task_type"] == "preprocessing", (
-            client.get_logs(t["task_id"])[-3:]
-        )
+        assert done["status"] == "completed" and done["task_type"] == "preprocessing", client.get_logs(t["task_id"])[
+            -3:
+        ]
     assert len(list((svc.home / "split" / "train").rglob("*.png"))) == 9
     assert len(list((svc.home / "split" / "val").rglob("*.png"))) == 9
     assert len(list((svc.home / "crop").rglob("*.png"))) == 18

@@ -34,60 +34,39 @@ def test_training_learns_digits(trained: dict[str, Any]) -> None:
     for e in ends:
         assert set(EPOCH_METRICS) <= set(e["metrics"])
         assert all(isinstance(e["metrics"][k], (int, float)) for k in EPOCH_METRICS)
-        assert (
-            e["total_epochs"] == EPOCHS
-            and e["kind"] == "metrics"
-            and 0 <= e["progress"] <= 100
-        )
+        assert e["total_epochs"] == EPOCHS and e["kind"] == "metrics" and 0 <= e["progress"] <= 100
         m = e["metrics"]
-        assert (
-            0 <= m["macro_f1"] <= 1 and 0 <= m["mAP"] <= 1 and 0 <= m["precision"] <= 1
-        )
+        assert 0 <= m["macro_f1"] <= 1 and 0 <= m["mAP"] <= 1 and 0 <= m["precision"] <= 1
         assert m["top1_acc"] == pytest.approx(m["val_acc"], abs=1e-3)
         assert m["top3_acc"] >= m["top1_acc"] and m["top5_acc"] >= m["top3_acc"]
     assert [e["epoch"] for e in rp.stage("epoch_start")] == list(range(1, EPOCHS + 1))
     assert len(rp.stage("validation")) == EPOCHS
     assert rp.stage("completed") and rp.stage("completed")[0]["progress"] == 100
     steps = rp.stage("training")
-    assert steps and all(
-        e["kind"] == "metrics" and "loss" in e["metrics"] for e in steps
-    )
+    assert steps and all(e["kind"] == "metrics" and "loss" in e["metrics"] for e in steps)
     assert [e["step"] for e in steps] == sorted(e["step"] for e in steps)
     # The pretrained weights are not cached here: said, not hidden.
-    assert any(
-        e["level"] == "WARNING" and "from scratch" in e["message"] for e in rp.events
-    )
+    assert any(e["level"] == "WARNING" and "from scratch" in e["message"] for e in rp.events)
 
 
 @pytest.mark.timeout(120)
-def test_best_checkpoint_reproduces_reported_accuracy(
-    trained: dict[str, Any], digits: dict[str, Path]
-) -> None:
+def test_best_checkpoint_reproduces_reported_accuracy(trained: dict[str, Any], digits: dict[str, Path]) -> None:
     rp: RunnerProcess = trained["rp"]
     out: Path = trained["out"]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == "resnet18" and config["num_classes"] == 10
-    assert (
-        config["class_names"] == [str(i) for i in range(10)]
-        and config["image_size"] == 32
-    )
+    assert config["class_names"] == [str(i) for i in range(10)] and config["image_size"] == 32
     assert len(config["mean"]) == 3 and len(config["std"]) == 3
     best = torch.load(out / "best.pth", weights_only=True)
     last = torch.load(out / "last.pth", weights_only=True)
-    assert (
-        last["epoch"] == EPOCHS
-        and last["model_name"] == "resnet18"
-        and last["num_classes"] == 10
-    )
+    assert last["epoch"] == EPOCHS and last["model_name"] == "resnet18" and last["num_classes"] == 10
     assert isinstance(last["optimizer"], dict)
     reported = max(e["metrics"]["val_acc"] for e in rp.stage("epoch_end"))
     assert best["best_acc"] == pytest.approx(reported)
     model = models.build("resnet18", 10)
     models.load_state(model, best["model"], what="best.pth")
     model.eval()
-    val = datasets.ImageFolder(
-        digits["val"], datasets.transforms(32), class_names=config["class_names"]
-    )
+    val = datasets.ImageFolder(digits["val"], datasets.transforms(32), class_names=config["class_names"])
     logits, targets = [], []
     with torch.inference_mode():
         for i in range(0, len(val), 64):
@@ -111,9 +90,7 @@ def test_best_checkpoint_reproduces_reported_accuracy(
         assert best["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
 
-def test_training_upload_retried_and_token_never_logged(
-    trained: dict[str, Any], training_satellite: Satellite
-) -> None:
+def test_training_upload_retried_and_token_never_logged(trained: dict[str, Any], training_satellite: Satellite) -> None:
     satellite = training_satellite
     rp: RunnerProcess = trained["rp"]
     assert satellite.uploads[0].status == 500  # the failure, then the retry
@@ -122,10 +99,7 @@ def test_training_upload_retried_and_token_never_logged(
     by_type = {u.fields["fileType"]: u for u in ok}
     assert set(by_type) == {"cfg_path", "weight_path"}
     cfg, weights = by_type["cfg_path"], by_type["weight_path"]
-    assert (
-        cfg.fields["businessLabel"] == "SATEL_AGENT"
-        and weights.fields["businessLabel"] == "SATEL_AGENT_WEIGHT"
-    )
+    assert cfg.fields["businessLabel"] == "SATEL_AGENT" and weights.fields["businessLabel"] == "SATEL_AGENT_WEIGHT"
     assert cfg.files["file"] == (
         "config.yaml",
         (trained["out"] / "config.yaml").read_bytes(),
@@ -138,10 +112,7 @@ def test_training_upload_retried_and_token_never_logged(
     assert any("retrying" in e["message"] and e["level"] == "ERROR" for e in rp.events)
     journal = (trained["root"] / "task" / "events.jsonl").read_text()
     assert TOKEN not in journal
-    assert all(
-        TOKEN not in (trained["root"] / "task" / f).read_text()
-        for f in ("stdout.log", "stderr.log")
-    )
+    assert all(TOKEN not in (trained["root"] / "task" / f).read_text() for f in ("stdout.log", "stderr.log"))
 
 
 class _Evil:
@@ -154,9 +125,7 @@ class _Evil:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", ["pickle", "torch"])
-def test_malicious_weights_refused_and_never_run(
-    fmt: str, spectro: Path, tmp_path: Path
-) -> None:
+def test_malicious_weights_refused_and_never_run(fmt: str, spectro: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     if fmt == "pickle":
@@ -174,9 +143,7 @@ def test_malicious_weights_refused_and_never_run(
 
 
 @pytest.mark.timeout(200)
-def test_cancel_mid_epoch_saves_last_and_resume_continues(
-    spectro: Path, tmp_path: Path
-) -> None:
+def test_cancel_mid_epoch_saves_last_and_resume_continues(spectro: Path, tmp_path: Path) -> None:
     params: dict[str, Any] = {
         "model": "resnet18", "num_classes": 3, "train_path": str(spectro), "val_path": str(spectro),
         "save_path": str(tmp_path / "out"), "batch_size": 2, "num_epochs": 50, "learning_rate": 1e-3, "image_size": 32,
@@ -208,9 +175,4 @@ def test_class_count_mismatch_fails_clearly(spectro: Path, tmp_path: Path) -> No
                   "save_path": str(tmp_path / "out"), "num_epochs": 1, "image_size": 32}  # fmt: skip
     rp = run_job("training", params, tmp_path / "task", timeout=90, torch_threads=1)
     assert rp.final is not None and rp.final["status"] == "failed"
-    assert (
-        "num_classes is 5 but the training set" in rp.final["message"]
-        and "3 class folders" in rp.final["message"]
-    )
-
-
+    assert "num_classes is 5 but the training set" in rp.final["message"] and "3 class folders" in rp.final["message"]

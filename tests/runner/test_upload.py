@@ -78,20 +78,14 @@ def test_retry_after_500_then_success(satellite: Satellite, tmp_path: Path) -> N
         upload.BACKOFF_START,
         upload.BACKOFF_START * 2,
     ]  # exponential backoff
-    assert (
-        len(rec.errors) == 2
-        and "HTTP 500" in rec.errors[0]
-        and "retrying" in rec.errors[0]
-    )
+    assert len(rec.errors) == 2 and "HTTP 500" in rec.errors[0] and "retrying" in rec.errors[0]
     assert satellite.uploads[-1].fields == {
         "businessLabel": "SATEL_AGENT",
         "fileType": "cfg_path",
     }
 
 
-def test_failure_after_retries_is_reported_and_file_kept(
-    satellite: Satellite, tmp_path: Path
-) -> None:
+def test_failure_after_retries_is_reported_and_file_kept(satellite: Satellite, tmp_path: Path) -> None:
     satellite.fail_first = 100
     f = tmp_path / "best.pth"
     f.write_bytes(b"weights")
@@ -160,7 +154,5 @@ def test_header_errors_never_quote_the_token(satellite: Satellite, tmp_path: Pat
 
 
 def test_no_url_is_a_clear_error() -> None:
-    with pytest.raises(
-        ValueError, match="neither upload_url nor the configured default"
-    ):
+    with pytest.raises(ValueError, match="neither upload_url nor the configured default"):
         upload.UploadConfig.from_job({"enable_upload": True}, JobConfig())

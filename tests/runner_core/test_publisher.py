@@ -54,7 +54,9 @@ def _collect(sock: zmq.Socket[bytes], until: Any, timeout_ms: int = 30_000) -> l
             return events
 
 
-def test_waits_for_subscriber_and_delivers_every_event_in_order(sub: tuple[zmq.Socket[bytes], str], short_dir: Path) -> None:
+def test_waits_for_subscriber_and_delivers_every_event_in_order(
+    sub: tuple[zmq.Socket[bytes], str], short_dir: Path
+) -> None:
     sock, endpoint = sub
     publisher = Publisher("t1", endpoint, short_dir / "j.jsonl")
     count = 20_000
@@ -112,7 +114,10 @@ def _start(
     task_dir.mkdir()
     spec = JobSpec(task_id, "diagnostic", "diagnostic", params, "cpu", "cpu", str(task_dir), endpoint)
     (task_dir / "spec.json").write_bytes(spec.dump())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=new_session
     )

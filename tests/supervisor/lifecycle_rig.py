@@ -127,7 +127,13 @@ class Rig:
         self.scheduler = Scheduler({"cpu": {"diagnostic": limit}})
         self.executor = FakeExecutor(self.changed.set)
         self.lifecycle = Lifecycle(
-            self.settings, self.store, self.scheduler, self.pipeline, self.executor, self.tasks, on_change=self.changed.set
+            self.settings,
+            self.store,
+            self.scheduler,
+            self.pipeline,
+            self.executor,
+            self.tasks,
+            on_change=self.changed.set,
         )
 
     def _published(self, out: list[tuple[bytes, bytes]]) -> None:
@@ -178,8 +184,14 @@ class Rig:
         return [e["message"] for e in self.events(task_id)]
 
 
-
 def runner_event(task_id: str, rseq: int, **fields: Any) -> bytes:
     """One runner event as the runner encodes it (a log line unless ``fields`` say otherwise)."""
-    event = {"rseq": rseq, "task_id": task_id, "timestamp": now_iso(), "kind": "log", "level": "INFO", "message": f"e{rseq}"}
+    event = {
+        "rseq": rseq,
+        "task_id": task_id,
+        "timestamp": now_iso(),
+        "kind": "log",
+        "level": "INFO",
+        "message": f"e{rseq}",
+    }
     return orjson.dumps({**event, **fields})

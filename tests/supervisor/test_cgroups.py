@@ -20,7 +20,9 @@ from supervisor.cgroups import UNIFIED, Cgroups, Hierarchy, JobLimits, discover
 from tests.support.cgroups import why_no_cgroups
 from tests.support.processes import remove_dir, short_dir, wait_gone
 
-needs_cgroups = pytest.mark.skipif(why_no_cgroups() is not None, reason=f"no job cgroups on this host: {why_no_cgroups()}")
+needs_cgroups = pytest.mark.skipif(
+    why_no_cgroups() is not None, reason=f"no job cgroups on this host: {why_no_cgroups()}"
+)
 
 
 def test_the_supervisor_finds_cgroups_usable_where_the_host_has_them() -> None:
@@ -59,10 +61,7 @@ def test_discover_finds_our_cgroup_below_each_mount_root(tmp: Path) -> None:
     (tmp / "pids/job").mkdir(parents=True)
     (tmp / "unified").mkdir()
     (tmp / "freezer").mkdir()
-    proc_cgroup = (
-        "9:name=systemd:/\n8:pids:/ns/job\n6:freezer:/\n4:memory:/process_api/abc\n"
-        "2:cpu,cpuacct:/\n0::/\n"
-    )
+    proc_cgroup = "9:name=systemd:/\n8:pids:/ns/job\n6:freezer:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/\n0::/\n"
     mountinfo = (
         f"31 23 0:28 / {tmp} rw,relatime - tmpfs tmpfs rw,mode=755\n"
         f"32 31 0:29 / {tmp}/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"

@@ -29,7 +29,11 @@ def test_bad_commands_get_errors_and_daemon_stays_up(supervisor: SupervisorProce
         (orjson.dumps({"v": 1, "id": "a", "kind": "get", "task_id": "nope"}), "not_found", "task 'nope' not found"),
         (orjson.dumps({"v": 1, "id": "a", "kind": "logs", "task_id": "nope"}), "not_found", "not found"),
         (orjson.dumps({"v": 1, "id": "a", "kind": "health", "extra": 1}), "bad_request", "unknown field"),
-        (b'{"v": 1, "id": "a", "kind": "list", "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}', "too_large", "exceeds"),
+        (
+            b'{"v": 1, "id": "a", "kind": "list", "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}',
+            "too_large",
+            "exceeds",
+        ),
     ]
     for payload, code, fragment in cases:
         got_code, message = _error(supervisor.request(payload))
@@ -121,7 +125,9 @@ def test_cuda_runs_on_a_gpu_or_on_the_cpu_saying_so(supervisor: SupervisorProces
     task = supervisor.wait_final(task_id)
     events = supervisor.logs(task_id)
     # (a host without cgroups also warns that the job's limits are not enforced: not this test's)
-    warnings = [e for e in events if e["level"] == "WARNING" and not e["message"].startswith("cgroup limits not enforced")]
+    warnings = [
+        e for e in events if e["level"] == "WARNING" and not e["message"].startswith("cgroup limits not enforced")
+    ]
     (report,) = [e["process"] for e in events if "process" in e]
     assert task["status"] == "completed"
     if count:
@@ -129,5 +135,7 @@ def test_cuda_runs_on_a_gpu_or_on_the_cpu_saying_so(supervisor: SupervisorProces
         assert report["cuda_visible_devices"] == task["device"].removeprefix("cuda:")
     else:
         assert task["device"] == "cpu" and report["cuda_visible_devices"] == ""
-        assert [e["message"] for e in warnings] == ["device 'cuda' requested but this host has no GPU: running on the CPU"]
+        assert [e["message"] for e in warnings] == [
+            "device 'cuda' requested but this host has no GPU: running on the CPU"
+        ]
         assert warnings[0]["source"] == "supervisor"

@@ -72,8 +72,16 @@ def test_with_nvml_every_device_has_the_contract_fields() -> None:
     assert info["available"] is (gpus.count > 0)
     for dev in info["devices"]:
         assert set(dev) == {
-            "id", "device_name", "name", "compute_capability", "total_memory_gb",
-            "allocated_memory_gb", "cached_memory_gb", "free_memory_gb", "utilization", "current_tasks",
+            "id",
+            "device_name",
+            "name",
+            "compute_capability",
+            "total_memory_gb",
+            "allocated_memory_gb",
+            "cached_memory_gb",
+            "free_memory_gb",
+            "utilization",
+            "current_tasks",
         }
     gpus.close()
 
@@ -107,8 +115,15 @@ RTX3090 = {
 
 def test_device_entry_formats_recorded_values() -> None:
     entry = device_entry(
-        1, RTX3090["name"], RTX3090["capability"], RTX3090["total"], RTX3090["used"],  # type: ignore[arg-type]
-        RTX3090["free"], RTX3090["reserved"], RTX3090["utilization"], {"training": 1, "inference": 2},  # type: ignore[arg-type]
+        1,
+        RTX3090["name"],
+        RTX3090["capability"],
+        RTX3090["total"],
+        RTX3090["used"],  # type: ignore[arg-type]
+        RTX3090["free"],
+        RTX3090["reserved"],
+        RTX3090["utilization"],
+        {"training": 1, "inference": 2},  # type: ignore[arg-type]
     )
     assert entry == {
         "id": 1,
@@ -141,8 +156,7 @@ def test_cuda_version_and_summary_line() -> None:
     assert cuda_version_text(13000) == "13.0"
     line = summary_line(0, RTX3090["name"], (8, 6), RTX3090["total"], RTX3090["free"], "12.4")  # type: ignore[arg-type]
     assert line == (
-        "cuda:0: NVIDIA GeForce RTX 3090, compute capability 8.6, 24.00 GB total, "
-        "15.50 GB free, driver CUDA 12.4"
+        "cuda:0: NVIDIA GeForce RTX 3090, compute capability 8.6, 24.00 GB total, 15.50 GB free, driver CUDA 12.4"
     )
 
 
@@ -199,7 +213,9 @@ def test_cuda_goes_to_the_least_loaded_gpu_which_the_job_sees_alone(
     tasks = {t: sup.get(t) for t in (first, second, third)}
     assert [tasks[t]["device"] for t in (first, second, third)] == ["cuda:1", "cuda:0", "cuda:1"]
     for t in (first, second, third):  # no fallback said (a host without cgroups warns of those)
-        assert not [e for e in sup.logs(t) if e["level"] == "WARNING" and ("GPU" in e["message"] or "CPU" in e["message"])]
+        assert not [
+            e for e in sup.logs(t) if e["level"] == "WARNING" and ("GPU" in e["message"] or "CPU" in e["message"])
+        ]
     usage = sup.call("resources")
     assert usage["device_usage"]["cuda:1"]["diagnostic"] == 2 and usage["device_usage"]["cuda:0"]["diagnostic"] == 1
     assert [d["current_tasks"]["diagnostic"] for d in usage["gpu_info"]["devices"]] == [1, 2]

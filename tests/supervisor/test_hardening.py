@@ -88,7 +88,9 @@ def test_job_whose_limits_cannot_be_applied_does_not_start(make_supervisor: Call
     assert task["pid"] is None  # no runner was ever started
     assert not [e for e in sup.logs(task_id) if e.get("stage") == "started" or "started on" in e["message"]]
     # Nothing of it is left in any hierarchy.
-    leftovers = [p for p in Path("/sys/fs/cgroup").rglob(f"rfuav-*-{task_id}")] if Path("/sys/fs/cgroup").is_dir() else []
+    leftovers = (
+        [p for p in Path("/sys/fs/cgroup").rglob(f"rfuav-*-{task_id}")] if Path("/sys/fs/cgroup").is_dir() else []
+    )
     assert leftovers == []
 
 
@@ -171,8 +173,12 @@ def test_a_limit_that_cannot_be_written_refuses_the_job(tmp_path: Path) -> None:
         cgroups.create("t1", JobLimits(memory_mb=300, cpus=0, pids=0))
 
 
-@pytest.mark.parametrize("field, value", [("after", 2**63), ("after", 2**64), ("after", -1), ("limit", 2**63), ("limit", 0)])
-def test_logs_bounds_are_bad_requests_not_internal_errors(supervisor: SupervisorProcess, field: str, value: int) -> None:
+@pytest.mark.parametrize(
+    "field, value", [("after", 2**63), ("after", 2**64), ("after", -1), ("limit", 2**63), ("limit", 0)]
+)
+def test_logs_bounds_are_bad_requests_not_internal_errors(
+    supervisor: SupervisorProcess, field: str, value: int
+) -> None:
     task_id = supervisor.submit(params={})
     # Written by hand: orjson itself refuses integers beyond 64 bits.
     raw = f'{{"v": {PROTOCOL_VERSION}, "id": "x", "kind": "logs", "task_id": "{task_id}", "{field}": {value}}}'

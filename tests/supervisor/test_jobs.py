@@ -41,7 +41,9 @@ def test_outcome_unknown_exit_of_adopted_runner() -> None:
 
 
 def _task(job: str = "training", task_type: str = "training") -> TaskRecord:
-    return TaskRecord("t1", task_type, job, {"num_epochs": 3, "token": "s3cret"}, "cuda", 5, None, None, task_dir="/x/tasks/t1")
+    return TaskRecord(
+        "t1", task_type, job, {"num_epochs": 3, "token": "s3cret"}, "cuda", 5, None, None, task_dir="/x/tasks/t1"
+    )
 
 
 def test_spec_on_cpu() -> None:

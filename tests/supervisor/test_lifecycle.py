@@ -65,7 +65,11 @@ async def test_a_start_that_fails_fails_the_task_and_frees_the_slot(tmp_path: Pa
     rig.submit("a")
     rig.submit("b")
     task = await rig.final("a")
-    assert (task.status, task.message, task.pid) == (FAILED, "could not start the runner: RuntimeError: no cgroup for you", None)
+    assert (task.status, task.message, task.pid) == (
+        FAILED,
+        "could not start the runner: RuntimeError: no cgroup for you",
+        None,
+    )
     assert rig.events("a")[-1]["status"] == FAILED
     await rig.started("b")  # the slot went to the next task
 
@@ -90,7 +94,12 @@ async def test_a_start_is_recorded_on_the_task(rig: Rig) -> None:
         (-9, False, FAILED, "killed by signal SIGKILL"),
         (-9, True, FAILED, "out of memory (limit 100 MiB)"),
         (-15, False, CANCELLED, "cancelled: the runner was terminated by SIGTERM"),
-        (None, False, FAILED, "runner ended without reporting (exit status unknown: adopted after a supervisor restart)"),
+        (
+            None,
+            False,
+            FAILED,
+            "runner ended without reporting (exit status unknown: adopted after a supervisor restart)",
+        ),
     ],
 )
 async def test_reap_outcomes(rig: Rig, code: int | None, oom: bool, status: str, message: str) -> None:
@@ -101,7 +110,12 @@ async def test_reap_outcomes(rig: Rig, code: int | None, oom: bool, status: str,
     task = await rig.final("a")
     assert (task.status, task.message, task.exit_code) == (status, message, code)
     final = rig.events("a")[-1]
-    assert (final["kind"], final["status"], final["source"], final["message"]) == ("status", status, "supervisor", message)
+    assert (final["kind"], final["status"], final["source"], final["message"]) == (
+        "status",
+        status,
+        "supervisor",
+        message,
+    )
     assert final["level"] == ("WARNING" if status == CANCELLED else "ERROR")
     assert handle.signals == ["KILL"] and handle.cleaned  # nothing of the job outlives it
     assert rig.scheduler.running_count == 0 and rig.lifecycle.running == {}
@@ -111,7 +125,13 @@ async def test_the_runners_own_final_status_wins_and_goes_out_last(rig: Rig) -> 
     rig.submit("a")
     handle = await rig.started("a")
     rig.pipeline.ingest(
-        [[b"a", runner_event("a", 1, kind="status", status=RUNNING), runner_event("a", 2, kind="status", status=COMPLETED, message="done")]]
+        [
+            [
+                b"a",
+                runner_event("a", 1, kind="status", status=RUNNING),
+                runner_event("a", 2, kind="status", status=COMPLETED, message="done"),
+            ]
+        ]
     )
     assert rig.tasks["a"].status == RUNNING  # held back until the process is reaped
     handle.exit(0)
@@ -188,10 +208,15 @@ async def test_a_failure_reported_while_cancelling_ends_cancelled_with_it(rig: R
     rig.submit("a")
     handle = await rig.started("a")
     rig.lifecycle.cancel("a", "cancelled on request")
-    rig.pipeline.ingest([[b"a", runner_event("a", 1, kind="status", status=FAILED, level="ERROR", message="torn down")]])
+    rig.pipeline.ingest(
+        [[b"a", runner_event("a", 1, kind="status", status=FAILED, level="ERROR", message="torn down")]]
+    )
     handle.exit(1)
     task = await rig.final("a")
-    assert (task.status, task.message) == (CANCELLED, "cancelled on request (the runner reported on its way out: torn down)")
+    assert (task.status, task.message) == (
+        CANCELLED,
+        "cancelled on request (the runner reported on its way out: torn down)",
+    )
 
 
 # -- shutdown -------------------------------------------------------------------------------------
@@ -234,7 +259,10 @@ async def test_recover_adopts_live_ends_lost_and_requeues_pending_in_order(rig: 
     journal = Path(rig.settings.tasks_dir / "finished" / "events.jsonl")
     journal.parent.mkdir(parents=True)
     journal.write_bytes(
-        runner_event("finished", 1) + b"\n" + runner_event("finished", 2, kind="status", status=COMPLETED, message="completed") + b"\n"
+        runner_event("finished", 1)
+        + b"\n"
+        + runner_event("finished", 2, kind="status", status=COMPLETED, message="completed")
+        + b"\n"
     )
 
     rig.lifecycle.recover()

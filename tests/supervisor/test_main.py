@@ -21,10 +21,17 @@ from tests.support.supervisor import REPO, SupervisorProcess
 def test_bad_setting_is_one_line_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "RFUAV_HOME": str(tmp_path), "RFUAV_GRACE_SECONDS": "soon", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "supervisor"], check=False, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "supervisor", "supervisor"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["rfuavd: bad setting: RFUAV_GRACE_SECONDS='soon': could not convert string to float: 'soon'"]
+    assert proc.stderr.strip().splitlines() == [
+        "rfuavd: bad setting: RFUAV_GRACE_SECONDS='soon': could not convert string to float: 'soon'"
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -71,7 +78,9 @@ def _children(pid: int) -> dict[str, psutil.Process]:
 
 def _listening(proc: psutil.Process, port: int) -> list[str]:
     """The addresses ``proc`` listens on at ``port``."""
-    return [c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    return [
+        c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
 
 
 @pytest.mark.timeout(180)
@@ -109,7 +118,12 @@ def test_rfuavd_all(how: str) -> None:
 def test_second_daemon_on_same_home_refuses(supervisor: SupervisorProcess) -> None:
     env = {**supervisor.env, "RFUAV_RUNTIME_DIR": tempfile.mkdtemp(prefix="rf2", dir="/tmp")}
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "supervisor"], check=False, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "supervisor", "supervisor"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert f"another supervisor (pid {supervisor.pid}) is running" in proc.stderr

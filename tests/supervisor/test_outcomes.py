@@ -50,7 +50,9 @@ def test_exception_fails_with_error_and_traceback(one_slot: SupervisorProcess) -
     assert task["status"] == "failed"
     assert task["message"] == "RuntimeError: boom at step 3"
     events = one_slot.logs(task_id)
-    assert any(e["level"] == "ERROR" and "Traceback" in e["message"] and "boom at step 3" in e["message"] for e in events)
+    assert any(
+        e["level"] == "ERROR" and "Traceback" in e["message"] and "boom at step 3" in e["message"] for e in events
+    )
     _then_follower_runs(one_slot, follower)
 
 

@@ -14,7 +14,15 @@ from supervisor.store import Store
 
 
 def _event(rseq: int, kind: str = "log", **fields: Any) -> dict[str, Any]:
-    return {"rseq": rseq, "task_id": "t1", "timestamp": now_iso(), "kind": kind, "level": "INFO", "message": f"e{rseq}", **fields}
+    return {
+        "rseq": rseq,
+        "task_id": "t1",
+        "timestamp": now_iso(),
+        "kind": kind,
+        "level": "INFO",
+        "message": f"e{rseq}",
+        **fields,
+    }
 
 
 class Rig:
@@ -65,7 +73,12 @@ def test_gap_is_filled_from_journal_and_duplicates_dropped(rig: Rig) -> None:
 
 
 def test_malformed_events_dropped_and_counted(rig: Rig) -> None:
-    bad = [b"not json", b"[1]", orjson.dumps({"rseq": 1, "kind": "nope"}), orjson.dumps({**_event(1), "task_id": "other"})]
+    bad = [
+        b"not json",
+        b"[1]",
+        orjson.dumps({"rseq": 1, "kind": "nope"}),
+        orjson.dumps({**_event(1), "task_id": "other"}),
+    ]
     assert rig.send(*bad) == 0
     assert rig.pipeline.dropped == 4
     assert rig.pipeline.ingest([[b"t1"], [b"unknown-task", orjson.dumps(_event(1))]]) == 0
@@ -121,14 +134,16 @@ def test_journal_tail_found_by_bisection(tmp_path: Path) -> None:
     assert len(Journal(path).read(0)) == 20_000
     with open(path, "ab") as fh:
         fh.write(b'ng"}\n')
-    (event, _), = journal.read(20_000)
+    ((event, _),) = journal.read(20_000)
     assert event["rseq"] == 20_001
 
 
 def test_failure_after_cancel_request_is_a_log_line(rig: Rig) -> None:
     rig.send(orjson.dumps(_event(1, "status", status="running")))
     rig.pipeline.cancelling("t1")
-    rig.send(orjson.dumps({**_event(2, "status", status="failed"), "level": "ERROR", "message": "RuntimeError: worker died"}))
+    rig.send(
+        orjson.dumps({**_event(2, "status", status="failed"), "level": "ERROR", "message": "RuntimeError: worker died"})
+    )
     stored = rig.stored()
     assert stored[-1]["kind"] == "log" and "status" not in stored[-1] and stored[-1]["level"] == "ERROR"
     assert stored[-1]["rseq"] == 2 and stored[-1]["seq"] == 2

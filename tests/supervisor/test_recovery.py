@@ -23,13 +23,17 @@ def _assert_continuous(events: list[dict[str, Any]]) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["cold", "warm"])
-def test_kill_9_restart_adopts_running_and_runs_pending(make_supervisor: Callable[..., SupervisorProcess], mode: str) -> None:
+def test_kill_9_restart_adopts_running_and_runs_pending(
+    make_supervisor: Callable[..., SupervisorProcess], mode: str
+) -> None:
     supervisor = make_supervisor(RFUAV_START_MODE=mode)
     supervisor.call("set_limits", limits={"cpu": {"diagnostic": 1}})
     # 400 events over 4 s: some are emitted while the supervisor is down.
     running = supervisor.submit(params={"events": 400, "rate": 100})
     pending = [supervisor.submit(params={"events": 10}) for _ in range(2)]
-    task = supervisor.wait_task(running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 120, "events flowing")
+    task = supervisor.wait_task(
+        running, lambda t: t["status"] == "running" and t["last_seq"] >= 20, 120, "events flowing"
+    )
     runner_pid = task["pid"]
     cgroups = assert_confined(runner_pid, supervisor.settings)
     assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
@@ -54,7 +58,9 @@ def test_runner_that_finished_while_down_is_recovered_from_its_journal(superviso
     # it can only finish while no supervisor runs; the restarted one finds it gone and takes
     # its end (and every event it missed) from the runner's journal.
     task_id = supervisor.submit(params={"events": 200, "rate": 100})
-    task = supervisor.wait_task(task_id, lambda t: t["status"] == "running" and t["last_seq"] >= 10, 60, "events flowing")
+    task = supervisor.wait_task(
+        task_id, lambda t: t["status"] == "running" and t["last_seq"] >= 10, 60, "events flowing"
+    )
     pid = task["pid"]
     cgroups = assert_confined(pid, supervisor.settings)
     os.kill(pid, signal.SIGSTOP)

@@ -102,7 +102,9 @@ def describe(pid: int) -> str:
         return f"gone ({exc})"
 
 
-async def spawn(env: Env, mode: str, params: dict[str, Any], limits: JobLimits = LIMITS, **fields: Any) -> tuple[Any, RunnerHandle]:
+async def spawn(
+    env: Env, mode: str, params: dict[str, Any], limits: JobLimits = LIMITS, **fields: Any
+) -> tuple[Any, RunnerHandle]:
     spec = diagnostic_spec(env.home, env.sink.endpoint, params, **fields)
     handle = await env.spawners[mode].spawn(spec, limits)
     env.handles.append(handle)

@@ -14,8 +14,15 @@ from supervisor.store import Store
 
 def _task(i: int, task_type: str, status: str) -> TaskRecord:
     return TaskRecord(
-        task_id=f"t{i:05d}", task_type=task_type, job=task_type, params={}, requested_device="cpu", priority=5,
-        description=None, strategy_type=None, status=status,
+        task_id=f"t{i:05d}",
+        task_type=task_type,
+        job=task_type,
+        params={},
+        requested_device="cpu",
+        priority=5,
+        description=None,
+        strategy_type=None,
+        status=status,
     )
 
 
@@ -72,7 +79,9 @@ def test_pages_walk_every_match_once_newest_first(store: Store) -> None:
         assert seen == expected
 
 
-@pytest.mark.parametrize("task_type, status", [(None, None), ("training", None), (None, PENDING), ("training", PENDING)])
+@pytest.mark.parametrize(
+    "task_type, status", [(None, None), ("training", None), (None, PENDING), ("training", PENDING)]
+)
 def test_every_listing_is_served_by_an_index(store: Store, task_type: str | None, status: str | None) -> None:
     where = [c for c, v in (("task_type = ?", task_type), ("status = ?", status), ("ord < ?", 100)) if v is not None]
     args = [v for v in (task_type, status, 100) if v is not None]

@@ -119,6 +119,8 @@ def test_inference_forked_warm_classifies_every_image(warm: Warm) -> None:
 def test_augmentation_forked_warm_writes_every_copy(warm: Warm) -> None:
     warm.completed("augment", timeout=280)
     source = sorted(p.relative_to(warm.spectro).as_posix() for p in warm.spectro.rglob("*.png"))
-    written = sorted(p.relative_to(warm.home / "augmented").as_posix() for p in (warm.home / "augmented").rglob("*.png"))
+    written = sorted(
+        p.relative_to(warm.home / "augmented").as_posix() for p in (warm.home / "augmented").rglob("*.png")
+    )
     expected = sorted(source + [f"{s[:-4]}_{m}_1.png" for s in source for m in METHODS])
     assert written == expected and len(source) == 9

@@ -156,7 +156,11 @@ def _confined(task: dict[str, Any]) -> bool:
     dirs = json.loads(task["cgroup"] or "{}")
     hierarchies = set(dirs)
     named = all(d.rsplit("/", 1)[-1].startswith("rfuav-") and d.endswith("-" + task["task_id"]) for d in dirs.values())
-    return bool(task["limits_enforced"]) and named and ({"memory", "cpu", "pids"} <= hierarchies or hierarchies == {"unified"})
+    return (
+        bool(task["limits_enforced"])
+        and named
+        and ({"memory", "cpu", "pids"} <= hierarchies or hierarchies == {"unified"})
+    )
 
 
 def assert_every_task_was_confined(sup: Any) -> None:

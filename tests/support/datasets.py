@@ -48,11 +48,7 @@ def digits(
         start = 0
         names = list(splits)
         for k, name in enumerate(names):
-            count = (
-                len(idx) - start
-                if k == len(names) - 1
-                else round(len(idx) * splits[name])
-            )
+            count = len(idx) - start if k == len(names) - 1 else round(len(idx) * splits[name])
             for i in idx[start : start + count]:
                 pixels = (data.images[i] * (255.0 / 16.0)).astype(np.uint8)
                 image = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_CUBIC)
@@ -99,7 +95,5 @@ def spectrograms(
     rng = np.random.default_rng(seed)
     for kind in classes:
         for n in range(per_class):
-            write_png(
-                root / kind / f"{kind}_{n:03d}.png", _spectrogram(kind, size, rng)
-            )
+            write_png(root / kind / f"{kind}_{n:03d}.png", _spectrogram(kind, size, rng))
     return root

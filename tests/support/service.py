@@ -59,7 +59,9 @@ def free_port() -> int:
 class Service:
     """A supervisor and a web server on loopback (see the module docstring)."""
 
-    def __init__(self, env: dict[str, str] | None = None, home: Path | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, home: Path | None = None, start_timeout: float = 60.0
+    ) -> None:
         extra = {"RFUAV_START_MODE": "cold", **(env or {})}
         self.port = free_port()
         extra.setdefault("RFUAV_HOST", "127.0.0.1")

@@ -136,7 +136,9 @@ class SupervisorProcess:
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="rfuav-home-"))
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
         self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith("RFUAV_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("RFUAV_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
         }
         self.env.update(
             {
@@ -180,7 +182,9 @@ class SupervisorProcess:
                 return self
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise SupervisorError(f"supervisor not ready within {self.start_timeout} s:\n{self.log_text()}") from None
+                    raise SupervisorError(
+                        f"supervisor not ready within {self.start_timeout} s:\n{self.log_text()}"
+                    ) from None
 
     @property
     def pid(self) -> int:

@@ -72,7 +72,9 @@ def host_gpus() -> list[str]:
     except pynvml.NVMLError:
         return []
     try:
-        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+        names = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())
+        ]
         return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     finally:
         pynvml.nvmlShutdown()
@@ -304,17 +306,25 @@ def test_diagnostic_task_runs_and_logs_are_a_json_array(http: httpx.Client, api:
         assert key in listing
     assert listing["total_training"] == len(listing["training_tasks"])
     assert any(t["task_id"] == task["task_id"] for t in listing["diagnostic_tasks"])
+
     # The filters: the completed diagnostic task is in the completed list, the pending training
     # task is not (and the other way round).
     def listed(**params: str) -> set[str]:
         found = ok(http.get("/api/v2/tasks", params=params))
-        assert all(t["status"] == params.get("status", t["status"]) for k, v in found.items() if k.endswith("_tasks") for t in v)
+        assert all(
+            t["status"] == params.get("status", t["status"])
+            for k, v in found.items()
+            if k.endswith("_tasks")
+            for t in v
+        )
         return {t["task_id"] for k, v in found.items() if k.endswith("_tasks") for t in v}
 
     done, pending = listed(status="completed"), listed(status="pending")
     assert task["task_id"] in done and waiting["task_id"] not in done
     assert waiting["task_id"] in pending and task["task_id"] not in pending
-    assert task["task_id"] in listed(task_type="diagnostic") and waiting["task_id"] not in listed(task_type="diagnostic")
+    assert task["task_id"] in listed(task_type="diagnostic") and waiting["task_id"] not in listed(
+        task_type="diagnostic"
+    )
     ok(http.post(f"/api/v2/tasks/{waiting['task_id']}/cancel"))
     fail(http.get("/api/v2/tasks", params={"status": "weird"}), 400, "status")
 
@@ -332,10 +342,13 @@ def test_resources_gpu_limits_runners(http: httpx.Client) -> None:
     assert changed["status"] == "success" and changed["current_config"]["cpu"]["diagnostic"] == 7
     assert ok(http.get("/api/v2/resources"))["limits"]["cpu"]["diagnostic"] == 7
     ok(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"diagnostic": 8}}}))
-    fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"training": -1}}}), 400, "must be between 0 and 10000")
+    fail(
+        http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"training": -1}}}),
+        400,
+        "must be between 0 and 10000",
+    )
     fail(http.post("/api/v2/resources/config", json={"limits": {}}), 400, "max_concurrent: is required")
     fail(http.post("/api/v2/resources/config", json={"max_concurrent": {"cpu": {"juggling": 1}}}), 400)
-
 
 
 def test_runners_show_a_running_task(http: httpx.Client, api: Service) -> None:

@@ -67,7 +67,14 @@ def test_task_list_is_paged_with_totals_of_every_match(api: Service, http: httpx
     assert len(seen) == len(set(seen)) == total
     assert seen[:7] == list(reversed(mine))  # newest first
     assert [t["task_id"] for t in api.client.iter_tasks(task_type="diagnostic", limit=2)] == seen
-    for params in ({"limit": "0"}, {"limit": "1001"}, {"limit": "²"}, {"limit": "1e3"}, {"cursor": "abc"}, {"cursor": "-1"}):
+    for params in (
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "²"},
+        {"limit": "1e3"},
+        {"cursor": "abc"},
+        {"cursor": "-1"},
+    ):
         body = _error(http.get("/api/v2/tasks", params=params), 400)
         assert next(iter(params)) in body["msg"], body
 

@@ -47,10 +47,13 @@ def test_supervisor_down_then_back(make_service: Any) -> None:
         assert http.get(f"/api/v2/tasks/{before['task_id']}").json()["data"]["status"] == "completed"
         svc.client.set_limits({"cpu": {"diagnostic": 0}})  # held until the stream is open
         after = svc.client.start_diagnostic(events=5)
-        with httpx.Client(base_url=svc.base_url, timeout=60) as sse_http, \
-                sse_http.stream("GET", f"/api/v2/tasks/{after['task_id']}/events") as stream:
-            wait_until(svc, lambda: http.get("/api/v1/health").json()["data"]["active_log_streams"] == 1, 30,
-                       "stream open")
+        with (
+            httpx.Client(base_url=svc.base_url, timeout=60) as sse_http,
+            sse_http.stream("GET", f"/api/v2/tasks/{after['task_id']}/events") as stream,
+        ):
+            wait_until(
+                svc, lambda: http.get("/api/v1/health").json()["data"]["active_log_streams"] == 1, 30, "stream open"
+            )
             svc.client.set_limits({"cpu": {"diagnostic": 8}})
             seqs = [int(line[4:]) for line in stream.iter_lines() if line.startswith("id: ")]
         assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 8

@@ -51,15 +51,24 @@ def http_requests(svc: Service, endpoint: str, status: int) -> float:
         if family.name == "rfuav_http_request_duration_seconds":
             for sample in family.samples:
                 labels = sample.labels
-                if sample.name.endswith("_count") and labels.get("endpoint") == endpoint and labels.get("status") == str(status):
+                if (
+                    sample.name.endswith("_count")
+                    and labels.get("endpoint") == endpoint
+                    and labels.get("status") == str(status)
+                ):
                     return sample.value
     return 0.0
 
 
-def stream(base_url: str, path: str, headers: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def stream(
+    base_url: str, path: str, headers: dict[str, str] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
     """Events of one SSE stream (``seq`` from the ``id:`` line checked against the data)."""
     out: list[dict[str, Any]] = []
-    with httpx.Client(base_url=base_url, timeout=60) as http, connect_sse(http, "GET", path, headers=headers or {}) as source:
+    with (
+        httpx.Client(base_url=base_url, timeout=60) as http,
+        connect_sse(http, "GET", path, headers=headers or {}) as source,
+    ):
         assert source.response.status_code == 200
         for sse in source.iter_sse():
             event = orjson.loads(sse.data)
@@ -83,7 +92,10 @@ def test_replay_of_an_ended_task_then_the_stream_ends(api: Service) -> None:
     task = api.client.start_diagnostic(events=30)
     api.client.wait_for(task["task_id"], timeout=60)
     stored = api.client.get_logs(task["task_id"])
-    with httpx.Client(base_url=api.base_url, timeout=30) as http, http.stream("GET", f"/api/v2/tasks/{task['task_id']}/events") as r:
+    with (
+        httpx.Client(base_url=api.base_url, timeout=30) as http,
+        http.stream("GET", f"/api/v2/tasks/{task['task_id']}/events") as r,
+    ):
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-store" and r.headers["x-accel-buffering"] == "no"
         text = r.read().decode()
@@ -103,7 +115,9 @@ def test_live_tail_has_no_gap_and_no_duplicate(api: Service) -> None:
     task = api.client.start_diagnostic(events=300, rate=300)
     events = stream(api.base_url, f"/api/v2/tasks/{task['task_id']}/events")
     assert seqs(events) == list(range(1, len(events) + 1))
-    assert [e["message"] for e in events if e["message"].startswith("event ")] == [f"event {i}/300" for i in range(1, 301)]
+    assert [e["message"] for e in events if e["message"].startswith("event ")] == [
+        f"event {i}/300" for i in range(1, 301)
+    ]
     assert events[-1]["status"] == "completed"
 
 
@@ -218,7 +232,10 @@ def test_a_browsers_own_event_source_gets_every_event_once_then_stops(api: Servi
         try:
             page = browser.new_page()
             # A blank page of the service's own origin (no CORS), served by the browser itself.
-            page.route(api.url("/event-source-test"), lambda route: route.fulfill(content_type="text/html", body=_EVENT_SOURCE_PAGE))
+            page.route(
+                api.url("/event-source-test"),
+                lambda route: route.fulfill(content_type="text/html", body=_EVENT_SOURCE_PAGE),
+            )
             page.on("request", lambda req: requests.append(req) if req.url == api.url(path) else None)
             page.goto(api.url("/event-source-test"))
             page.evaluate(_OPEN_EVENT_SOURCE, path)

@@ -56,8 +56,14 @@ def test_unknown_model_lists_the_valid_names() -> None:
 
 
 def test_model_input_size_rules() -> None:
-    assert "needs image_size 224" in errors_of(schemas.TrainingRequest, {**TRAIN, "model": "vit_b_16", "image_size": 256})["image_size"]
-    assert "needs image_size >= 75" in errors_of(schemas.TrainingRequest, {**TRAIN, "model": "inception_v3", "image_size": 64})["image_size"]
+    assert (
+        "needs image_size 224"
+        in errors_of(schemas.TrainingRequest, {**TRAIN, "model": "vit_b_16", "image_size": 256})["image_size"]
+    )
+    assert (
+        "needs image_size >= 75"
+        in errors_of(schemas.TrainingRequest, {**TRAIN, "model": "inception_v3", "image_size": 64})["image_size"]
+    )
 
 
 def test_unknown_augmentation_method() -> None:
@@ -67,15 +73,24 @@ def test_unknown_augmentation_method() -> None:
 
 
 def test_split_ratios_and_crop_box() -> None:
-    assert "must be <= 1" in errors_of(schemas.SplitRequest, {"input_path": "i", "output_path": "o", "train_ratio": 0.8, "val_ratio": 0.3})["val_ratio"]
-    errs = errors_of(schemas.CropRequest, {"input_path": "i", "output_path": "o", "x": -1, "y": 0, "width": 0, "height": 5})
+    assert (
+        "must be <= 1"
+        in errors_of(
+            schemas.SplitRequest, {"input_path": "i", "output_path": "o", "train_ratio": 0.8, "val_ratio": 0.3}
+        )["val_ratio"]
+    )
+    errs = errors_of(
+        schemas.CropRequest, {"input_path": "i", "output_path": "o", "x": -1, "y": 0, "width": 0, "height": 5}
+    )
     assert errs == {"x": "must be >= 0", "width": "must be >= 1"}
 
 
 def test_task_id_and_name_are_safe() -> None:
     assert "task_id" in errors_of(schemas.TrainingRequest, {**TRAIN, "task_id": "../x"})
     assert "name" in errors_of(schemas.TrainingRequest, {**TRAIN, "name": "a/b"})
-    assert "name" in errors_of(schemas.InferenceRequest, {"cfg_path": "c", "weight_path": "w", "source_path": "s", "name": ".."})
+    assert "name" in errors_of(
+        schemas.InferenceRequest, {"cfg_path": "c", "weight_path": "w", "source_path": "s", "name": ".."}
+    )
 
 
 def test_token_value_never_appears_in_errors() -> None:
@@ -85,8 +100,9 @@ def test_token_value_never_appears_in_errors() -> None:
     assert "12345678" not in text and "token" in text and "upload_url" in text
 
 
-@pytest.mark.parametrize("token", ["s3cret\n", " s3cret", "s3cret ", "s3\r\ncret", "s3\tcret", "s3\x00cret",
-                                   "s3cr\u00e9t", "s" * 4097])
+@pytest.mark.parametrize(
+    "token", ["s3cret\n", " s3cret", "s3cret ", "s3\r\ncret", "s3\tcret", "s3\x00cret", "s3cr\u00e9t", "s" * 4097]
+)
 def test_token_must_be_a_header_safe_value(token: str) -> None:
     for model, body in ((schemas.TrainingRequest, TRAIN), (schemas.InferenceRequest, INFER)):
         errs = errors_of(model, {**body, "token": token})
@@ -102,9 +118,13 @@ def test_good_tokens_and_upload_urls() -> None:
 
 
 def test_limits_request() -> None:
-    assert schemas.LimitsRequest.model_validate({"max_concurrent": {"cuda:0": {"training": 2}}}).max_concurrent == {"cuda:0": {"training": 2}}
+    assert schemas.LimitsRequest.model_validate({"max_concurrent": {"cuda:0": {"training": 2}}}).max_concurrent == {
+        "cuda:0": {"training": 2}
+    }
     assert "max_concurrent" in errors_of(schemas.LimitsRequest, {"max_concurrent": {"tpu": {"training": 1}}})
-    assert "max_concurrent.cpu.training" in errors_of(schemas.LimitsRequest, {"max_concurrent": {"cpu": {"training": "1"}}})
+    assert "max_concurrent.cpu.training" in errors_of(
+        schemas.LimitsRequest, {"max_concurrent": {"cpu": {"training": "1"}}}
+    )
 
 
 # -- confinement ----------------------------------------------------------------------------
