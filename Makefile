@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test lint typecheck bench browser clean gpu-check
+.PHONY: setup run test demo lint typecheck bench browser clean gpu-check
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: setup
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+## The whole service on synthetic data in a few minutes (deploy/demo): data, split, training with
+## a progress bar, inference, then a clean stop. DEMO_ARGS: e.g. --keep (serve until Ctrl-C).
+demo: setup
+	$(BIN)/python -m deploy.demo $(DEMO_ARGS)
 
 ## One linter and one formatter (ruff, line length 120: ruff.toml) over the whole tree.
 lint: setup

@@ -140,11 +140,10 @@ def main() -> int:
             before = cpu()
             post = wrk(svc.url("/api/v2/training/start"), _post_script(tmp, request))
             post["web_us"], post["sup_us"] = ((a - b) / (post["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
-            pending = c.get_all_tasks(status="pending", task_type="training")["training_tasks"]
-            for task in pending:
+            created = c.get_all_tasks(status="pending", task_type="training", limit=1)["total_training"]
+            for task in list(c.iter_tasks(status="pending", task_type="training")):
                 c.cancel_task(task["task_id"])
             c.set_limits({"cpu": {"training": limits["training"]}})
-            created = len(pending)
     finally:
         if bare is not None:
             bare.terminate()

@@ -15,8 +15,8 @@ Everything an event is used for is defined here once, as module functions over t
 dict (no object per event: the path runs tens of thousands of times a second): ``runner_event``
 and ``supervisor_event`` build one, ``encode``/``decode`` write and read it, ``number`` gives a
 runner's encoded event its ``seq`` without re-encoding it, ``check_event`` validates what a
-runner sent, ``is_final`` says whether it ends its task's stream, ``sse_view`` is what a client
-sees of it.
+runner sent, ``is_final`` says whether it ends its task's stream, ``is_step`` whether it is a
+training step (not an epoch's summary), ``sse_view`` is what a client sees of it.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ class Event(TypedDict, total=False):
     total_epochs: int
     status: str
     result: dict[str, Any]
+    #: A training ``epoch_end``'s validation pass: counts ``[true][predicted]`` in the order of
+    #: ``class_names``, and name → precision, recall, f1 (0–1) and support (``runner.metrics.class_report``).
+    confusion: list[list[int]]
+    class_names: list[str]
+    per_class: dict[str, dict[str, float]]
     #: ``"supervisor"`` on the events the supervisor adds; a runner's claim to it is dropped.
     source: str
 
@@ -102,6 +107,13 @@ EPOCH_METRICS: tuple[str, ...] = (
     "learning_rate",
     "best_acc",
 )
+
+#: The ``metrics`` keys of an epoch's ``training`` summary event, in the original's shape (its
+#: README's log-stream example). A step event has the same stage but ``loss`` in its metrics and
+#: a ``step`` field: ``is_step`` tells them apart.
+TRAINING_SUMMARY_METRICS: tuple[str, ...] = ("epoch", "train_loss", "train_acc")
+#: The ``metrics`` keys of an epoch's ``validation`` event, in the original's shape.
+VALIDATION_METRICS: tuple[str, ...] = ("epoch", "val_loss", "val_acc", "macro_f1", "mAP", "top1_acc")
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -209,6 +221,12 @@ def check_event(event: Mapping[str, Any]) -> str | None:
 def is_final(event: Mapping[str, Any]) -> bool:
     """Whether ``event`` is its task's final status event, the last of its stream."""
     return event.get("kind") == STATUS and event.get("status") in FINAL_STATUSES
+
+
+def is_step(event: Mapping[str, Any]) -> bool:
+    """Whether ``event`` is a training step (stage ``training`` with a ``step``), not the
+    epoch's ``training`` summary (``TRAINING_SUMMARY_METRICS``, no ``step``)."""
+    return event.get("stage") == TRAINING and "step" in event
 
 
 def sse_view(event: Mapping[str, Any]) -> Event:

@@ -1,9 +1,11 @@
 """Settings, read from ``RFUAV_*`` environment variables and an optional ``.env`` file.
 
 The environment wins over the file. Each setting is declared once, as a field of ``Settings``:
-its variable, default and description (``setting(...)``); ``Settings.from_env`` reads them and
-the README's table is generated from them (``python -m protocol.settings``). The per-device
-limits are one field fed by several variables (``LIMIT_VARIABLES``, defaults ``DEFAULT_LIMITS``).
+its variable, default and description (``setting(...)``), and the original service's name for
+it where it had one (``alias``: a seed ``.env`` copied as is configures the service; the rule is
+``SEED_NAMES_RULE``). ``Settings.from_env`` reads them and the README's table is generated from
+them (``python -m protocol.settings``). The per-device limits are one field fed by several
+variables (``LIMIT_VARIABLES``, defaults ``DEFAULT_LIMITS``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol import __version__
 from protocol.addresses import Addresses, default_runtime_dir
+from protocol.values import PARSERS, models, origins, pos_int
 
 #: Per-device, per-type concurrency limits (API.md §10); ``gpu`` applies to every ``cuda:N``.
 DEFAULT_LIMITS: dict[str, dict[str, int]] = {
@@ -22,22 +26,40 @@ DEFAULT_LIMITS: dict[str, dict[str, int]] = {
     "cpu": {"training": 2, "inference": 4, "preprocessing": 2, "diagnostic": 8},
 }
 
-#: The limits a variable sets: variable -> (device, task type, description).
-LIMIT_VARIABLES: dict[str, tuple[str, str, str]] = {
-    "RFUAV_LIMIT_CPU_TRAINING": ("cpu", "training", "concurrent training jobs on the CPU"),
-    "RFUAV_LIMIT_CPU_INFERENCE": ("cpu", "inference", "concurrent inference jobs on the CPU"),
-    "RFUAV_LIMIT_CPU_PREPROCESSING": ("cpu", "preprocessing", "concurrent preprocessing jobs"),
-    "RFUAV_LIMIT_CPU_DIAGNOSTIC": ("cpu", "diagnostic", "concurrent diagnostic jobs"),
-    "RFUAV_LIMIT_GPU_TRAINING": ("gpu", "training", "concurrent training jobs per GPU"),
-    "RFUAV_LIMIT_GPU_INFERENCE": ("gpu", "inference", "concurrent inference jobs per GPU"),
-}
+#: The limits a variable sets: variable -> (device, task type, description, the seed's name).
+LIMIT_VARIABLES: dict[str, tuple[str, str, str, str | None]] = {
+    "RFUAV_LIMIT_CPU_TRAINING": ("cpu", "training", "concurrent training jobs on the CPU", "MAX_TRAINING_CONCURRENT_CPU"),
+    "RFUAV_LIMIT_CPU_INFERENCE": (
+        "cpu", "inference", "concurrent inference jobs on the CPU", "MAX_INFERENCE_CONCURRENT_CPU",
+    ),
+    "RFUAV_LIMIT_CPU_PREPROCESSING": ("cpu", "preprocessing", "concurrent preprocessing jobs", None),
+    "RFUAV_LIMIT_CPU_DIAGNOSTIC": ("cpu", "diagnostic", "concurrent diagnostic jobs", None),
+    "RFUAV_LIMIT_GPU_TRAINING": ("gpu", "training", "concurrent training jobs per GPU", "MAX_TRAINING_CONCURRENT_GPU"),
+    "RFUAV_LIMIT_GPU_INFERENCE": (
+        "gpu", "inference", "concurrent inference jobs per GPU", "MAX_INFERENCE_CONCURRENT_GPU",
+    ),
+}  # fmt: skip
+
+#: How the original service's names are read (printed under the table, and in the README).
+SEED_NAMES_RULE = (
+    "After a `/`: the original service's name for the setting (its `.env` file), so that a seed `.env` "
+    "copied as is configures this service. The `RFUAV_*` name wins when both are set, wherever each is set. "
+    "A seed name is read from the `.env` file (`$RFUAV_ENV_FILE` or `./.env`), and from the process "
+    "environment too, except the generic names marked `(.env)` (`HOST`, `PORT`, `DEBUG`, `ENVIRONMENT`, "
+    "`APP_NAME`, `VERSION`): shells, containers and other programs set those for their own purposes. "
+    "For systemd's `EnvironmentFile=` use the `RFUAV_*` names, or point `RFUAV_ENV_FILE` at the seed file."
+)
 
 
-def setting(default: Any, env: str, doc: str, *, shown: str | None = None) -> Any:
+def setting(
+    default: Any, env: str, doc: str, *, shown: str | None = None, alias: str | None = None, generic: bool = False
+) -> Any:
     """A ``Settings`` field: ``env`` is its variable, ``doc`` its description. ``shown`` is the
     default as the table shows it, where ``from_env`` derives it from other settings (``default``
-    is then what a ``Settings`` built directly gets)."""
-    return field(default=default, metadata={"env": env, "doc": doc, "shown": shown})
+    is then what a ``Settings`` built directly gets). ``alias``: the original service's name,
+    read when ``env`` is not set; ``generic``: that name is read from the ``.env`` file only,
+    never from the process environment (``SEED_NAMES_RULE``)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "shown": shown, "alias": alias, "generic": generic})
 
 
 def _default_limits() -> dict[str, dict[str, int]]:
@@ -58,19 +80,55 @@ class Settings:
     runtime_dir: Path = setting(
         Path("./var/run"), "RFUAV_RUNTIME_DIR", "IPC sockets (created 0700)", shown="$RFUAV_HOME/run"
     )
-    host: str = setting("127.0.0.1", "RFUAV_HOST", "HTTP bind address")
-    port: int = setting(8000, "RFUAV_PORT", "HTTP port")
+    host: str = setting("127.0.0.1", "RFUAV_HOST", "HTTP bind address", alias="HOST", generic=True)
+    port: int = setting(8000, "RFUAV_PORT", "HTTP port", alias="PORT", generic=True)
     api_token: str = setting("", "RFUAV_API_TOKEN", "when set, `Authorization: Bearer <token>` is required on /api/v2")
     data_roots: tuple[Path, ...] = setting(
         (), "RFUAV_DATA_ROOTS", "`:`-separated roots every request path must resolve into", shown="$RFUAV_HOME"
     )
     max_body_bytes: int = setting(1 << 20, "RFUAV_MAX_BODY_BYTES", "largest accepted request body")
-    environment: str = setting("development", "RFUAV_ENVIRONMENT", "shown by /api/v1/info")
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "RFUAV_CORS_ORIGINS",
+        "comma-separated origins (`https://ui.example:8443`) whose browser pages may call the API, with "
+        "credentials and the `Authorization` header (empty: none)",
+    )
+    app_name: str = setting(
+        "RFUAV Model Service", "RFUAV_APP_NAME", "shown by /api/v1/info", alias="APP_NAME", generic=True
+    )
+    version: str = setting(
+        __version__, "RFUAV_VERSION", "shown by /api/v1/info and /api/v1/health", shown="package version",
+        alias="VERSION", generic=True,
+    )  # fmt: skip
+    environment: str = setting(
+        "development", "RFUAV_ENVIRONMENT", "shown by /api/v1/info", alias="ENVIRONMENT", generic=True
+    )
+    debug: bool = setting(False, "RFUAV_DEBUG", "`1`: log level `DEBUG` (unless `RFUAV_LOG_LEVEL` is set)", alias="DEBUG",
+                          generic=True)  # fmt: skip
     log_level: str = setting("INFO", "RFUAV_LOG_LEVEL", "daemon log level")
+    supported_models: tuple[str, ...] = setting(
+        (),
+        "RFUAV_SUPPORTED_MODELS",
+        "comma-separated models of the catalogue the service accepts (others: 400 naming `model`; empty: all)",
+        alias="SUPPORTED_MODELS",
+    )
+    default_train_priority: int = setting(
+        5, "RFUAV_DEFAULT_TRAIN_PRIORITY", "`priority` of a training request without one (1-10)",
+        alias="DEFAULT_TRAIN_PRIORITY",
+    )  # fmt: skip
+    default_inference_priority: int = setting(
+        3, "RFUAV_DEFAULT_INFERENCE_PRIORITY", "`priority` of an inference request without one (1-10)",
+        alias="DEFAULT_INFERENCE_PRIORITY",
+    )  # fmt: skip
     start_mode: str = setting(
         "warm", "RFUAV_START_MODE", "`warm`: fork jobs from a preloaded fork server; `cold`: a fresh interpreter each"
     )
     grace_seconds: float = setting(10.0, "RFUAV_GRACE_SECONDS", "SIGTERM → SIGKILL grace period when cancelling")
+    queue_timeout: float = setting(
+        0.0,
+        "RFUAV_QUEUE_TIMEOUT",
+        "seconds a task may wait in the queue for resources; past it the task fails (0: no limit)",
+    )
     limits: dict[str, dict[str, int]] = field(default_factory=_default_limits, metadata={"variables": LIMIT_VARIABLES})
     job_memory_mb: int = setting(
         8192,
@@ -87,14 +145,20 @@ class Settings:
         "CPU weight of jobs beside the daemons' 100 (1-10000; cgroup v2 `cpu.weight`, v1 `cpu.shares` scaled): "
         "the control plane stays fast while jobs saturate the CPU",
     )
-    cpu_batch_cap: int = setting(8, "RFUAV_CPU_BATCH_CAP", "training on the CPU clamps batch_size to this")
+    cpu_batch_cap: int = setting(
+        8, "RFUAV_CPU_BATCH_CAP", "training on the CPU clamps batch_size to this", alias="CPU_TRAINING_MAX_BATCH_SIZE"
+    )
     cpu_worker_fraction: float = setting(
-        0.5, "RFUAV_CPU_WORKER_FRACTION", "DataLoader workers on the CPU, as a fraction of cores"
-    )
+        0.5, "RFUAV_CPU_WORKER_FRACTION", "DataLoader workers on the CPU, as a fraction of cores",
+        alias="CPU_TRAINING_MAX_WORKERS_RATIO",
+    )  # fmt: skip
     cpu_thread_fraction: float = setting(
-        0.5, "RFUAV_CPU_THREAD_FRACTION", "torch threads on the CPU, as a fraction of cores"
+        0.5, "RFUAV_CPU_THREAD_FRACTION", "torch threads on the CPU, as a fraction of cores",
+        alias="CPU_TRAINING_PYTORCH_THREADS_RATIO",
+    )  # fmt: skip
+    opencv_threads: int = setting(
+        1, "RFUAV_OPENCV_THREADS", "OpenCV threads per job", alias="CPU_TRAINING_OPENCV_THREADS"
     )
-    opencv_threads: int = setting(1, "RFUAV_OPENCV_THREADS", "OpenCV threads per job")
     upload_url: str = setting("", "RFUAV_UPLOAD_URL", "default satellite upload endpoint")
     upload_file_field: str = setting("file", "RFUAV_UPLOAD_FILE_FIELD", "multipart field of the file part")
     upload_label_field: str = setting(
@@ -141,14 +205,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
         """Read settings from ``env`` (default ``os.environ``) over ``env_file``
-        (default ``$RFUAV_ENV_FILE`` or ``./.env`` when it exists). Raises ``ValueError``
-        naming the variable when a value does not parse. An empty variable is an unset one."""
+        (default ``$RFUAV_ENV_FILE`` or ``./.env`` when it exists), each ``RFUAV_*`` name before
+        the seed's name for it (``SEED_NAMES_RULE``). Raises ``ValueError`` naming the variable
+        read when a value does not parse. An empty variable is an unset one."""
         env = dict(os.environ if env is None else env)
         file = env_file or env.get("RFUAV_ENV_FILE") or ".env"
-        merged: dict[str, str] = {}
-        if Path(file).is_file():
-            merged.update(_parse_env_file(Path(file)))
-        merged.update({k: v for k, v in env.items() if k.startswith("RFUAV_")})
+        in_file = _parse_env_file(Path(file)) if Path(file).is_file() else {}
+        merged, source = _resolve(env, in_file)
 
         def get(var: str, conv: Callable[[str], Any]) -> Any:
             raw = merged.get(var, "")
@@ -157,7 +220,7 @@ class Settings:
             try:
                 return conv(raw)
             except ValueError as exc:
-                raise ValueError(f"{var}={raw!r}: {exc}") from None
+                raise ValueError(f"{source.get(var, var)}={raw!r}: {exc}") from None
 
         declared = {f.name: f for f in fields(cls)}
 
@@ -171,6 +234,8 @@ class Settings:
             "runtime_dir": Path(text("runtime_dir")) if text("runtime_dir") else default_runtime_dir(home),
             "data_roots": tuple(Path(p).absolute() for p in text("data_roots").split(":") if p) or (home,),
             "url_allow_hosts": tuple(h.strip().lower() for h in text("url_allow_hosts").split(",") if h.strip()),
+            "cors_origins": get("RFUAV_CORS_ORIGINS", origins) or (),
+            "supported_models": get("RFUAV_SUPPORTED_MODELS", models) or (),
         }
         if text("job_memory_mb").strip() in ("", "auto"):
             values["job_memory_mb"] = auto_job_memory_mb(merged)
@@ -178,22 +243,60 @@ class Settings:
         for name, f in declared.items():
             if name in values or name == "limits":
                 continue
-            value = get(f.metadata["env"], _PARSERS.get(str(f.type), str))
+            value = get(f.metadata["env"], PARSERS.get(str(f.type), str))
             if value is not None:
                 values[name] = value
-        weight = values.get("job_cpu_weight", cls.job_cpu_weight)
-        if not 1 <= weight <= 10_000:
-            raise ValueError(f"RFUAV_JOB_CPU_WEIGHT={weight}: must be between 1 and 10000")
-        mode = values.get("start_mode", cls.start_mode)
-        if mode not in ("warm", "cold"):
-            raise ValueError(f"RFUAV_START_MODE={mode!r}: must be 'warm' or 'cold'")
+        if not text("log_level") and values.get("debug"):
+            values["log_level"] = "DEBUG"
+        _check(values, source)
         limits = _default_limits()
-        for var, (device, task_type, _) in LIMIT_VARIABLES.items():
-            value = get(var, _pos_int)
+        for var, (device, task_type, _, _) in LIMIT_VARIABLES.items():
+            value = get(var, pos_int)
             if value is not None:
                 limits[device][task_type] = value
         values["limits"] = limits
         return cls(**values)
+
+
+def _aliases() -> dict[str, tuple[str, bool]]:
+    """``RFUAV_*`` name -> (the seed's name, whether that name is read from the environment)."""
+    out = {var: (alias, True) for var, (*_, alias) in LIMIT_VARIABLES.items() if alias}
+    for f in fields(Settings):
+        if f.metadata.get("alias"):
+            out[f.metadata["env"]] = (f.metadata["alias"], not f.metadata["generic"])
+    return out
+
+
+def _resolve(env: Mapping[str, str], in_file: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every variable's text by its ``RFUAV_*`` name (the environment over the file, then the
+    seed's name: ``SEED_NAMES_RULE``), and the name each seed-named value was read from."""
+    merged = {k: v for k, v in in_file.items() if k.startswith("RFUAV_")}
+    merged.update({k: v for k, v in env.items() if k.startswith("RFUAV_")})
+    source: dict[str, str] = {}
+    for var, (alias, from_environ) in _aliases().items():
+        if merged.get(var, "") != "":
+            continue
+        raw = (env.get(alias, "") if from_environ else "") or in_file.get(alias, "")
+        if raw != "":
+            merged[var], source[var] = raw, alias
+    return merged, source
+
+
+def _check(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
+    """Ranges that the type alone does not say; the message names the variable read."""
+    ranges = {"job_cpu_weight": (1, 10_000), "default_train_priority": (1, 10), "default_inference_priority": (1, 10)}
+    for name, (low, high) in ranges.items():
+        value = values.get(name, getattr(Settings, name))
+        if not low <= value <= high:
+            var = _env_of(name)
+            raise ValueError(f"{source.get(var, var)}={value}: must be between {low} and {high}")
+    mode = values.get("start_mode", Settings.start_mode)
+    if mode not in ("warm", "cold"):
+        raise ValueError(f"RFUAV_START_MODE={mode!r}: must be 'warm' or 'cold'")
+
+
+def _env_of(name: str) -> str:
+    return next(str(f.metadata["env"]) for f in fields(Settings) if f.name == name)
 
 
 def host_memory_mb() -> int:
@@ -211,33 +314,6 @@ def auto_job_memory_mb(env: Mapping[str, str]) -> int:
     return max(512, (host_memory_mb() - 1024) // max(1, slots))
 
 
-def _pos_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be 1 or 0")
-
-
-def _pos_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-#: How a variable's text becomes a setting, by the field's type (others: the text as is).
-_PARSERS: dict[str, Callable[[str], Any]] = {"int": _pos_int, "float": _pos_float, "bool": _flag}
-
-
 def _shown(f: Field[Any]) -> str:
     """A field's default as the table shows it (as one would write it in the variable)."""
     if f.metadata["shown"] is not None:
@@ -252,17 +328,27 @@ def _shown(f: Field[Any]) -> str:
     return str(default)
 
 
+def _names(var: str, alias: str | None, generic: bool = False) -> str:
+    """The table's variable cell: the ``RFUAV_*`` name, then the seed's (``SEED_NAMES_RULE``)."""
+    if not alias:
+        return f"`{var}`"
+    return f"`{var}` / `{alias}`" + (" (.env)" if generic else "")
+
+
 def markdown_table() -> str:
     """The README's table: every variable with its default and description, in field order."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
         if "variables" in f.metadata:
-            for var, (device, task_type, doc) in f.metadata["variables"].items():
-                rows.append(f"| `{var}` | `{DEFAULT_LIMITS[device][task_type]}` | {doc} |")
+            for var, (device, task_type, doc, alias) in f.metadata["variables"].items():
+                rows.append(f"| {_names(var, alias)} | `{DEFAULT_LIMITS[device][task_type]}` | {doc} |")
         else:
-            rows.append(f"| `{f.metadata['env']}` | `{_shown(f)}` | {f.metadata['doc']} |")
+            names = _names(f.metadata["env"], f.metadata["alias"], f.metadata["generic"])
+            rows.append(f"| {names} | `{_shown(f)}` | {f.metadata['doc']} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     print(markdown_table())
+    print()
+    print(SEED_NAMES_RULE)

@@ -3,9 +3,13 @@
 Follows torchvision's ``references/classification/train.py`` (``train_one_epoch``, ``evaluate``,
 a checkpoint dict with resume) and emits events instead of printing:
 
-- ``training`` metrics (loss, step) at most ``1 / STEP_EVENT_INTERVAL`` per second;
-- per epoch ``epoch_start``, ``validation`` and ``epoch_end`` (every key of
-  ``protocol.events.EPOCH_METRICS``, plus ``train_images_per_s``), then ``completed``;
+- ``training`` steps (``step``, metrics ``loss``) at most ``1 / STEP_EVENT_INTERVAL`` per second;
+- per epoch ``epoch_start``, a ``training`` summary (``TRAINING_SUMMARY_METRICS``: ``train_loss``,
+  ``train_acc``; no ``step``), ``validation`` (``VALIDATION_METRICS``) and ``epoch_end`` (every
+  key of ``protocol.events.EPOCH_METRICS``, plus ``train_images_per_s``; the same numbers), then
+  ``completed``;
+- on ``epoch_end``, beside ``metrics``: the validation pass's ``confusion``, ``class_names`` and
+  ``per_class`` (``runner.metrics.class_report``);
 - ``epoch``, ``total_epochs`` and ``progress`` (0–100) on each, for the task record.
 
 Artifacts under ``save_path[/name]``: ``best.pth`` (best validation accuracy), ``last.pth``
@@ -60,6 +64,7 @@ class _Trainer:
         self.inputs = fetch.Inputs(ctx.task_dir, fetch.Limits.from_config(ctx.config), ctx.check_stop, ctx.log)
         self.state = _State()
         self._amp_reported = False
+        self._val_report: dict[str, Any] = {}  # the last validation pass's metrics.class_report
 
     # setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -92,7 +97,9 @@ class _Trainer:
         cap = ctx.spec.batch_cap
         if not self.device.is_cuda and cap and p.batch_size > cap:
             self.batch_size = cap
-            ctx.warning(f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP)")
+            ctx.warning(
+                f"batch_size {p.batch_size} clamped to {cap} for training on the CPU (RFUAV_CPU_BATCH_CAP, or the seed's CPU_TRAINING_MAX_BATCH_SIZE)"
+            )
         workers = p.num_workers if p.num_workers is not None else ctx.spec.dataloader_workers
         self.train_loader = make_loader(
             self.train_set, batch_size=self.batch_size, workers=workers, shuffle=p.shuffle,
@@ -221,7 +228,7 @@ class _Trainer:
                 f"val_loss {val['val_loss']:.4f}, val_acc {val['val_acc']:.2f}%, best {self.state.best_acc:.2f}%"
                 + (" (saved best.pth)" if improved else ""),
                 summary, stage=ev.EPOCH_END, epoch=epoch, total_epochs=total, step=self.state.step,
-                progress=self._progress(epoch),
+                progress=self._progress(epoch), **self._val_report,
             )  # fmt: skip
         best = max(self.state.best_acc, 0.0)
         ctx.metrics(
@@ -287,11 +294,14 @@ class _Trainer:
         elapsed = time.perf_counter() - started
         ctx.check_stop()
         seen = max(seen, 1)
-        return (
-            float(loss_sum.item() / seen),
-            float(correct.item() * 100.0 / seen),
-            seen / max(elapsed, 1e-9),
-        )
+        train_loss, train_acc = float(loss_sum.item() / seen), float(correct.item() * 100.0 / seen)
+        # The epoch's summary in the original's shape (no ``step``: not a step, ``ev.is_step``).
+        ctx.metrics(
+            f"training {epoch}/{total}: train_loss {train_loss:.4f}, train_acc {train_acc:.2f}%",
+            {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc},
+            stage=ev.TRAINING, epoch=epoch, total_epochs=total, progress=self._progress(epoch),
+        )  # fmt: skip
+        return train_loss, train_acc, seen / max(elapsed, 1e-9)
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         ctx, device, model = self.ctx, self.device, self.model
@@ -313,9 +323,10 @@ class _Trainer:
             "val_loss": loss_sum / max(1, targets_cat.shape[0]),
             **metrics.classification(logits_cat, targets_cat),
         }
+        self._val_report = metrics.class_report(logits_cat, targets_cat, self.val_set.class_names)
         ctx.metrics(
             f"validation {epoch}/{self.p.num_epochs}: val_loss {result['val_loss']:.4f}, val_acc {result['val_acc']:.2f}%",
-            {"val_loss": result["val_loss"], "val_acc": result["val_acc"], "epoch": epoch},
+            {"epoch": epoch, **{k: result[k] for k in ev.VALIDATION_METRICS[1:]}},
             stage=ev.VALIDATION, epoch=epoch, total_epochs=self.p.num_epochs, progress=self._progress(epoch),
         )  # fmt: skip
         return result

@@ -5,8 +5,9 @@ A host without NVML (no driver, no library, no device) has no GPU: ``count`` is 
 bus) is logged and reported as unknown rather than crashing the daemon.
 
 The formatting of NVML's plain numbers into the contract's shapes is done by pure functions
-(``device_entry``, ``summary_line``, ``cuda_version_text``) so that it can be tested on a
-machine without a GPU, from recorded values.
+(``device_entry``, ``cuda_version_text``, ``torch_cuda_version``, and the start-up summary's
+``protocol.hardware.summary_lines``, which ``rfuav gpu`` prints too) so that it can be tested on
+a machine without a GPU, from recorded values.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from protocol import hardware
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +67,29 @@ def device_entry(
     }
 
 
-def summary_line(
-    index: int, name: str, capability: tuple[int, int] | None, total: int, free: int, cuda: str | None
-) -> str:
-    """One GPU in the daemon's start-up hardware summary."""
-    cc = f"{capability[0]}.{capability[1]}" if capability else "?"
-    return (
-        f"cuda:{index}: {name}, compute capability {cc}, {_gb(total):.2f} GB total, "
-        f"{_gb(free):.2f} GB free, driver CUDA {cuda or '?'}"
-    )
-
-
 def torch_version() -> str | None:
     """The installed torch's version, read from its metadata (torch is never imported)."""
     try:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+#: ``cuda: Optional[str] = '12.4'`` (or ``= None``) in torch's generated ``torch/version.py``.
+_TORCH_CUDA = re.compile(r"^cuda\b[^=\n]*=\s*(?:'([^']*)'|\"([^\"]*)\"|None)", re.MULTILINE)
+
+
+def torch_cuda_version(version_py: str | None = None) -> str | None:
+    """The CUDA version torch was built for (``torch.version.cuda``; None: a CPU build or no
+    torch), read from the text of its ``torch/version.py``, never by importing torch."""
+    if version_py is None:
+        try:
+            path = Path(str(importlib.metadata.distribution("torch").locate_file("torch/version.py")))
+            version_py = path.read_text(encoding="utf-8")
+        except (importlib.metadata.PackageNotFoundError, OSError):
+            return None
+    match = _TORCH_CUDA.search(version_py)
+    return (match.group(1) or match.group(2) or None) if match else None
 
 
 class Gpus:
@@ -89,6 +100,7 @@ class Gpus:
         #: Why there is no GPU (None when NVML found at least one).
         self.reason: str | None = None
         self.cuda_version: str | None = None
+        self._torch_cuda = torch_cuda_version()
         self._nvml: Any = None
         try:
             import pynvml
@@ -167,6 +179,10 @@ class Gpus:
             "cuda_version": self.cuda_version,
             "pytorch_version": torch_version(),
             "devices": devices,
+            # Additions: torch's own CUDA, why there is no GPU, the cores jobs share.
+            "torch_cuda_version": self._torch_cuda,
+            "reason": self.reason,
+            "cpu_count": os.cpu_count() or 1,
         }
 
     def free_memory(self, index: int) -> int:
@@ -196,21 +212,9 @@ class Gpus:
                     out[int(proc.pid)] = out.get(int(proc.pid), 0) + used
         return out
 
-    def summary_lines(self) -> list[str]:
-        """The start-up hardware summary, one line per GPU, or the CPU-only line."""
-        lines = []
-        for index in range(self.count):
-            try:
-                handle = self._handle(index)
-                name, capability = self._name_and_capability(handle)
-                total, _, free, _ = self._memory(handle)
-            except self._nvml.NVMLError as exc:
-                lines.append(f"cuda:{index}: NVML query failed: {exc}")
-                continue
-            lines.append(summary_line(index, name, capability, total, free, self.cuda_version))
-        if not lines:
-            lines.append(f"no GPU: CPU only ({os.cpu_count() or 1} cores)")
-        return lines
+    def summary_lines(self, current_tasks: Mapping[str, Mapping[str, int]] | None = None) -> list[str]:
+        """The start-up hardware summary (``protocol.hardware.summary_lines``)."""
+        return hardware.summary_lines(self.info(current_tasks))
 
     def close(self) -> None:
         if self._nvml is not None:

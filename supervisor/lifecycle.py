@@ -3,7 +3,10 @@
 ``enqueue`` → ``schedule`` (the scheduler places it, a slot is held) → ``_start`` (job spec,
 ``Executor.start``, then wait) → ``_reap`` (journal tail, outcome, cleanup) → ``finish`` (the
 final record, the slot freed, the queue moves on). ``cancel`` takes a queued task out at once;
-a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over. ``close``
+a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over. A task queued
+longer than ``queue_timeout`` (``RFUAV_QUEUE_TIMEOUT``; 0: no limit) fails with that reason: one
+loop timer on the deadline of the task queued first, re-armed whenever the queue changes
+(queue time is the loop's monotonic clock; after a restart, from the restart). ``close``
 starts nothing more (pending tasks stay pending for the next start); ``stop_jobs`` cancels what
 runs and waits for it; ``kill_jobs`` is the impatient second step.
 
@@ -88,13 +91,15 @@ class Lifecycle:
         self._on_change = on_change
         self._limits = JobLimits(settings.job_memory_mb, settings.job_cpus, settings.job_pids, settings.job_cpu_weight)
         self._background: set[asyncio.Task[Any]] = set()
+        self._queue_timer: asyncio.TimerHandle | None = None
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, tasks: list[TaskRecord]) -> None:
         """Queue newly stored tasks and start what may start."""
+        now = asyncio.get_running_loop().time()
         for task in tasks:
             self.tasks[task.task_id] = task
-            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority)
+            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority, now)
             self._pipeline.emit(task, LOG, f"queued (priority {task.priority}, device {task.requested_device})")
         self.schedule()
 
@@ -115,7 +120,37 @@ class Lifecycle:
             else:
                 self._store.update_task(task)
             self._in_background(self._start(task, job))
+        self._arm_queue_timer()
         self._on_change()
+
+    def _arm_queue_timer(self) -> None:
+        """One timer, on the deadline of the task queued first (none without a wait limit)."""
+        timeout = self._settings.queue_timeout
+        oldest = self._scheduler.oldest() if timeout > 0 else None
+        deadline = None if oldest is None else oldest[1] + timeout
+        if self._queue_timer is not None:
+            if self._queue_timer.when() == deadline:
+                return
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if deadline is not None:
+            self._queue_timer = asyncio.get_running_loop().call_at(deadline, self._expire_waiting)
+
+    def _expire_waiting(self) -> None:
+        """Fail every task that has waited past the limit, oldest first, then re-arm."""
+        self._queue_timer = None
+        if self.closing:
+            return
+        timeout = self._settings.queue_timeout
+        now = asyncio.get_running_loop().time()
+        while (oldest := self._scheduler.oldest()) is not None and now - oldest[1] >= timeout:
+            self._scheduler.remove(oldest[0])
+            waited = now - oldest[1]
+            shown = f"{waited:.0f}" if waited >= 10 else f"{waited:.1f}"
+            message = f"waited {shown} s for resources (RFUAV_QUEUE_TIMEOUT={timeout:g})"
+            log.warning("task %s: %s", oldest[0], message)
+            self.finish(self.tasks[oldest[0]], FAILED, message)
+        self._arm_queue_timer()
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.ensure_future(coro)
@@ -271,6 +306,9 @@ class Lifecycle:
     def close(self) -> None:
         """Start no more tasks; pending ones stay pending (stored) for the next start."""
         self.closing = True
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
 
     async def stop_jobs(self, reason: str) -> None:
         """Cancel every running job (grace, then kill) and wait for them to end, within
@@ -327,9 +365,10 @@ class Lifecycle:
             self._in_background(self._reap(task, job, handle))
         self._executor.remove_leftovers(keep=set(self.running))
         pending = self._store.tasks_in_order(PENDING)
+        now = asyncio.get_running_loop().time()
         for task in pending:
             self.tasks[task.task_id] = task
-            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority)
+            self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority, now)
         if pending:
             log.info("recovered %d pending task(s)", len(pending))
         self.schedule()

@@ -5,6 +5,9 @@ the tasks that may start now, and ``release``\\ s a slot when a runner is gone. 
 directly.
 
 - Order: higher ``priority`` first, then submission order (FIFO).
+- Waiting: each queued task keeps the time it was queued at (``push(..., queued_at=)``, on the
+  caller's clock); ``oldest()`` is the one queued first, so one timer on its deadline serves a
+  queue wait limit (``supervisor.lifecycle``).
 - A task that cannot start (its device is full for its type) does not block tasks of other
   devices or types behind it; a task of the same device and type never overtakes it, since the
   same limit holds them both.
@@ -42,6 +45,7 @@ class _Entry:
     task_id: str = field(compare=False)
     task_type: str = field(compare=False)
     device: str = field(compare=False)
+    queued_at: float = field(compare=False, default=0.0)
 
 
 class Scheduler:
@@ -125,10 +129,11 @@ class Scheduler:
             self._limits.setdefault(dev, {}).update(table)
 
     # -- queue ---------------------------------------------------------------------------
-    def push(self, task_id: str, task_type: str, device: str, priority: int) -> None:
-        """Queue a task (``device`` as requested: ``cpu``, ``cuda`` or ``cuda:N``)."""
+    def push(self, task_id: str, task_type: str, device: str, priority: int, queued_at: float = 0.0) -> None:
+        """Queue a task (``device`` as requested: ``cpu``, ``cuda`` or ``cuda:N``) at ``queued_at``
+        (non-decreasing from one push to the next)."""
         self._counter += 1
-        entry = _Entry((-priority, self._counter), task_id, task_type, device)
+        entry = _Entry((-priority, self._counter), task_id, task_type, device, queued_at)
         bisect.insort(self._queue, entry)
         self._queued[task_id] = entry
 
@@ -139,6 +144,12 @@ class Scheduler:
             return False
         self._queue.remove(entry)
         return True
+
+    def oldest(self) -> tuple[str, float] | None:
+        """``(task_id, queued_at)`` of the task queued first (None: the queue is empty)."""
+        # ``_queued`` keeps push order: its first entry is the oldest.
+        entry = next(iter(self._queued.values()), None)
+        return None if entry is None else (entry.task_id, entry.queued_at)
 
     def queued(self) -> list[str]:
         """Queued task ids in the order they would start."""

@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds it: routes from ``web.routes.ROUTES`` (endpoints in
 ``web.endpoints``), errors mapped once to the ``{code, msg, data}`` envelope (``web.errors``),
-request latency (``web.metrics``), the bearer token when one is set (``web.auth``), and the
-OpenAPI document built from the same table. Its lifespan opens the control client and the event
+request latency (``web.metrics``), CORS for the origins of ``RFUAV_CORS_ORIGINS`` (outside
+the token check: a browser's preflight carries no token), the bearer token when one is set
+(``web.auth``), and the OpenAPI document built from the same table. Its lifespan opens the control client and the event
 hub and yields the ``State`` every request reads.
 """
 
@@ -18,6 +19,7 @@ from starlette.middleware import Middleware
 from protocol.settings import Settings
 from web.auth import TokenMiddleware
 from web.control import DEFAULT_TIMEOUT, ControlClient
+from web.cors import Cors
 from web.endpoints.request import State
 from web.errors import EXCEPTION_HANDLERS
 from web.hub import Hub
@@ -54,6 +56,8 @@ def create_app(settings: Settings, *, control_timeout: float | None = None) -> S
         routes=starlette_routes(ROUTES),
         middleware=[
             Middleware(LatencyMiddleware, metrics=app_metrics),
+            # Outside the token check: a browser's preflight carries no token.
+            *([Middleware(Cors, origins=settings.cors_origins)] if settings.cors_origins else []),
             # Without a token there is nothing to check: no layer at all on the hot path.
             *([Middleware(TokenMiddleware, token=settings.api_token)] if settings.api_token else []),
         ],

@@ -3,7 +3,9 @@
 - ``STRICT``: strict types (``"8"`` is not an integer, ``1`` is not a boolean; a float field
   accepts an integer), unknown fields ignored (as the original service did).
 - ``TaskFields``: ``task_id``, ``priority``, ``description`` and ``spec()``, the ``TaskSpec`` of
-  a request. ``UploadFields``: the satellite upload (``enable_upload``, ``upload_url``, ``token``).
+  a request. A request without a ``priority`` gets the service's default for its kind
+  (``DEFAULT_TRAIN_PRIORITY``, ``DEFAULT_INFERENCE_PRIORITY``), read from the ``Settings`` that
+  the endpoint passes as the validation context (``settings_of``). ``UploadFields``: the satellite upload (``enable_upload``, ``upload_url``, ``token``).
 - ``check_device``, ``check_task_id``, ``check_name``: field validators (a ``ValueError``'s text
   is the client's message, after the field's name).
 - ``token`` is a secret: it is carried in params for the runner and never appears in a message.
@@ -12,10 +14,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from protocol.settings import Settings
 from protocol.tasks import DEVICE_RE, TASK_ID_RE
 from web.paths import url_problem
 
@@ -31,6 +34,12 @@ def one_of(names: tuple[str, ...], *, quote: bool = False) -> str:
     """``"a, b or c"`` (each in single quotes with ``quote``)."""
     shown = [f"'{n}'" if quote else n for n in names]
     return ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else "".join(shown)
+
+
+def settings_of(info: ValidationInfo) -> Settings | None:
+    """The service's settings a request is validated under (None: validated without them)."""
+    context = info.context
+    return context if isinstance(context, Settings) else None
 
 
 def check_device(value: str) -> str:
@@ -63,7 +72,17 @@ class TaskFields(BaseModel):
     priority: int = Field(5, ge=1, le=10, description="1-10, higher runs first")
     description: str | None = None
 
+    #: The setting holding the ``priority`` of a request without one (None: the field's default).
+    priority_setting: ClassVar[str | None] = None
+
     _task_id = field_validator("task_id")(check_task_id)
+
+    @model_validator(mode="after")
+    def _default_priority(self, info: ValidationInfo) -> Self:
+        settings = settings_of(info)
+        if settings is not None and self.priority_setting and "priority" not in self.model_fields_set:
+            self.priority = int(getattr(settings, self.priority_setting))
+        return self
 
     def spec(self, task_type: str, job: str, params: dict[str, Any], device: str) -> dict[str, Any]:
         """The ``TaskSpec`` object of this request (a plain dict for the control ``submit``)."""

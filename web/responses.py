@@ -99,9 +99,13 @@ class ResourcesResponse(_Open):
 class GpuResponse(_Open):
     available: bool
     count: int
-    cuda_version: str | None
+    cuda_version: str | None = Field(description="the driver's CUDA version (NVML)")
     pytorch_version: str | None
     devices: list[dict[str, Any]]
+    # Additions.
+    torch_cuda_version: str | None = Field(None, description="the CUDA version torch was built for (null: CPU build)")
+    reason: str | None = Field(None, description="why there is no GPU (null when there is one)")
+    cpu_count: int | None = Field(None, description="the host's CPU cores")
 
 
 class LimitsResponse(_Open):

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from protocol.catalog import AUGMENT_METHODS, FIXED_INPUT_SIZE, MIN_INPUT_SIZE, MODEL_SET, MODELS
 from protocol.tasks import DEVICE_RE
-from web.fields import STRICT, TaskFields, UploadFields, check_device, check_name
+from web.fields import STRICT, TaskFields, UploadFields, check_device, check_name, settings_of
 from web.paths import Confinement
 
 __all__ = [
@@ -40,6 +40,8 @@ __all__ = [
 class TrainingRequest(TaskFields, UploadFields):
     """POST /api/v2/training/start (API.md §3.1)."""
 
+    priority_setting = "default_train_priority"
+
     model: str = Field(description="torchvision classification model name")
     num_classes: int = Field(ge=1, le=100_000)
     train_path: str = Field(description="ImageFolder directory, .zip of one, or http(s) URL")
@@ -55,6 +57,7 @@ class TrainingRequest(TaskFields, UploadFields):
     pretrained: bool = True
     shuffle: bool = True
     strategy_type: str | None = Field(None, description="passed through, echoed in responses")
+    priority: int = Field(5, ge=1, le=10, description="1-10, higher runs first (default: RFUAV_DEFAULT_TRAIN_PRIORITY)")
     # Additions to API.md.
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     deterministic: bool = False
@@ -65,7 +68,12 @@ class TrainingRequest(TaskFields, UploadFields):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, value: str) -> str:
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        settings = settings_of(info)
+        supported = settings.supported_models if settings is not None else ()
+        if supported and value not in supported:
+            shown = "unknown" if value not in MODEL_SET else "unsupported"
+            raise ValueError(f"{shown} model '{value[:64]}'; this service supports: {', '.join(supported)}")
         if value not in MODEL_SET:
             raise ValueError(f"unknown model '{value[:64]}'; valid models: {', '.join(MODELS)}")
         return value
@@ -110,10 +118,14 @@ class TrainingRequest(TaskFields, UploadFields):
 
 
 class InferenceFields(TaskFields):
+    priority_setting = "default_inference_priority"
+
     cfg_path: str = Field(description="model config written by training (YAML): local, .zip or URL")
     weight_path: str = Field(description="weights written by training: local, .zip or URL")
     device: str = "cuda"
-    priority: int = Field(3, ge=1, le=10, description="1-10, higher runs first")
+    priority: int = Field(
+        3, ge=1, le=10, description="1-10, higher runs first (default: RFUAV_DEFAULT_INFERENCE_PRIORITY)"
+    )
     # Additions to API.md.
     batch_size: int = Field(32, ge=1, le=65_536)
     top_k: int = Field(5, ge=1, le=1000)

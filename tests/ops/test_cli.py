@@ -454,3 +454,20 @@ def test_progress_bar_shows_epoch_loss_and_accuracy() -> None:
     piped = io.StringIO()
     ProgressBar(piped).draw()
     assert piped.getvalue() == ""
+
+
+def test_progress_bar_through_an_epochs_summary_events() -> None:
+    """The epoch's ``training`` summary (train_loss, train_acc; no step) and ``validation``
+    events: the bar's loss is the training loss, its accuracy the validation accuracy once known."""
+    bar = ProgressBar(_Tty())
+    epoch = {"kind": "metrics", "total_epochs": 2}
+    bar.update({**epoch, "stage": "training", "step": 4, "epoch": 1, "progress": 40, "metrics": {"loss": 1.5}})
+    bar.update({**epoch, "stage": "training", "epoch": 1, "progress": 50,
+                "metrics": {"epoch": 1, "train_loss": 1.25, "train_acc": 40.0}})  # fmt: skip
+    assert bar.text().endswith("epoch 1/2  loss 1.2500  acc 40.0%")  # no validation yet
+    bar.update({**epoch, "stage": "validation", "epoch": 1, "progress": 50,
+                "metrics": {"epoch": 1, "val_loss": 1.0, "val_acc": 60.0, "macro_f1": 0.5, "mAP": 0.6, "top1_acc": 60.0}})  # fmt: skip
+    assert bar.text().endswith("epoch 1/2  loss 1.2500  acc 60.0%")
+    bar.update({**epoch, "stage": "training", "epoch": 2, "progress": 100,
+                "metrics": {"epoch": 2, "train_loss": 0.75, "train_acc": 90.0}})  # fmt: skip
+    assert bar.text() == "[########################] 100%  epoch 2/2  loss 0.7500  acc 60.0%"

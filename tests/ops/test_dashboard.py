@@ -2,9 +2,11 @@
 
 Start a training job from the form (a tiny digits dataset rendered as PNGs), watch the live log
 and the charts fill, cancel it and see the status change; plus the token flow, the
-preprocessing forms, and a task's page opened by clicking its id in the list. Every page loads
-without a console error (the favicon included) and without a JavaScript error. A screenshot goes
-to test-artifacts/.
+preprocessing forms, and a task's page opened by clicking its id in the list. On two short
+finished trainings (``trainings``): the charts' legends, integer epoch ticks and the values
+under the mouse, the best epoch's confusion matrix and per-class table, and the compare view
+overlaying both. Every page loads without a console error (the favicon included) and without a
+JavaScript error. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ def svc() -> Iterator[Service]:
         yield service
     finally:
         service.close()
+
+
+@pytest.fixture(scope="module")
+def trainings(svc: Service) -> dict[str, Any]:
+    """Two short trainings run to completion through the API (3 epochs each on 20 digits per
+    class, other learning rates and seeds; both at once: the CPU takes two), and the size of
+    their validation set."""
+    data = digits(svc.home / "digits-cmp", per_class=12, size=16)
+    ids = [
+        svc.client.start_training(
+            "resnet18", 10, str(data["train"]), str(data["val"]), str(svc.home / "models-cmp"), name=f"cmp{seed}",
+            batch_size=8, num_epochs=3, learning_rate=lr, image_size=32, device="cpu", pretrained=False, seed=seed,
+        )["task_id"]
+        for seed, lr in ((1, 1e-3), (2, 3e-3))
+    ]  # fmt: skip
+    for task_id in ids:
+        assert svc.client.wait_for(task_id, timeout=240)["status"] == "completed"
+    return {"ids": ids, "val_size": len(list(data["val"].glob("*/*.png")))}
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +189,10 @@ def test_train_from_the_form_watch_log_and_charts_then_cancel(page, svc: Service
     page.wait_for_function("Number(document.querySelector('#chart-epoch-loss').dataset.points) >= 4", timeout=180_000)
     page.wait_for_function("Number(document.querySelector('#chart-epoch-acc').dataset.points) >= 4")
     assert page.inner_text("#task-status") == "running"
-    assert page.locator("#chart-epoch-loss polyline[data-series=val_loss]").count() == 1
+    assert legend(page, "#chart-epoch-loss") == ["epoch", "train_loss", "val_loss"]
+    # The best epoch so far: its confusion matrix, 10 x 10.
+    page.wait_for_selector("#class-report:not([hidden])")
+    assert page.locator("#confusion td.cm").count() == 100
     # What the chart shows is what the service stored.
     stored = [e for e in svc.client.get_logs(task_id) if e.get("stage") == "epoch_end"]
     assert len(stored) >= 2
@@ -251,4 +274,114 @@ def test_click_a_task_id_to_open_its_page(open_page, svc: Service) -> None:  # t
     page.wait_for_function(f"document.querySelector('#task-title').textContent === {second!r}")
     page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=30_000)
     assert page.locator("#task-log li").count() == len(stored)
+    assert watched.console_errors == [], watched.console_errors
+
+
+def legend(page, chart: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The names in a chart's legend: the x axis, then each series."""
+    return [t.strip() for t in page.locator(f"{chart} .u-legend .u-series .u-label").all_inner_texts()]
+
+
+def legend_value(page, chart: str, index: int) -> str:  # type: ignore[no-untyped-def]
+    """The value a chart's legend shows for its ``index``-th entry (0: x): ``--`` unless the
+    mouse is over the plot."""
+    return str(page.locator(f"{chart} .u-legend .u-series").nth(index).locator(".u-value").inner_text()).strip()
+
+
+def hover(page, chart: str, fraction: float) -> None:  # type: ignore[no-untyped-def]
+    """Move the mouse over a chart's plot, ``fraction`` of the way across, half-way down."""
+    box = page.locator(f"{chart} .u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+
+
+def test_training_charts_legend_ticks_hover_and_class_report(open_page, svc: Service, trainings) -> None:  # type: ignore[no-untyped-def]
+    task_id = trainings["ids"][0]
+    ends = [e for e in svc.client.get_logs(task_id) if e.get("stage") == "epoch_end"]
+    assert [e["epoch"] for e in ends] == [1, 2, 3]
+    watched = open_page()
+    page = watched.page
+    page.locator(f"#tasks tr[data-task-id='{task_id}'] td.id a").click()
+    page.wait_for_function("document.querySelector('#log-state').textContent === '(ended)'", timeout=30_000)
+    page.wait_for_function("document.querySelector('#chart-epoch-loss').dataset.points === '6'")
+    page.wait_for_function("document.querySelector('#chart-epoch-acc').dataset.points === '6'")
+    page.wait_for_function("Number(document.querySelector('#chart-step-loss').dataset.points) >= 3")
+    # A legend names every series (none drawn over the lines).
+    assert legend(page, "#chart-epoch-loss") == ["epoch", "train_loss", "val_loss"]
+    assert legend(page, "#chart-epoch-acc") == ["epoch", "train_acc", "val_acc"]
+    assert legend(page, "#chart-step-loss") == ["step", "loss"]
+    # Epochs are whole numbers on the x axis (the tick labels drawn on the canvas).
+    assert page.get_attribute("#chart-epoch-loss", "data-x-ticks") == "1,2,3"
+    assert page.get_attribute("#chart-epoch-acc", "data-x-ticks") == "1,2,3"
+    steps = page.get_attribute("#chart-step-loss", "data-x-ticks").split(",")
+    assert steps and all(t.isdigit() for t in steps), steps
+    # The values under the mouse: none until it is over the plot, then epoch 2's (the middle).
+    assert legend_value(page, "#chart-epoch-loss", 2) == "--"
+    hover(page, "#chart-epoch-loss", 0.5)
+    page.wait_for_function(
+        "document.querySelectorAll('#chart-epoch-loss .u-legend .u-series .u-value')[2].textContent !== '--'"
+    )
+    assert legend_value(page, "#chart-epoch-loss", 0) == "2"
+    assert float(legend_value(page, "#chart-epoch-loss", 1)) == pytest.approx(
+        ends[1]["metrics"]["train_loss"], rel=1e-3
+    )
+    assert float(legend_value(page, "#chart-epoch-loss", 2)) == pytest.approx(ends[1]["metrics"]["val_loss"], rel=1e-3)
+    hover(page, "#chart-epoch-acc", 0.95)
+    page.wait_for_function("document.querySelectorAll('#chart-epoch-acc .u-legend .u-value')[0].textContent === '3'")
+    assert float(legend_value(page, "#chart-epoch-acc", 2)) == pytest.approx(ends[2]["metrics"]["val_acc"], rel=1e-3)
+
+    # The confusion matrix of the best epoch (the first with the highest val_acc), as stored.
+    best = max(e["metrics"]["val_acc"] for e in ends)
+    event = next(e for e in ends if e["metrics"]["val_acc"] == best)
+    page.wait_for_selector("#class-report:not([hidden])")
+    assert page.get_attribute("#confusion", "data-epoch") == str(event["epoch"])
+    names = [str(i) for i in range(10)]
+    assert page.locator("#confusion thead th[scope=col]").all_inner_texts() == names
+    assert page.locator("#confusion tbody th[scope=row]").all_inner_texts() == names
+    cells = [[int(t) for t in row.locator("td").all_inner_texts()] for row in page.locator("#confusion tbody tr").all()]
+    assert cells == event["confusion"]
+    assert sum(map(sum, cells)) == trainings["val_size"]
+    # Per class: one row each, the stored figures.
+    rows = page.locator("#per-class tbody tr")
+    assert rows.count() == 10
+    for i, name in enumerate(names):
+        got = rows.nth(i).locator("td").all_inner_texts()
+        m = event["per_class"][name]
+        assert got == [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-charts.png"), full_page=True)
+    assert watched.console_errors == [], watched.console_errors
+
+
+def test_compare_two_trainings(open_page, svc: Service, trainings) -> None:  # type: ignore[no-untyped-def]
+    first, second = trainings["ids"]
+    watched = open_page()
+    page = watched.page
+    assert page.is_disabled("#compare")
+    # Only trainings can be ticked.
+    tasks = svc.client.get_all_tasks()
+    page.wait_for_function("document.querySelector('#compare-hint').textContent.startsWith('tick two')")
+    others = sum(len(group) for key, group in tasks.items() if key.endswith("_tasks") and key != "training_tasks")
+    page.wait_for_selector(f"#tasks tr[data-task-id='{second}'] input.compare-pick")
+    assert page.locator("#tasks tr.task:not(:has(input.compare-pick))").count() == others
+    for task_id in (first, second):
+        page.locator(f"#tasks tr[data-task-id='{task_id}'] input.compare-pick").check()
+    assert page.is_hidden("#task-panel")  # a tick is not a click on the task
+    assert page.inner_text("#compare-hint") == "2 of at most 4 trainings ticked"
+    page.click("#compare")
+    for chart in ("#compare-val-acc", "#compare-val-loss"):
+        page.wait_for_function(f"document.querySelector('{chart}').dataset.points === '6'")
+        assert legend(page, chart) == ["epoch", f"{first} (cmp1)", f"{second} (cmp2)"]  # id (name)
+        assert page.get_attribute(chart, "data-x-ticks") == "1,2,3"
+    assert page.inner_text("#compare-tasks") == f"{first}, {second}"
+    # Hover: both trainings' val_acc at the last epoch, as each stored it.
+    hover(page, "#compare-val-acc", 0.95)
+    page.wait_for_function("document.querySelectorAll('#compare-val-acc .u-legend .u-value')[0].textContent === '3'")
+    for i, task_id in enumerate((first, second), 1):
+        last = [e for e in svc.client.get_logs(task_id) if e.get("stage") == "epoch_end"][-1]["metrics"]
+        assert float(legend_value(page, "#compare-val-acc", i)) == pytest.approx(last["val_acc"], rel=1e-3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
+    # Unticking one leaves too few to compare.
+    page.locator(f"#tasks tr[data-task-id='{second}'] input.compare-pick").uncheck()
+    assert page.is_disabled("#compare")
     assert watched.console_errors == [], watched.console_errors

@@ -56,3 +56,15 @@ def test_decode_refuses_what_is_not_an_object() -> None:
 def test_event_fields_and_stage_names() -> None:
     assert ev.EVENT_FIELDS[:2] == ("seq", "rseq") and "source" in ev.EVENT_FIELDS
     assert ev.STAGE_COMPLETED == "completed" and ev.STAGE_COMPLETED in ev.STAGES
+
+
+def test_epoch_summaries_use_the_original_keys_and_are_not_steps() -> None:
+    # The original's README: a "training" event with epoch/train_loss/train_acc and a
+    # "validation" one with epoch/val_loss/val_acc/macro_f1/mAP/top1_acc; all keys of §3.3.
+    assert ev.TRAINING_SUMMARY_METRICS == ("epoch", "train_loss", "train_acc")
+    assert ev.VALIDATION_METRICS == ("epoch", "val_loss", "val_acc", "macro_f1", "mAP", "top1_acc")
+    assert set(ev.TRAINING_SUMMARY_METRICS + ev.VALIDATION_METRICS) <= set(ev.EPOCH_METRICS)
+    step = {"kind": "metrics", "stage": "training", "step": 7, "metrics": {"loss": 0.5}}
+    summary = {"kind": "metrics", "stage": "training", "epoch": 1, "metrics": {"epoch": 1, "train_loss": 0.5}}
+    end = {"kind": "metrics", "stage": "epoch_end", "step": 7, "metrics": {"train_loss": 0.5}}
+    assert [ev.is_step(e) for e in (step, summary, end)] == [True, False, False]

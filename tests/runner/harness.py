@@ -31,6 +31,7 @@ import orjson
 import zmq
 
 from protocol.codec import build
+from protocol.events import is_step
 from protocol.jobs import JobConfig, JobSpec
 from protocol.tasks import JOB_TASK_TYPES
 
@@ -211,6 +212,10 @@ class RunnerProcess:
 
     def stage(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("stage") == name]
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The training steps (stage ``training`` with a ``step``; not the epochs' summaries)."""
+        return [e for e in self.events if is_step(e)]
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -55,3 +55,23 @@ def test_classification_matches_scikit_learn(seed: int) -> None:
         assert got[name] == pytest.approx(value, abs=1e-9), name
     top3 = (logits.topk(3, 1).indices == targets[:, None]).any(1).float().mean().item() * 100
     assert got["top3_acc"] == pytest.approx(top3) and got["top5_acc"] >= got["top3_acc"]
+
+
+def test_class_report_by_hand() -> None:
+    # The same six samples: [true][predicted] counts, and the per-class figures worked out above.
+    r = metrics.class_report(LOGITS, TARGETS, ["a", "b", "c"])
+    assert r["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert r["class_names"] == ["a", "b", "c"]
+    expected = {"a": (1 / 2, 1 / 2, 1 / 2, 2), "b": (2 / 3, 1, 4 / 5, 2), "c": (1, 1 / 2, 2 / 3, 2)}
+    for name, (p, rec, f1, support) in expected.items():
+        got = r["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, rec, f1)), name
+        assert got["support"] == support
+    # A class nobody predicts and no sample has: zeros, not NaN; the matrix keeps its row.
+    wide = metrics.class_report(torch.cat([LOGITS, torch.full((6, 1), -9.0)], 1), TARGETS, ["a", "b", "c", "d"])
+    assert wide["confusion"][3] == [0, 0, 0, 0] and wide["per_class"]["d"] == {
+        "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0
+    }  # fmt: skip
+    # Too many classes for a table: nothing.
+    many = metrics.REPORT_MAX_CLASSES + 1
+    assert metrics.class_report(torch.randn(4, many), torch.tensor([0, 1, 2, 3]), [str(i) for i in range(many)]) == {}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 import yaml
 
-from protocol.events import EPOCH_METRICS
+from protocol.events import EPOCH_METRICS, TRAINING_SUMMARY_METRICS, VALIDATION_METRICS, is_step
 from runner import models
 from tests.runner.satellite import Satellite
 from tests.support import datasets
@@ -38,8 +39,10 @@ def test_train_then_infer_over_http(svc: Service) -> None:
         "resnet18", 10, str(data["train"]), str(data["val"]), str(svc.home / "runs"), name="http",
         batch_size=16, num_epochs=3, learning_rate=1e-3, image_size=32, device="cpu", seed=3, augment=False,
     )  # fmt: skip
+    seen = _read_like_the_original(svc.base_url + f"/api/v2/training/{task['task_id']}/logs")
     done = client.wait_for(task["task_id"], timeout=270)
     assert done["status"] == "completed", client.get_logs(task["task_id"])[-3:]
+    _check_epoch_events(seen, epochs=3)
     assert done["progress"] == 100 and done["current_epoch"] == 3 and done["total_epochs"] == 3
     metrics = done["latest_metrics"]
     assert set(EPOCH_METRICS) <= set(metrics) and metrics["epoch"] == 3
@@ -60,6 +63,40 @@ def test_train_then_infer_over_http(svc: Service) -> None:
     results = json.loads((svc.home / "results" / "r" / "results.json").read_text())["results"]
     correct = sum(r["top_class"] == Path(r["image"]).parent.name for r in results)
     assert correct / len(results) >= 0.9
+
+
+def _read_like_the_original(url: str) -> list[dict[str, Any]]:
+    """The SSE stream, live to its end, read as the original's README does: the ``data: `` lines."""
+    events = []
+    with httpx.stream("GET", url, timeout=60.0) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def _check_epoch_events(events: list[dict[str, Any]], epochs: int) -> None:
+    """Per epoch: one ``training`` summary and one ``validation`` event with exactly the
+    original's metric keys and the numbers of that epoch's ``epoch_end``; the steps unchanged."""
+    assert events[-1]["kind"] == "status" and events[-1]["status"] == "completed"
+    training = [e for e in events if e.get("stage") == "training"]
+    steps = [e for e in training if is_step(e)]
+    assert steps and all(set(e["metrics"]) >= {"loss"} and "train_loss" not in e["metrics"] for e in steps)
+    summaries = [e for e in training if not is_step(e)]
+    validations = [e for e in events if e.get("stage") == "validation"]
+    ends = [e for e in events if e.get("stage") == "epoch_end"]
+    assert len(summaries) == len(validations) == len(ends) == epochs
+    for epoch, (summary, val, end) in enumerate(zip(summaries, validations, ends, strict=True), 1):
+        assert sorted(summary["metrics"]) == sorted(TRAINING_SUMMARY_METRICS) == ["epoch", "train_acc", "train_loss"]
+        assert sorted(val["metrics"]) == sorted(["epoch", "val_loss", "val_acc", "macro_f1", "mAP", "top1_acc"])
+        assert summary["metrics"]["epoch"] == val["metrics"]["epoch"] == end["epoch"] == epoch
+        for key in ("train_loss", "train_acc"):
+            assert summary["metrics"][key] == end["metrics"][key], key
+        for key in VALIDATION_METRICS:
+            assert val["metrics"][key] == end["metrics"][key], key
+        assert 0 <= summary["metrics"]["train_acc"] <= 100 and 0 <= val["metrics"]["val_acc"] <= 100
+        assert summary["seq"] < val["seq"] < end["seq"]
 
 
 @pytest.mark.timeout(200)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from protocol.events import EPOCH_METRICS
+from protocol.events import EPOCH_METRICS, TRAINING_SUMMARY_METRICS, VALIDATION_METRICS
 from runner import datasets, models
 from tests.runner.conftest import TRAIN_EPOCHS as EPOCHS
 from tests.runner.conftest import TRAIN_TOKEN as TOKEN
@@ -42,9 +42,20 @@ def test_training_learns_digits(trained: dict[str, Any]) -> None:
     assert [e["epoch"] for e in rp.stage("epoch_start")] == list(range(1, EPOCHS + 1))
     assert len(rp.stage("validation")) == EPOCHS
     assert rp.stage("completed") and rp.stage("completed")[0]["progress"] == 100
-    steps = rp.stage("training")
+    steps = rp.steps()
     assert steps and all(e["kind"] == "metrics" and "loss" in e["metrics"] for e in steps)
     assert [e["step"] for e in steps] == sorted(e["step"] for e in steps)
+    # Per epoch, besides the steps: a training summary and a validation event in the original's
+    # shapes (exactly its metric keys), with the numbers of the epoch's epoch_end.
+    summaries = [e for e in rp.stage("training") if "step" not in e]
+    assert len(summaries) + len(steps) == len(rp.stage("training"))
+    validations = rp.stage("validation")
+    for epoch, (s, v, end) in enumerate(zip(summaries, validations, ends, strict=True), 1):
+        assert list(s["metrics"]) == list(TRAINING_SUMMARY_METRICS) and s["epoch"] == epoch
+        assert list(v["metrics"]) == list(VALIDATION_METRICS) and v["epoch"] == epoch
+        assert s["kind"] == v["kind"] == "metrics"
+        assert {**s["metrics"], **v["metrics"]} == {k: end["metrics"][k] for k in (*s["metrics"], *v["metrics"])}
+        assert rp.events.index(s) < rp.events.index(v) < rp.events.index(end)
     # The pretrained weights are not cached here: said, not hidden.
     assert any(e["level"] == "WARNING" and "from scratch" in e["message"] for e in rp.events)
 
@@ -165,7 +176,7 @@ def test_cancel_mid_epoch_saves_last_and_resume_continues(spectro: Path, tmp_pat
     assert rp2.final is not None and rp2.final["status"] == "completed", rp2.log_tail()
     assert any(e["message"].startswith("resuming from last.pth") for e in rp2.events)
     assert [e["epoch"] for e in rp2.stage("epoch_start")] == [done + 1]
-    assert rp2.stage("training")[0]["step"] > checkpoint["step"]
+    assert rp2.steps()[0]["step"] > checkpoint["step"]
     assert torch.load(last_path, weights_only=True)["epoch"] == done + 1
 
 

@@ -70,7 +70,7 @@ def test_zip_and_url_inputs_resume_and_deterministic_runs(spectro: Path, tmp_pat
     assert first == second
     # Step events are rate-limited by time, so the two runs report different steps: compare the
     # loss at each step both reported.
-    steps = [{e["step"]: e["metrics"]["loss"] for e in rp.stage("training")} for rp in runs]
+    steps = [{e["step"]: e["metrics"]["loss"] for e in rp.steps()} for rp in runs]
     common = steps[0].keys() & steps[1].keys()
     assert common and all(steps[0][k] == steps[1][k] for k in common)
     a, b = (torch.load(tmp_path / f"out{n}" / "last.pth", weights_only=True)["model"] for n in (1, 2))

@@ -118,8 +118,10 @@ class FakeExecutor:
 
 
 class Rig:
-    def __init__(self, home: Path, *, grace: float = 30.0, limit: int = 8) -> None:
-        self.settings = Settings(home=home, runtime_dir=home / "run", grace_seconds=grace, job_memory_mb=512)
+    def __init__(self, home: Path, *, grace: float = 30.0, limit: int = 8, queue_timeout: float = 0.0) -> None:
+        self.settings = Settings(
+            home=home, runtime_dir=home / "run", grace_seconds=grace, job_memory_mb=512, queue_timeout=queue_timeout
+        )
         self.store = Store(self.settings.db_path)
         self.tasks: dict[str, TaskRecord] = {}
         self.changed = asyncio.Event()

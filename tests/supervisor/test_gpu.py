@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
+from protocol.hardware import summary_lines
 from protocol.replies import CommandError
 from supervisor.gpu import (
     GB,
     Gpus,
     cuda_version_text,
     device_entry,
-    summary_line,
+    torch_cuda_version,
     torch_version,
 )
 from tests.support.supervisor import REPO, SupervisorProcess
@@ -57,11 +58,18 @@ def test_without_nvml_there_is_no_gpu_and_nothing_raises() -> None:
         "cuda_version": None,
         "pytorch_version": torch_version(),
         "devices": [],
+        "torch_cuda_version": torch_cuda_version(),
+        "reason": gpus.reason,
+        "cpu_count": os.cpu_count(),
     }
     assert gpus.devices(usage) == []
     assert gpus.free_memory(0) == 0
     assert gpus.pids_memory() == {}
-    assert gpus.summary_lines() == [f"no GPU: CPU only ({os.cpu_count()} cores)"]
+    assert gpus.summary_lines() == [
+        f"no GPU ({gpus.reason}): jobs run on the CPU, {os.cpu_count()} cores",
+        f"CUDA: driver -, PyTorch built for {torch_cuda_version() or '-'}",
+        f"PyTorch: {torch_version()}",
+    ]
     gpus.close()
 
 
@@ -88,14 +96,29 @@ def test_with_nvml_every_device_has_the_contract_fields() -> None:
 
 def test_torch_version_is_read_without_importing_torch() -> None:
     code = (
-        "import sys; from supervisor.gpu import Gpus, torch_version; g = Gpus(); g.info({}); "
-        "g.summary_lines(); print(torch_version()); sys.exit(1 if 'torch' in sys.modules else 0)"
+        "import sys; from supervisor.gpu import Gpus, torch_cuda_version, torch_version; g = Gpus(); g.info({}); "
+        "g.summary_lines(); print(torch_version(), torch_cuda_version()); sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     import torch  # here, not in the daemon: the installed version, whatever its build tag
 
-    assert out.stdout.strip().split("+")[0] == torch.__version__.split("+")[0]
+    version, cuda = out.stdout.split()
+    assert version.split("+")[0] == torch.__version__.split("+")[0]
+    assert cuda == str(torch.version.cuda)  # "None" for a CPU build
+
+
+@pytest.mark.parametrize(
+    ("text", "cuda"),
+    [
+        ("__version__ = '2.5.1+cu124'\ndebug = False\ncuda: Optional[str] = '12.4'\n", "12.4"),
+        ("__version__ = '2.0.1+cu118'\ncuda = '11.8'\ngit_version = 'x'\n", "11.8"),
+        ("__version__ = '2.5.1+cpu'\ncuda: Optional[str] = None\nhip: Optional[str] = None\n", None),
+        ("__version__ = '2.5.1'\n", None),
+    ],
+)
+def test_torch_cuda_version_from_torch_version_py(text: str, cuda: str | None) -> None:
+    assert torch_cuda_version(text) == cuda
 
 
 # -- the formatting seam, with recorded NVML values -------------------------------------------------
@@ -150,14 +173,27 @@ def test_device_entry_fills_missing_counts_and_unknown_values() -> None:
     assert entry["current_tasks"] == {"training": 0, "inference": 3, "diagnostic": 1}
 
 
-def test_cuda_version_and_summary_line() -> None:
+def test_cuda_version_and_the_hardware_summary() -> None:
     assert cuda_version_text(12040) == "12.4"
     assert cuda_version_text(11080) == "11.8"
     assert cuda_version_text(13000) == "13.0"
-    line = summary_line(0, RTX3090["name"], (8, 6), RTX3090["total"], RTX3090["free"], "12.4")  # type: ignore[arg-type]
-    assert line == (
-        "cuda:0: NVIDIA GeForce RTX 3090, compute capability 8.6, 24.00 GB total, 15.50 GB free, driver CUDA 12.4"
-    )
+    # The original service's start-up block, item for item, for the contract's example device.
+    device = device_entry(0, RTX3090["name"], (8, 6), RTX3090["total"], RTX3090["used"], RTX3090["free"], 0, 35,  # type: ignore[arg-type]
+                          {"training": 1, "diagnostic": 2, "preprocessing": 0})  # fmt: skip
+    info = {"available": True, "count": 1, "cuda_version": "12.4", "pytorch_version": "2.5.1+cu121",
+            "torch_cuda_version": "12.1", "devices": [device]}  # fmt: skip
+    assert summary_lines(info) == [
+        "GPU available: 1 GPU(s)",
+        "CUDA: driver 12.4, PyTorch built for 12.1",
+        "PyTorch: 2.5.1+cu121",
+        "GPU 0 (cuda:0)",
+        "├─ model: NVIDIA GeForce RTX 3090",
+        "├─ compute capability: 8.6",
+        "├─ total memory: 24.00 GB",
+        "├─ used memory: 8.50 GB (35.4%)",
+        "├─ free memory: 15.50 GB",
+        "└─ current tasks: training=1, inference=0, diagnostic=2",
+    ]
 
 
 # -- NVML → scheduler → the job's device, through a daemon with a fake NVML --------------------------
@@ -192,6 +228,15 @@ def test_cuda_goes_to_the_least_loaded_gpu_which_the_job_sees_alone(
     )
     health = sup.call("health")
     assert (health["gpu_available"], health["gpu_count"]) == (True, 2)
+    # The start-up hardware summary in the daemon's log: every GPU, its memory and tasks.
+    logged = [line.split("hardware: ", 1)[1] for line in sup.log_text().splitlines() if "hardware: " in line]
+    assert logged[:3] == ["GPU available: 2 GPU(s)", "CUDA: driver 12.4, PyTorch built for " +
+                          (torch_cuda_version() or "-"), f"PyTorch: {torch_version()}"]  # fmt: skip
+    assert logged[3:10] == [
+        "GPU 0 (cuda:0)", "├─ model: Fake GPU A", "├─ compute capability: 8.6", "├─ total memory: 16.00 GB",
+        "├─ used memory: 12.00 GB (75.0%)", "├─ free memory: 4.00 GB", "└─ current tasks: training=0, inference=0",
+    ]  # fmt: skip
+    assert logged[10:12] == ["GPU 1 (cuda:1)", "├─ model: Fake GPU B"] and len(logged) == 17
     info = sup.call("resources")["gpu_info"]
     assert [(d["device_name"], d["name"], d["free_memory_gb"]) for d in info["devices"]] == [
         ("cuda:0", "Fake GPU A", 4.0), ("cuda:1", "Fake GPU B", 14.0),

@@ -188,3 +188,23 @@ def test_logs_bounds_are_bad_requests_not_internal_errors(
     with pytest.raises(CommandError) as err:
         supervisor.call("list", cursor=2**63)
     assert err.value.code == "bad_request" and "cursor" in err.value.message
+
+
+def test_an_internal_error_never_logs_the_request_token(caplog: pytest.LogCaptureFixture) -> None:
+    """The log line that quotes a request which failed inside the daemon redacts its token."""
+    import orjson
+
+    from supervisor.control import Control
+
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"{name} is unavailable")
+
+    secret = "s3cr3t-upload-token"
+    spec = {"task_type": "training", "job": "training", "params": {"model": "resnet18", "token": secret}}
+    request = orjson.dumps({"v": PROTOCOL_VERSION, "id": "r1", "kind": "submit", "tasks": [spec]})
+    with caplog.at_level("ERROR", logger="supervisor.control"):
+        reply = orjson.loads(Control(Broken()).handle(request))  # type: ignore[arg-type]
+    assert reply["ok"] is False and reply["error"]["code"] == "internal"
+    assert "command failed" in caplog.text and '"token":"***"' in caplog.text
+    assert secret not in caplog.text and secret not in reply["error"]["message"]

@@ -21,7 +21,8 @@ What it does:
 - Attributes: ``base_url``, ``home`` (the RFUAV_HOME; the default data root), ``env`` (the full
   environment both processes got), ``settings``, ``client`` (an ``RFUAVClient`` with the token
   of ``env`` if any), ``supervisor`` (the ``SupervisorProcess``: ``call``, ``logs``, ``kill``,
-  ``restart``…), ``web_pid``.
+  ``restart``…), ``web_pid``. ``cwd``: both processes' working directory (default the repository;
+  with ``env={"RFUAV_ENV_FILE": ""}`` a ``.env`` there configures them).
 - ``stop_supervisor(sig)`` / ``start_supervisor()`` / ``restart_supervisor()`` act on the
   supervisor only; web keeps running and reconnects by itself.
 - ``web_log_text()`` / ``supervisor.log_text()``: the two logs (print them when a test fails).
@@ -42,7 +43,7 @@ from typing import Any, Self
 import httpx
 
 from protocol.settings import Settings
-from tests.support.supervisor import REPO, SupervisorProcess
+from tests.support.supervisor import SupervisorProcess
 from web.client import RFUAVClient
 
 
@@ -60,13 +61,17 @@ class Service:
     """A supervisor and a web server on loopback (see the module docstring)."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, home: Path | None = None, start_timeout: float = 60.0
+        self,
+        env: dict[str, str] | None = None,
+        home: Path | None = None,
+        start_timeout: float = 60.0,
+        cwd: Path | None = None,
     ) -> None:
         extra = {"RFUAV_START_MODE": "cold", **(env or {})}
         self.port = free_port()
         extra.setdefault("RFUAV_HOST", "127.0.0.1")
         extra["RFUAV_PORT"] = str(self.port)
-        self.supervisor = SupervisorProcess(home=home, env=extra, start_timeout=start_timeout)
+        self.supervisor = SupervisorProcess(home=home, env=extra, start_timeout=start_timeout, cwd=cwd)
         self.env: dict[str, str] = self.supervisor.env
         self.home: Path = self.supervisor.home
         self.settings: Settings = self.supervisor.settings
@@ -90,7 +95,7 @@ class Service:
         with open(self.web_log, "ab") as log:  # the child keeps its own descriptor
             self.web = subprocess.Popen(
                 [sys.executable, "-m", "web"],
-                cwd=str(REPO),
+                cwd=str(self.supervisor.cwd),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

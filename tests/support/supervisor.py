@@ -130,8 +130,11 @@ class SupervisorProcess:
         env: dict[str, str] | None = None,
         start_timeout: float = 60.0,
         command: str = "supervisor",
+        cwd: Path | None = None,
     ) -> None:
         self.command = command  # "supervisor", or "all" (supervisor and web as children)
+        #: The daemon's working directory (a ``./.env`` there is read when ``RFUAV_ENV_FILE`` is "").
+        self.cwd = cwd or REPO
         self._own_home = home is None
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="rfuav-home-"))
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
@@ -167,7 +170,7 @@ class SupervisorProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor", self.command],
-                cwd=str(REPO),
+                cwd=str(self.cwd),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ from tests.support.service import Service
 from tests.web.conftest import PENDING_ENV
 
 #: The time budget of the whole schemathesis run (every phase), in seconds.
-FUZZ_SECONDS = 45
+FUZZ_SECONDS = 30
 HOOKS = Path(__file__).with_name("fuzz_hooks.py")
 CHECKS = "not_a_server_error,negative_data_rejection,envelope"
 

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from protocol.hardware import summary_lines
 from web.cli import render
 from web.cli.follow import follow
 from web.client import RFUAVClient
@@ -149,21 +150,16 @@ def ps(client: RFUAVClient, args: argparse.Namespace) -> int:
 
 
 def gpu(client: RFUAVClient, args: argparse.Namespace) -> int:
+    """The hardware summary the supervisor logged at start (``protocol.hardware``), with the
+    current memory and tasks, then each GPU's utilisation."""
     info = client.get_gpu_info()
     if args.json:
         render.emit_json(info)
         return EXIT_OK
-    if not info.get("available"):
-        print(f"no GPU: jobs run on the CPU (PyTorch {info.get('pytorch_version') or '?'})")
-        return EXIT_OK
-    print(f"{info['count']} GPU(s), CUDA {info.get('cuda_version')}")
-    rows = [
-        [str(d["id"]), d.get("device_name") or d.get("name", ""), f"{d.get('free_memory_gb', 0):.1f}",
-         f"{d.get('total_memory_gb', 0):.1f}", str(d.get("utilization", "-")),
-         f"{d.get('current_tasks', {}).get('training', 0)}/{d.get('current_tasks', {}).get('inference', 0)}"]
-        for d in info.get("devices", [])
-    ]  # fmt: skip
-    render.table(rows, ["ID", "NAME", "FREE GB", "TOTAL GB", "UTIL%", "TRAIN/INFER"])
+    for line in summary_lines(info):
+        print(line)
+    for d in info.get("devices", []):
+        print(f"{d.get('device_name')}: utilization {d.get('utilization', '-')}%")
     return EXIT_OK
 
 

@@ -93,7 +93,9 @@ class ProgressBar:
         loss = metrics.get("loss", metrics.get("train_loss"))
         if isinstance(loss, (int, float)):
             self.loss = float(loss)
-        acc = metrics.get("val_acc", metrics.get("acc", metrics.get("train_acc")))
+        acc = metrics.get("val_acc", metrics.get("acc"))
+        if acc is None and self.acc is None:  # an epoch's training summary: only until a validation
+            acc = metrics.get("train_acc")
         if isinstance(acc, (int, float)):
             self.acc = float(acc)
 

@@ -11,7 +11,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-import protocol
 from protocol import commands as cmd
 from protocol.catalog import MODELS
 from protocol.replies import CommandError
@@ -20,7 +19,6 @@ from web.endpoints.request import State, state
 from web.errors import JSONEnvelope, Unavailable, envelope
 from web.metrics import CONTENT_TYPE
 
-APP_NAME = "RFUAV Model Service"
 #: Seconds health, info and metrics wait for the supervisor (less than a request's default).
 _SNAPSHOT_TIMEOUT = 5.0
 
@@ -32,12 +30,13 @@ def _active(tasks: dict[str, dict[str, int]], task_type: str) -> int:
 
 async def health(request: Request[State]) -> Response:
     st = state(request)
+    version = st["settings"].version
     streams = st["hub"].active
     try:
         h = await st["control"].call(cmd.Health(), timeout=_SNAPSHOT_TIMEOUT)
     except Unavailable as exc:
         data = {
-            "status": "unhealthy", "timestamp": now_iso(), "version": protocol.__version__,
+            "status": "unhealthy", "timestamp": now_iso(), "version": version,
             "training_tasks": 0, "inference_tasks": 0, "active_log_streams": streams,
             "resource_status": {"gpu_available": False, "gpu_count": 0}, "supervisor": "unreachable",
         }  # fmt: skip
@@ -46,7 +45,7 @@ async def health(request: Request[State]) -> Response:
     return envelope({
         "status": "healthy",
         "timestamp": now_iso(),
-        "version": protocol.__version__,
+        "version": version,
         "training_tasks": _active(tasks, "training"),
         "inference_tasks": _active(tasks, "inference"),
         "active_log_streams": streams,
@@ -76,10 +75,10 @@ async def info(request: Request[State]) -> Response:
     except (Unavailable, CommandError):
         gpu_available = False
     return envelope({
-        "app_name": APP_NAME,
-        "version": protocol.__version__,
+        "app_name": settings.app_name,
+        "version": settings.version,
         "environment": settings.environment,
-        "supported_models": list(MODELS),
+        "supported_models": list(settings.supported_models or MODELS),
         "resource_limits": {
             "max_training_concurrent_gpu": int(limits.get("training", 0)),
             "max_inference_concurrent_gpu": int(limits.get("inference", 0)),

@@ -96,10 +96,11 @@ async def read_json(request: Request[State]) -> dict[str, Any]:
 
 
 async def validate(request: Request[State], model: type[ModelT]) -> ModelT:
-    """The body as a ``model``: 400 naming every offending field."""
+    """The body as a ``model`` under the service's settings (``web.fields.settings_of``): 400
+    naming every offending field."""
     obj = await read_json(request)
     try:
-        return model.model_validate(obj)
+        return model.model_validate(obj, context=state(request)["settings"])
     except ValidationError as exc:
         raise bad_request(validation_errors(exc)) from None
 

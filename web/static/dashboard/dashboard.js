@@ -6,6 +6,8 @@
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const REFRESH_MS = 2000;
 const MAX_LOG_LINES = 2000;
+const MAX_COMPARE = 4;       // trainings on one compare chart
+const LOGS_PAGE = 20000;     // events per GET .../logs request of the compare view
 const $ = (sel) => document.querySelector(sel);
 
 const state = {
@@ -15,6 +17,8 @@ const state = {
   lastSeq: 0,          // highest event seq shown (SSE id), for resuming
   finalEvent: null,    // the selected task's final status event, once seen
   tasks: new Map(),    // task id -> TaskResponse
+  best: null,          // {epoch, val_acc} of the selected task's epoch whose confusion matrix is shown
+  compare: new Set(),  // training task ids ticked for the compare view (at most MAX_COMPARE)
 };
 
 class ApiError extends Error {
@@ -83,8 +87,20 @@ async function refreshHealth() {
   }
 }
 
+// The device menus: cuda (the least-loaded GPU), cpu, then each GPU the service reports.
+function fillDeviceMenus(gpu) {
+  const names = ["cuda", "cpu", ...(gpu.devices || []).map((d) => d.device_name)];
+  for (const select of document.querySelectorAll("select[name=device]")) {
+    if (select.dataset.devices === names.join(" ")) continue; // unchanged: leave an open menu alone
+    const current = select.value;
+    select.replaceChildren(...names.map((name) => new Option(name, name, false, name === current)));
+    select.dataset.devices = names.join(" ");
+  }
+}
+
 async function refreshGpu() {
   const gpu = await api("/api/v2/resources/gpu");
+  fillDeviceMenus(gpu);
   const box = $("#gpu");
   box.replaceChildren();
   if (!gpu.available || !gpu.devices.length) {
@@ -166,7 +182,7 @@ async function refreshTasks() {
       row.dataset.taskId = task.task_id;
       // The id is a link to the task's page (#task=<id>); a click elsewhere on the row opens it too.
       row.addEventListener("click", (ev) => {
-        if (!ev.target.closest("button, a")) selectTask(task.task_id);
+        if (!ev.target.closest("button, a, input")) selectTask(task.task_id);
       });
     }
     rows.delete(task.task_id);
@@ -174,6 +190,8 @@ async function refreshTasks() {
     if (body.children[index] !== row) body.insertBefore(row, body.children[index] || null);
   });
   for (const stale of rows.values()) stale.remove();
+  for (const id of state.compare) if (!state.tasks.has(id)) state.compare.delete(id);
+  updateCompareTools();
   // The record turns final when the runner is reaped, a moment after its final event: never
   // let a poll from that moment take the panel back to "running".
   if (state.selected && state.tasks.has(state.selected) && !state.finalEvent) showTaskStatus(state.tasks.get(state.selected));
@@ -188,6 +206,16 @@ function fillTaskRow(row, task) {
   row.dataset.shown = shown;
   row.replaceChildren();
   row.dataset.status = task.status;
+  const pick = cell(row, "", "pick");
+  if (task.task_type === "training") {
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "compare-pick";
+    box.title = "compare this training's validation curves with others";
+    box.checked = state.compare.has(task.task_id);
+    box.addEventListener("change", () => pickForCompare(task.task_id, box.checked));
+    pick.appendChild(box);
+  }
   const link = document.createElement("a");
   link.href = taskHash(task.task_id);
   link.textContent = task.task_id;
@@ -232,8 +260,22 @@ async function cancelTask(id) {
 const charts = {
   epochLoss: new LineChart($("#chart-epoch-loss"), [{ name: "train_loss", color: "#2458c6" }, { name: "val_loss", color: "#d9822b" }]),
   epochAcc: new LineChart($("#chart-epoch-acc"), [{ name: "train_acc", color: "#2458c6" }, { name: "val_acc", color: "#1f7a3a" }]),
-  stepLoss: new LineChart($("#chart-step-loss"), [{ name: "loss", color: "#7a3fb0" }]),
+  stepLoss: new LineChart($("#chart-step-loss"), [{ name: "loss", color: "#7a3fb0" }], { x: "step" }),
 };
+
+// The confusion matrix and per-class table of the epoch with the best val_acc so far (the
+// epoch of best.pth: a later epoch replaces it only when strictly better).
+function showClassReport(event) {
+  const m = event.metrics || {};
+  if (!Array.isArray(event.confusion) || !Number.isFinite(m.val_acc)) return;
+  if (state.best && !(m.val_acc > state.best.val_acc)) return;
+  state.best = { epoch: m.epoch ?? event.epoch, val_acc: m.val_acc };
+  renderConfusion($("#confusion"), event.confusion, event.class_names);
+  renderPerClass($("#per-class"), event.per_class, event.class_names);
+  $("#confusion").dataset.epoch = String(state.best.epoch);
+  $("#confusion-epoch").textContent = `epoch ${state.best.epoch} (best val_acc ${m.val_acc.toFixed(2)}%)`;
+  $("#class-report").hidden = false;
+}
 
 function showTaskStatus(task) {
   const s = $("#task-status");
@@ -264,6 +306,8 @@ function selectTask(id) {
   $("#task-title").textContent = id;
   $("#task-log").replaceChildren();
   Object.values(charts).forEach((c) => c.reset());
+  state.best = null;
+  $("#class-report").hidden = true;
   for (const r of document.querySelectorAll("#tasks tr.task")) r.classList.toggle("selected", r.dataset.taskId === id);
   const task = state.tasks.get(id);
   if (task) showTaskStatus(task);
@@ -293,6 +337,7 @@ function handleEvent(id, event) {
       charts.epochLoss.add("val_loss", epoch, m.val_loss);
       charts.epochAcc.add("train_acc", epoch, m.train_acc);
       charts.epochAcc.add("val_acc", epoch, m.val_acc);
+      if (event.stage === "epoch_end") showClassReport(event);
     } else if (typeof event.step === "number") {
       charts.stepLoss.add("loss", event.step, m.loss ?? m.train_loss);
     }
@@ -356,6 +401,77 @@ async function followLog(id) {
     }
   }
   if (ended) logState.textContent = "(ended)";
+}
+
+// ---- compare trainings -------------------------------------------------------------------
+
+const compareCharts = {};
+
+function pickForCompare(id, on) {
+  if (on && state.compare.size >= MAX_COMPARE) {
+    updateCompareTools();  // unticks it again
+    return;
+  }
+  if (on) state.compare.add(id);
+  else state.compare.delete(id);
+  updateCompareTools();
+}
+
+// The ticks, the button and the hint follow state.compare.
+function updateCompareTools() {
+  const n = state.compare.size;
+  for (const box of document.querySelectorAll("#tasks input.compare-pick")) {
+    const id = box.closest("tr").dataset.taskId;
+    box.checked = state.compare.has(id);
+    box.disabled = !box.checked && n >= MAX_COMPARE;
+  }
+  $("#compare").disabled = n < 2;
+  $("#compare").textContent = n ? `Compare ${n}` : "Compare";
+  $("#compare-hint").textContent = n === 0 ? "tick two to four trainings to compare their validation curves"
+    : n === 1 ? "tick one more training (up to four)" : `${n} of at most ${MAX_COMPARE} trainings ticked`;
+}
+
+// Every stored event of a task (GET .../logs, page by page).
+async function taskLogs(id) {
+  let events = [];
+  for (let after = 0; ;) {
+    const page = await api(`/api/v2/tasks/${encodeURIComponent(id)}/logs?after=${after}&limit=${LOGS_PAGE}`);
+    events = events.concat(page);
+    if (page.length < LOGS_PAGE) return events;
+    after = page[page.length - 1].seq;
+  }
+}
+
+// The ticked trainings' val_acc and val_loss per epoch on two charts, one series per task.
+async function showCompare() {
+  const ids = [...state.compare];
+  const panel = $("#compare-panel");
+  const msg = $("#compare-message");
+  panel.hidden = false;
+  $("#compare-tasks").textContent = ids.join(", ");
+  msg.textContent = "loading…";
+  try {
+    const logs = await Promise.all(ids.map(taskLogs));
+    const named = (id) => state.tasks.get(id)?.params?.name;
+    const series = ids.map((id, i) => ({ name: id, label: named(id) ? `${id} (${named(id)})` : id, color: PALETTE[i % PALETTE.length] }));
+    compareCharts.acc ??= new LineChart($("#compare-val-acc"), [], { width: 560 });
+    compareCharts.loss ??= new LineChart($("#compare-val-loss"), [], { width: 560 });
+    compareCharts.acc.setSeries(series);
+    compareCharts.loss.setSeries(series);
+    const empty = [];
+    ids.forEach((id, i) => {
+      const epochs = epochMetrics(logs[i]);
+      if (!epochs.size) empty.push(id);
+      for (const [epoch, m] of epochs) {
+        compareCharts.acc.add(id, epoch, m.val_acc);
+        compareCharts.loss.add(id, epoch, m.val_loss);
+      }
+    });
+    msg.textContent = empty.length ? `no finished epoch yet: ${empty.join(", ")}` : "";
+    panel.scrollIntoView({ block: "nearest" });
+  } catch (err) {
+    msg.textContent = `could not load the logs: ${err.message}`;
+  }
 }
 
 // ---- forms ------------------------------------------------------------------------------
@@ -435,6 +551,8 @@ function start() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   for (const f of document.querySelectorAll(".task-form")) f.addEventListener("submit", submitForm);
   $("#task-cancel").addEventListener("click", () => state.selected && cancelTask(state.selected));
+  $("#compare").addEventListener("click", showCompare);
+  $("#compare-close").addEventListener("click", () => { $("#compare-panel").hidden = true; });
   // A task's page: its link in the list, a bookmark, a reload, the back button.
   window.addEventListener("hashchange", () => {
     const id = hashTask();
