@@ -1,4 +1,4 @@
-"""The store's task list in process: pages, trigger-kept counts, and an index behind every
+"""The store's task list in process: pages, counts kept in memory, and an index behind every
 listing (so a page costs the same with ten tasks or a million)."""
 
 from __future__ import annotations
@@ -51,13 +51,20 @@ def test_counts_follow_inserts_updates_and_deletes(store: Store, tmp_path: Path)
     store.delete_task("t00002")  # a completed preprocessing task
     assert store.get_task("t00002") is None
     assert store.counts() == _scan_counts(store)
+    running = store.get_task("t00001")
+    assert running is not None and running.status == RUNNING
+    running.status = FAILED
+    store.update_task(running, commit=False)  # batched with events, as the pipeline does
+    store.commit()
+    assert store.counts() == _scan_counts(store)
     store.close()
-    # A store written before the counts existed (or with counts gone wrong) is recounted.
-    db = sqlite3.connect(tmp_path / "db.sqlite3")
-    db.execute("UPDATE task_counts SET n = 999")
-    db.commit()
-    db.close()
+    # Reopened, the counts (and what is still open) come from the store itself.
     again = Store(tmp_path / "db.sqlite3")
+    assert again.counts() == _scan_counts(again)
+    task = again.get_task("t00005")
+    assert task is not None and task.status == RUNNING
+    task.status = COMPLETED
+    again.update_task(task)
     assert again.counts() == _scan_counts(again)
 
 
