@@ -3,7 +3,6 @@ listing (so a page costs the same with ten tasks or a million)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
