@@ -40,11 +40,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy protocol supervisor runner web
 
-## benchmarks.http drives Debian's wrk as its load generator.
+## benchmarks.http and benchmarks.serving drive Debian's wrk as their load generator;
+## benchmarks.serving also needs the `bench` extra (FastAPI, LitServe: the servers it compares with).
 bench: setup
 	@command -v wrk >/dev/null 2>&1 || { \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) >/dev/null 2>&1 \
-	  || echo "wrk could not be installed: benchmarks.http will say so"; }
+	  || echo "wrk could not be installed: benchmarks.http and benchmarks.serving will say so"; }
+	@$(BIN)/python -c 'import fastapi, litserve' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks
 
 ## Every GPU path against the whole service (at most 5 minutes); says so and passes without a GPU.

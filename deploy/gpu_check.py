@@ -18,7 +18,9 @@ One line per check: ``PASS name: detail``, ``FAIL name: detail`` or ``SKIP name:
 - ``training autocast+GradScaler``: the job's ``amp`` event (logits float16 under autocast, an
   enabled GradScaler after its first step).
 - ``inference on cuda``: the trained model over the test images, ``results.json`` complete.
-- ``deployment on cuda``: SKIP (online serving is not built yet).
+- ``deployment on cuda``: the trained model deployed with ``device: cuda`` (one replica on the
+  GPU the scheduler chose, seeing it as cuda:0) predicts every test image as the inference job
+  classified it (probabilities within 1e-3: both run the same forward step); then undeployed.
 - ``ps gpu memory``: ``/api/v2/runners`` shows GPU memory for a running training job's pid,
   and NVML lists that pid on the job's GPU; the job is then cancelled.
 - ``service stop``: SIGTERM to ``rfuavd all`` ends it with status 0.
@@ -75,7 +77,7 @@ def main() -> int:
             checks.run("training on cuda", checks.train)
             checks.run("training autocast+GradScaler", checks.amp)
             checks.run("inference on cuda", checks.infer)
-            print("SKIP deployment on cuda: online serving is not built yet", flush=True)
+            checks.run("deployment on cuda", checks.deploy)
             checks.run("ps gpu memory", checks.ps_gpu_memory)
         finally:
             checks.client.close()

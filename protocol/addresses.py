@@ -33,6 +33,12 @@ class Addresses:
         """PUB bound in the supervisor (stored events, topic = task id); web's SUB connects."""
         return f"ipc://{self.runtime_dir / 'events-out.sock'}"
 
+    def replica(self, replica_id: str) -> str:
+        """ROUTER bound in a serving replica (``protocol.serving``); web's and the supervisor's
+        DEALERs connect. Named by a digest: as short as ``events-out.sock`` (AF_UNIX)."""
+        digest = hashlib.sha1(replica_id.encode()).hexdigest()[:9]
+        return f"ipc://{self.runtime_dir / f'r{digest}.sock'}"
+
 
 def default_runtime_dir(home: Path) -> Path:
     """``<home>/run`` when its socket paths fit AF_UNIX, else a short per-home dir in /tmp."""

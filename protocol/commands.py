@@ -32,6 +32,15 @@ Reply ``data`` per command (errors: ``protocol.replies``; codes ``not_found``, `
                  open_files, children, gpu_memory}]}]}``.
 - ``health``     ``{"version", "running", "queued", "tasks": {type: {status: n}},
                  "gpu_available", "gpu_count", "start_mode", "uptime", "events_stored"}``.
+- ``deploy``     ``{"deployment": Deployment}`` (``contract/SERVING.md``), status ``loading``;
+                 ``conflict`` for a name in use (unless ``replace``: then a reload),
+                 ``bad_request`` naming the field, ``not_found`` for an unknown ``from_task``.
+- ``deployments`` ``{"deployments": [Deployment, ...]}``; ``deployment`` ``{"deployment": ...}``.
+- ``undeploy``   ``{"deployment": Deployment}`` (status ``stopped`` once drained).
+- ``reload``     ``{"deployment": Deployment}`` (status ``reloading``; ``version`` goes up once the
+                 new replicas took over).
+- ``routes``     ``{"routes": {name: Route}}``: where web sends each deployment's requests
+                 (``supervisor.serving``); also published on events-out (topic ``ROUTES_TOPIC``).
 - ``shutdown``   ``{"stopping": true}``: the supervisor stops as on SIGTERM (running jobs are
                  cancelled with the grace period, pending tasks stay pending for the next
                  start); asked again while stopping, it kills the running jobs at once.
@@ -128,7 +137,80 @@ class Shutdown:
     kind: Literal["shutdown"] = "shutdown"
 
 
-Command = Submit | Get | List | Cancel | Delete | Logs | Resources | Gpu | SetLimits | Ps | Health | Shutdown
+@dataclass(frozen=True, slots=True)
+class Deploy:
+    """A deployment (``contract/SERVING.md``): ``from_task`` or ``cfg_path`` + ``weight_path``.
+    None: the default (``threads``: the CPU cores over the replicas)."""
+
+    name: str
+    from_task: str | None = None
+    cfg_path: str | None = None
+    weight_path: str | None = None
+    device: str = "cuda"
+    replicas: int = 1
+    threads: int | None = None
+    max_batch_size: int = 16
+    max_batch_delay_ms: float = 5.0
+    max_queue: int = 256
+    cache_size: int = 1024
+    top_k: int = 5
+    replace: bool = False
+    kind: Literal["deploy"] = "deploy"
+
+
+@dataclass(frozen=True, slots=True)
+class Deployments:
+    kind: Literal["deployments"] = "deployments"
+
+
+@dataclass(frozen=True, slots=True)
+class ShowDeployment:
+    name: str
+    kind: Literal["deployment"] = "deployment"
+
+
+@dataclass(frozen=True, slots=True)
+class Undeploy:
+    name: str
+    kind: Literal["undeploy"] = "undeploy"
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """Swap in new weights (or the same ones) with zero downtime."""
+
+    name: str
+    from_task: str | None = None
+    cfg_path: str | None = None
+    weight_path: str | None = None
+    kind: Literal["reload"] = "reload"
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    kind: Literal["routes"] = "routes"
+
+
+Command = (
+    Submit
+    | Get
+    | List
+    | Cancel
+    | Delete
+    | Logs
+    | Resources
+    | Gpu
+    | SetLimits
+    | Ps
+    | Health
+    | Shutdown
+    | Deploy
+    | Deployments
+    | ShowDeployment
+    | Undeploy
+    | Reload
+    | Routes
+)
 
 COMMANDS: dict[str, type] = {
     "submit": Submit,
@@ -143,6 +225,12 @@ COMMANDS: dict[str, type] = {
     "ps": Ps,
     "health": Health,
     "shutdown": Shutdown,
+    "deploy": Deploy,
+    "deployments": Deployments,
+    "deployment": ShowDeployment,
+    "undeploy": Undeploy,
+    "reload": Reload,
+    "routes": Routes,
 }
 
 

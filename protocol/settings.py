@@ -22,8 +22,8 @@ from protocol.values import PARSERS, models, origins, pos_int
 
 #: Per-device, per-type concurrency limits (API.md §10); ``gpu`` applies to every ``cuda:N``.
 DEFAULT_LIMITS: dict[str, dict[str, int]] = {
-    "gpu": {"training": 1, "inference": 3, "preprocessing": 2, "diagnostic": 8},
-    "cpu": {"training": 2, "inference": 4, "preprocessing": 2, "diagnostic": 8},
+    "gpu": {"training": 1, "inference": 3, "preprocessing": 2, "diagnostic": 8, "serving": 4},
+    "cpu": {"training": 2, "inference": 4, "preprocessing": 2, "diagnostic": 8, "serving": 8},
 }
 
 #: The limits a variable sets: variable -> (device, task type, description, the seed's name).
@@ -34,6 +34,8 @@ LIMIT_VARIABLES: dict[str, tuple[str, str, str, str | None]] = {
     ),
     "RFUAV_LIMIT_CPU_PREPROCESSING": ("cpu", "preprocessing", "concurrent preprocessing jobs", None),
     "RFUAV_LIMIT_CPU_DIAGNOSTIC": ("cpu", "diagnostic", "concurrent diagnostic jobs", None),
+    "RFUAV_LIMIT_CPU_SERVING": ("cpu", "serving", "serving replicas on the CPU (all deployments)", None),
+    "RFUAV_LIMIT_GPU_SERVING": ("gpu", "serving", "serving replicas per GPU (all deployments)", None),
     "RFUAV_LIMIT_GPU_TRAINING": ("gpu", "training", "concurrent training jobs per GPU", "MAX_TRAINING_CONCURRENT_GPU"),
     "RFUAV_LIMIT_GPU_INFERENCE": (
         "gpu", "inference", "concurrent inference jobs per GPU", "MAX_INFERENCE_CONCURRENT_GPU",
@@ -120,9 +122,35 @@ class Settings:
         3, "RFUAV_DEFAULT_INFERENCE_PRIORITY", "`priority` of an inference request without one (1-10)",
         alias="DEFAULT_INFERENCE_PRIORITY",
     )  # fmt: skip
+    default_deployment: str = setting(
+        "", "RFUAV_DEFAULT_DEPLOYMENT", "the deployment the article's `/predict` and `/predict_batch` use "
+        "(empty: the only one)",
+    )  # fmt: skip
+    serving_max_body_bytes: int = setting(
+        32 << 20, "RFUAV_SERVING_MAX_BODY_BYTES", "largest accepted prediction body (a batch of images or tensors)"
+    )
+    serving_max_pixels: int = setting(
+        25_000_000, "RFUAV_SERVING_MAX_PIXELS", "an image with more pixels is refused before it is decoded"
+    )
+    serving_timeout: float = setting(
+        30.0, "RFUAV_SERVING_TIMEOUT", "seconds a prediction may take before it is answered 503"
+    )
     start_mode: str = setting(
         "warm", "RFUAV_START_MODE", "`warm`: fork jobs from a preloaded fork server; `cold`: a fresh interpreter each"
     )
+    executor: str = setting(
+        "local",
+        "RFUAV_EXECUTOR",
+        "`local`: jobs run on this host; `ray`: on a Ray cluster (README: Run on a Ray cluster)",
+    )
+    ray_address: str = setting(
+        "", "RFUAV_RAY_ADDRESS", "with `ray`: the cluster's address (`ray://…` or `host:port`); empty: the supervisor "
+        "starts and owns a local Ray instance",
+    )  # fmt: skip
+    ray_events: str = setting(
+        "relay", "RFUAV_RAY_EVENTS", "with `ray`: `relay` (events go through each job's runner host: any network) or "
+        "`direct` (the runner connects to the supervisor's events socket: one host)",
+    )  # fmt: skip
     grace_seconds: float = setting(10.0, "RFUAV_GRACE_SECONDS", "SIGTERM → SIGKILL grace period when cancelling")
     queue_timeout: float = setting(
         0.0,
@@ -290,9 +318,11 @@ def _check(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
         if not low <= value <= high:
             var = _env_of(name)
             raise ValueError(f"{source.get(var, var)}={value}: must be between {low} and {high}")
-    mode = values.get("start_mode", Settings.start_mode)
-    if mode not in ("warm", "cold"):
-        raise ValueError(f"RFUAV_START_MODE={mode!r}: must be 'warm' or 'cold'")
+    for name, allowed in (("start_mode", ("warm", "cold")), ("executor", ("local", "ray")),
+                          ("ray_events", ("relay", "direct"))):  # fmt: skip
+        value = values.get(name, getattr(Settings, name))
+        if value not in allowed:
+            raise ValueError(f"{_env_of(name)}={value!r}: must be {' or '.join(repr(a) for a in allowed)}")
 
 
 def _env_of(name: str) -> str:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-TaskType = Literal["training", "inference", "preprocessing", "diagnostic"]
-TASK_TYPES: tuple[str, ...] = ("training", "inference", "preprocessing", "diagnostic")
+TaskType = Literal["training", "inference", "preprocessing", "diagnostic", "serving"]
+#: ``serving``: a deployment (``protocol.serving``), created by ``deploy``, never submitted.
+TASK_TYPES: tuple[str, ...] = ("training", "inference", "preprocessing", "diagnostic", "serving")
 
 #: The job a runner executes; a task type may have several (preprocessing: split, augment, crop).
 Job = Literal["training", "inference", "split", "augment", "crop", "diagnostic"]

@@ -83,6 +83,17 @@ class StopFlag:
         returns from its ``select``, which without this wake-up byte is when the wait ends."""
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
 
+    def fileno(self) -> int:
+        """The pipe's read end: readable once a wake-up byte is pending (for a loop that polls
+        other sockets too, e.g. a serving replica's ``zmq.Poller``; then ``consume_wakeups``)."""
+        return self._read_fd
+
+    def consume_wakeups(self) -> None:
+        """Read the pending wake-up bytes (call when ``fileno`` polled readable)."""
+        readable, _, _ = select.select([self._read_fd], [], [], 0)
+        if readable:
+            os.read(self._read_fd, 512)
+
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the flag; return whether it is set."""
         deadline = time.monotonic() + max(0.0, timeout)

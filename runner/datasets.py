@@ -8,7 +8,9 @@ Contracts:
   in sorted order. Items are ``(CHW float tensor, class index)``.
 - ``transforms(image_size, train=..., augment=...)``: resize to ``image_size``², normalise with
   ``MEAN``/``STD``; the training variant adds mild augmentation only when ``augment``.
-- ``read_rgb(path)`` returns an HxWx3 uint8 RGB array or raises ``ImageReadError``.
+- ``read_rgb(path)`` returns an HxWx3 uint8 RGB array or raises ``ImageReadError``;
+  ``decode_rgb(data, what)`` the same from the file's bytes (the one decode path of training,
+  inference and serving).
 """
 
 from __future__ import annotations
@@ -66,13 +68,24 @@ def class_folders(root: Path) -> list[str]:
     return [n for n in names if list_images(root / n)]
 
 
+def decode_rgb(data: bytes | np.ndarray, what: str) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file) to HxWx3 uint8 RGB, as every job and the
+    serving replicas do: ``cv2.imdecode`` with ``IMREAD_COLOR`` (a grayscale image becomes three
+    equal channels), then BGR to RGB. Raises ``ImageReadError`` naming ``what``."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except cv2.error:  # most bad input gives None; some codecs raise
+        image = None
+    if image is None:
+        raise ImageReadError(f"cannot decode image {what}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Decode ``path`` to RGB uint8. ``cv2.imread`` fails silently (None) on a bad file: say so."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # imread cannot take every path (unicode)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(f"cannot decode image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    # imread cannot take every path (unicode): read the bytes, decode them.
+    return decode_rgb(np.fromfile(str(path), dtype=np.uint8), str(path))
 
 
 def transforms(

@@ -9,6 +9,10 @@ preloaded fork server) and cold (``python -m runner <spec.json>``). The order ma
    (after a fork ``OMP_NUM_THREADS`` no longer has any effect, so set them by call);
 4. connect the publisher and wait for the subscription, then ``running``;
 5. the job; its outcome is the final status event, then exit.
+
+A serving replica (job ``replica``, ``runner.serving``) takes steps 1-3 and then serves until
+SIGTERM: no publisher and no events (the supervisor probes it with ``status``); a replica that
+cannot start prints ``replica failed: <reason>`` as the last line of its stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from protocol import events as ev
+from protocol import serving
 from protocol.jobs import JobSpec
 from runner.context import Cancelled, JobContext
 from runner.publisher import Publisher
@@ -72,7 +77,7 @@ def _configure_compute(spec: JobSpec) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = threads
     os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
-    if "torch" in sys.modules or spec.job in ("training", "inference"):
+    if "torch" in sys.modules or spec.job in ("training", "inference", serving.JOB):
         import torch
 
         torch.set_num_threads(spec.torch_threads)
@@ -80,7 +85,7 @@ def _configure_compute(spec: JobSpec) -> None:
             torch.set_num_interop_threads(spec.interop_threads)
         except RuntimeError:  # already fixed in this process; harmless
             pass
-    if "cv2" in sys.modules or spec.job in ("training", "inference", "split", "augment", "crop"):
+    if "cv2" in sys.modules or spec.job in ("training", "inference", serving.JOB, "split", "augment", "crop"):
         import cv2
 
         cv2.setNumThreads(spec.opencv_threads)
@@ -94,16 +99,46 @@ def _resolve(job: str) -> Callable[[JobContext], str | None]:
     return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
 
 
-def run(spec: JobSpec) -> int:
-    """Run one job in this process; return the exit code. Never raises."""
-    _isolate(spec)
-    task_dir = Path(spec.task_dir)
+def _set_title(title: str) -> None:
     try:
         from setproctitle import setproctitle
 
-        setproctitle(f"rfuav-runner {spec.task_type} {spec.task_id}")
+        setproctitle(title)
     except ImportError:  # pragma: no cover - a dependency; the title is a convenience
         pass
+
+
+def _run_replica(spec: JobSpec) -> int:
+    """A serving replica: isolated and configured as a job, then ``runner.serving.replica.serve``
+    (which handles SIGTERM once the model is loaded and warm, and returns 0 after draining)."""
+    from runner.serving import failure_line
+
+    _set_title(f"rfuav-replica {spec.params.get('name')} v{spec.params.get('version')} {spec.task_id}")
+    _redirect_output(Path(spec.task_dir))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is for the daemon
+    # Until the model is loaded (``serve`` then drains on SIGTERM), a SIGTERM simply ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _configure_compute(spec)
+        from runner.serving.replica import serve
+
+        return serve(spec)
+    except Exception as exc:  # noqa: BLE001 - the supervisor reads the last line of stderr.log
+        traceback.print_exc()
+        print(failure_line(exc), file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def run(spec: JobSpec) -> int:
+    """Run one job in this process; return the exit code. Never raises."""
+    _isolate(spec)
+    if spec.job == serving.JOB:
+        return _run_replica(spec)
+    task_dir = Path(spec.task_dir)
+    _set_title(f"rfuav-runner {spec.task_type} {spec.task_id}")
     _redirect_output(task_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is for the daemon
 

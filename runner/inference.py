@@ -139,16 +139,23 @@ def _same_outputs(reference: torch.nn.Module, candidate: torch.nn.Module, size: 
     return bool(want.shape == got.shape and torch.allclose(want, got, rtol=1e-3, atol=1e-3 * scale))
 
 
+def forward(model: torch.nn.Module, images: torch.Tensor, device: devices.Device) -> torch.Tensor:
+    """The softmax probabilities (float32, on ``device``) of a batch of model-ready images
+    ``(N, 3, S, S)``: the one forward step of the inference job and the serving replicas.
+    Call it under ``torch.inference_mode()``."""
+    images = device.to(images)
+    if not device.is_cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with device.autocast():
+        logits = model(images)
+    return torch.softmax(logits.float(), dim=1)
+
+
 def predict(model: torch.nn.Module, loader: DataLoader[Any], device: devices.Device, top_k: int) -> Any:
     """Yield ``(indices, ok, top probabilities, top class ids)`` per batch."""
     with torch.inference_mode():
         for images, index, ok in loader:
-            images = device.to(images)
-            if not device.is_cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with device.autocast():
-                logits = model(images)
-            probs = torch.softmax(logits.float(), dim=1)
+            probs = forward(model, images, device)
             top = probs.topk(min(top_k, probs.shape[1]), dim=1)
             yield (
                 index.tolist(),

@@ -24,4 +24,5 @@ import runner.entry  # noqa: E402,F401
 # The jobs themselves (imports only: module level defines functions and constants, no torch op).
 import runner.inference  # noqa: E402,F401
 import runner.preprocessing  # noqa: E402,F401
+import runner.serving.replica  # noqa: E402,F401
 import runner.training  # noqa: E402,F401

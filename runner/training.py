@@ -236,6 +236,13 @@ class _Trainer:
             {"best_acc": best, "epoch": self.state.epoch, "total_epochs": total},
             stage=ev.STAGE_COMPLETED, epoch=self.state.epoch, total_epochs=total, progress=100,
         )  # fmt: skip
+        # The task's ``res``: where its artifacts are (a deployment's ``from_task`` reads them).
+        artifacts = {name: str(self.out_dir / f"{name}.pth") for name in ("best", "last")}
+        ctx.result(
+            f"artifacts in {self.out_dir}",
+            {"best_acc": best, "out_dir": str(self.out_dir), "config_path": str(self.out_dir / "config.yaml"),
+             "best_path": artifacts["best"], "last_path": artifacts["last"]},
+        )  # fmt: skip
 
     def _report_amp(self, dtype: torch.dtype, scaler: torch.amp.GradScaler) -> None:
         """Once per job on CUDA, after the first step: what mixed precision actually did (the

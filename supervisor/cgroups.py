@@ -152,6 +152,8 @@ class Cgroups:
         self.missing: set[str] = set()
         #: v2: the weight of the jobs' parent cgroup beside the supervisor's (see ``JobLimits``).
         self.jobs_cpu_weight = DEFAULT_CPU_WEIGHT
+        #: v2: whether ``prepare`` may move our cgroup's processes into a leaf (they are ours).
+        self._move = True
 
     # -- setup -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -181,8 +183,17 @@ class Cgroups:
             if not self.hierarchies:
                 self.unavailable = "no cgroup hierarchy mounted"
 
+    def prepare_without_moving(self) -> None:
+        """``prepare`` for a process that shares its cgroup with others it does not own (a Ray
+        worker): v2 is used only where its controllers are already enabled for our children;
+        it never moves a process."""
+        self._move = False
+        self.prepare()
+
     def _prepare_v2(self, own: Path, controllers: set[str]) -> None:
         enabled = _read_words(own / "cgroup.subtree_control")
+        if not controllers <= enabled and not self._move:
+            raise CgroupError(f"{own}: controllers not delegated to our children, and its processes are not ours")
         if not controllers <= enabled:
             leaf = own / "supervisor"
             leaf.mkdir(exist_ok=True)

@@ -25,7 +25,6 @@ import protocol
 from protocol import commands as cmd
 from protocol.codec import ProtocolError, build, encode
 from protocol.replies import CommandError, ErrorCode, error, ok
-from protocol.settings import Settings
 from protocol.tasks import (
     FINAL_STATUSES,
     JOB_TASK_TYPES,
@@ -38,8 +37,8 @@ from protocol.tasks import (
 )
 from supervisor import jobs
 from supervisor.gpu import Gpus
-from supervisor.scheduler import Scheduler
-from supervisor.store import Store
+from supervisor.serving.commands import Service as ServingService
+from supervisor.serving.commands import ServingCommands
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +69,12 @@ class Figures:
     loop_lag_max: float
 
 
-class Service(Protocol):
-    """What the control handlers need of the supervisor (``supervisor.daemon.Daemon``)."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def scheduler(self) -> Scheduler: ...
+class Service(ServingService, Protocol):
+    """What the control handlers need of the supervisor (``supervisor.daemon.Daemon``): what the
+    serving commands need (settings, store, scheduler, deployments, live tasks), and more."""
 
     @property
     def gpus(self) -> Gpus: ...
-
-    def live_task(self, task_id: str) -> TaskRecord | None:
-        """A pending or running task (the authoritative copy while it lives)."""
 
     def enqueue(self, tasks: list[TaskRecord]) -> None:
         """Queue tasks just stored."""
@@ -130,6 +118,7 @@ class Control:
             "ps": self.ps,
             "health": self.health,
             "shutdown": self.shutdown,
+            **ServingCommands(service).handlers(),
         }
 
     def handle(self, data: bytes) -> bytes:
@@ -184,6 +173,8 @@ class Control:
         spec: TaskSpec = build(TaskSpec, raw, where=where)
         if spec.task_type not in TASK_TYPES:
             raise _bad(f"{where}: task_type must be one of {', '.join(TASK_TYPES)}, got {spec.task_type!r}")
+        if spec.task_type == "serving":
+            raise _bad(f"{where}: a serving task is made by deploying a model (POST /api/v2/serving/deploy)")
         if spec.job not in JOB_TASK_TYPES:
             raise _bad(f"{where}: job must be one of {', '.join(JOB_TASK_TYPES)}, got {spec.job!r}")
         if JOB_TASK_TYPES.get(spec.job) != spec.task_type:

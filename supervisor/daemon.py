@@ -32,6 +32,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -39,16 +40,20 @@ import zmq.asyncio
 
 from protocol.addresses import ensure_runtime_dir
 from protocol.settings import Settings
-from protocol.tasks import TaskRecord
+from protocol.tasks import RUNNING, TaskRecord
 from supervisor import notify
 from supervisor.control import Control, Figures
 from supervisor.events_out import EventsOut
+from supervisor.executor import Executor, JobHandle
 from supervisor.gpu import Gpus
 from supervisor.lifecycle import Lifecycle
 from supervisor.local import LocalExecutor
 from supervisor.pipeline import Pipeline
 from supervisor.ps import Ps
 from supervisor.scheduler import Scheduler
+from supervisor.serving.deployment import Deployment
+from supervisor.serving.manager import Serving
+from supervisor.serving.replica import Replica
 from supervisor.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,7 +95,7 @@ class Daemon:
         self.started = time.monotonic()
         self.gpus = Gpus()
         self.scheduler = Scheduler(settings.limits, self.gpus.count, self.gpus.free_memory)
-        self.executor = LocalExecutor(settings)
+        self.executor: Executor = self._make_executor(settings)
         self.ps = Ps(self.gpus)
         self.control = Control(self)
         # Made by ``serve`` once the home is locked:
@@ -98,11 +103,21 @@ class Daemon:
         self.events_out: EventsOut
         self.pipeline: Pipeline
         self.lifecycle: Lifecycle
+        self.serving: Serving
         self._stopping = asyncio.Event()
         self._last_status = ""
         self._ready = False  # READY=1 sent: STATUS= updates may follow
         #: How late the loop ran the lag probe, last time and over the last minute or so.
         self._lags: deque[float] = deque([0.0], maxlen=LAG_WINDOW)
+
+    def _make_executor(self, settings: Settings) -> Executor:
+        """``RFUAV_EXECUTOR``: this host (the fork server), or a Ray cluster."""
+        if settings.executor == "ray":
+            from supervisor.ray.executor import RayExecutor
+
+            # A runner host's relayed events join the same pipeline as local runners'.
+            return RayExecutor(settings, deliver=lambda frames: self.pipeline.ingest(frames))
+        return LocalExecutor(settings)
 
     # -- life --------------------------------------------------------------------------
     async def serve(self) -> int:
@@ -127,6 +142,16 @@ class Daemon:
             tasks,
             on_change=self._status_changed,
         )
+        self.serving = Serving(
+            self.settings,
+            self.scheduler,
+            self.pipeline,
+            self.executor,
+            tasks,
+            self.events_out.publish,
+            ctx,
+            self.store.update_task,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
         self.executor.open()
@@ -136,13 +161,18 @@ class Daemon:
             self.events_out.watch_subscriptions(),
             self._checkpoint_loop(),
             self._lag_loop(),
+            self.serving.run(),
         ]
         interval = notify.watchdog_interval()
         if interval:
             loops.append(self._watchdog_loop(interval))
         workers = [asyncio.ensure_future(c) for c in loops]
         try:
+            # Deployments: the replicas a crashed supervisor left are killed before the
+            # lifecycle removes leftover cgroups, and fresh ones start after it did.
+            deployments = self.serving.recover(self.store.tasks_in_order(RUNNING))
             self.lifecycle.recover()
+            self.serving.resume(deployments)
             log.info(
                 "supervisor ready (pid %d, %s start, control %s)",
                 self.pid,
@@ -154,7 +184,7 @@ class Daemon:
             notify.ready(self._last_status)
             await self._stopping.wait()
             notify.stopping(f"stopping: cancelling {len(self.lifecycle.running)} running job(s)")
-            await self.lifecycle.stop_jobs(SHUTDOWN_REASON)
+            await asyncio.gather(self.lifecycle.stop_jobs(SHUTDOWN_REASON), self.serving.stop())
         finally:
             notify.stopping("stopping")
             for w in workers:
@@ -292,19 +322,28 @@ class Daemon:
 
     # -- control.Service -----------------------------------------------------------------
     def live_task(self, task_id: str) -> TaskRecord | None:
-        return self.lifecycle.tasks.get(task_id)
+        return self.lifecycle.tasks.get(task_id)  # deployments' tasks too (the shared dict)
 
     def enqueue(self, tasks: list[TaskRecord]) -> None:
         self.lifecycle.enqueue(tasks)
 
     def cancel(self, task_id: str, reason: str) -> None:
-        self.lifecycle.cancel(task_id, reason)
+        deployment = self.serving.by_task(task_id)
+        if deployment is not None:
+            self.serving.undeploy(deployment, f"undeployed: {reason}")
+        else:
+            self.lifecycle.cancel(task_id, reason)
 
     def schedule(self) -> None:
         self.lifecycle.schedule()
 
     def runner_views(self) -> list[dict[str, Any]]:
-        return self.ps.views(self.lifecycle.processes())
+        views = self.ps.views(self.lifecycle.processes())
+        replicas = self.serving.processes()
+        for (dep, replica), view in zip(replicas, self.ps.views(_ReplicaTask.of(d, r) for d, r in replicas)):
+            view.update(deployment=dep.name, replica_id=replica.replica_id, version=replica.version)
+            views.append(view)
+        return views
 
     def figures(self) -> Figures:
         return Figures(
@@ -327,6 +366,22 @@ class Daemon:
         if self._ready and text != self._last_status:
             self._last_status = text
             notify.status(text)
+
+
+@dataclass(frozen=True)
+class _ReplicaTask:
+    """A replica as ``ps`` describes a runner: its deployment's task, its own start."""
+
+    task_id: str
+    task_type: str
+    device: str | None
+    started_at: float | None
+
+    @staticmethod
+    def of(dep: Deployment, replica: Replica) -> tuple[_ReplicaTask, JobHandle]:
+        assert replica.handle is not None
+        task = _ReplicaTask(dep.task.task_id, dep.task.task_type, replica.device, replica.started_at)
+        return task, replica.handle
 
 
 def _recv_message(sock: zmq.Socket[bytes]) -> list[bytes]:

@@ -9,19 +9,22 @@ and has whatever is left of it killed and its resources freed (``alive_pids``, `
 ``cleanup``).
 
 Implementations: ``supervisor.local.LocalExecutor`` (this host: the preloaded fork server, or
-a fresh interpreter; ``supervisor.spawner``). A cluster executor (one runner host per job,
-placed by Ray) plugs in here the same way: the queue, limits, store and events stay ours.
+a fresh interpreter; ``supervisor.spawner``) and ``supervisor.ray.executor.RayExecutor`` (one
+runner host per job, placed by Ray): the queue, limits, store and events stay ours.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Collection
 from typing import Any, Protocol
 
 from protocol.jobs import JobSpec
 from protocol.tasks import TaskRecord
 from supervisor.job_cgroup import JobLimits
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,11 @@ class ExitInfo:
     code: int | None
     oom_killed: bool
     memory_limit_mb: int
+
+
+class RunnerLost(RuntimeError):
+    """A job's process can no longer be followed (its Ray node lost, its runner host died): the
+    message is the task's failure reason as it stands."""
 
 
 class JobHandle(Protocol):
@@ -92,9 +100,30 @@ class Executor(Protocol):
         """Start the job of ``spec``; return once its process exists. Raises when it cannot
         (the task then fails with the reason)."""
 
+    def admit(self, device: str, limits: JobLimits) -> bool:
+        """Whether a job for ``device`` with ``limits`` may be placed now, beyond our own slots
+        (a cluster's free resources); the local executor always says yes."""
+
     def adopt(self, task: TaskRecord) -> JobHandle | None:
         """The recorded process of a task a previous supervisor ran, if it still lives."""
 
     def remove_leftovers(self, keep: Collection[str]) -> None:
         """Remove what jobs of this instance left behind (e.g. cgroups after a crash),
         except for the tasks in ``keep`` (adopted, still running)."""
+
+
+def release(handle: JobHandle, what: str) -> None:
+    """Nothing of a job outlives its runner: kill what is left of it, free its cgroups. Blocks
+    (the kernel may take a while to free an OOM-killed job's memory): call from a worker thread.
+    ``what`` names the job in log lines."""
+    try:
+        left = handle.alive_pids()
+        if left:
+            log.warning("%s: killing %d leftover process(es) %s", what, len(left), left)
+            handle.kill()
+    except OSError as exc:
+        log.warning("%s: leftover check failed: %s", what, exc)
+    try:
+        handle.cleanup()
+    except OSError as exc:
+        log.warning("%s: cgroup cleanup failed: %s", what, exc)

@@ -37,7 +37,7 @@ from protocol.events import LOG, STATUS
 from protocol.settings import Settings
 from protocol.tasks import CANCELLED, FAILED, PENDING, RUNNING, TaskRecord
 from supervisor import jobs
-from supervisor.executor import Executor, JobHandle
+from supervisor.executor import Executor, JobHandle, RunnerLost, release
 from supervisor.job_cgroup import JobLimits
 from supervisor.pipeline import Pipeline
 from supervisor.scheduler import Scheduler
@@ -107,7 +107,7 @@ class Lifecycle:
         """Start every queued task that has room now (nothing once ``close``\\ d)."""
         if self.closing:
             return
-        for placement in self._scheduler.place():
+        for placement in self._scheduler.place(lambda device: self._executor.admit(device, self._limits)):
             task = self.tasks[placement.task_id]
             task.status = RUNNING
             task.device = placement.device
@@ -196,10 +196,11 @@ class Lifecycle:
             log.exception("task %s: waiting for pid %d failed", task.task_id, handle.pid)
             job.exited.set()
             await self._catch_up(task)
-            await asyncio.to_thread(self._release, task, handle)
+            await asyncio.to_thread(release, handle, f"task {task.task_id}")
             final = self._pipeline.final_status(task.task_id)
             if final is None:
-                final = (FAILED, f"runner lost: {type(exc).__name__}: {exc}")
+                why = str(exc) if isinstance(exc, RunnerLost) else f"{type(exc).__name__}: {exc}"
+                final = (FAILED, f"runner lost: {why}")
             self.finish(task, final[0], final[1])
             return
         job.exited.set()
@@ -207,7 +208,7 @@ class Lifecycle:
         await self._catch_up(task)
         # Killing strays and removing cgroups can take the kernel a while (freeing a job's
         # gigabytes after an OOM kill): in a worker thread, never on the loop.
-        await asyncio.to_thread(self._release, task, handle)
+        await asyncio.to_thread(release, handle, f"task {task.task_id}")
         reason = job.cancel_reason or "cancelled"
         report = self._pipeline.exit_report(task.task_id)
         if report:
@@ -228,20 +229,6 @@ class Lifecycle:
         at a time, letting the loop answer control requests between chunks."""
         while self._pipeline.catch_up(task, CATCH_UP_CHUNK) >= CATCH_UP_CHUNK:
             await asyncio.sleep(0)
-
-    def _release(self, task: TaskRecord, handle: JobHandle) -> None:
-        """Nothing of a job outlives its runner: kill what is left, free its cgroups. Blocks."""
-        try:
-            left = handle.alive_pids()
-            if left:
-                log.warning("task %s: killing %d leftover process(es) %s", task.task_id, len(left), left)
-                handle.kill()
-        except OSError as exc:
-            log.warning("task %s: leftover check failed: %s", task.task_id, exc)
-        try:
-            handle.cleanup()
-        except OSError as exc:
-            log.warning("task %s: cgroup cleanup failed: %s", task.task_id, exc)
 
     def finish(
         self, task: TaskRecord, status: str, message: str, *, code: int | None = None, announce: bool = True
@@ -345,6 +332,8 @@ class Lifecycle:
     def recover(self) -> None:
         """Re-queue pending tasks, adopt live runners, end lost ones (see the module docstring)."""
         for task in self._store.tasks_in_order(RUNNING):
+            if task.task_type == "serving":
+                continue  # a deployment: ``supervisor.serving`` brings it back
             self.tasks[task.task_id] = task
             self._pipeline.attach(task)
             handle = self._executor.adopt(task)

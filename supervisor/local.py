@@ -53,6 +53,9 @@ class LocalExecutor:
             await self._ready
         return await self.spawner.spawn(spec, limits)
 
+    def admit(self, device: str, limits: JobLimits) -> bool:
+        return True  # this host's slots are the scheduler's limits
+
     def adopt(self, task: TaskRecord) -> RunnerHandle | None:
         if task.pid is None or task.pid_started is None:
             return None

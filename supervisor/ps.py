@@ -4,6 +4,7 @@ read back from the kernel, and GPU memory per process from NVML (see ``protocol.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -101,7 +102,9 @@ class Ps:
         """The ``ps`` entry of one running task. ``gpu_memory``: ``{pid: bytes}``, or None
         when unknown (no GPU)."""
         processes = []
-        for pid in handle.alive_pids():
+        node = getattr(handle, "node", None)  # a Ray runner host's node
+        local = node is None or node == socket.gethostname()
+        for pid in handle.alive_pids() if local else []:
             try:
                 processes.append(self.process_entry(psutil.Process(pid), gpu_memory))
             except psutil.Error:
@@ -112,6 +115,7 @@ class Ps:
                 del self._seen[key]
         started = task.started_at
         return {
+            **({"node": node} if node is not None else {}),
             "task_id": task.task_id,
             "task_type": task.task_type,
             "device": task.device,

@@ -171,8 +171,10 @@ class Scheduler:
                 best = key
         return None if best is None else f"cuda:{best[2]}"
 
-    def place(self) -> list[Placement]:
-        """Reserve slots for every queued task that may start now and return them in order."""
+    def place(self, admit: Callable[[str], bool] | None = None) -> list[Placement]:
+        """Reserve slots for every queued task that may start now and return them in order.
+        ``admit(device)``: whether the executor has room beyond our slots (a cluster's free
+        resources); a task it refuses waits, and so do the ones of its device and type behind it."""
         placed: list[Placement] = []
         # (requested device, type) pairs found full in this pass: the rest of the queue
         # behind them needs no look (a long queue must not make every submit slow).
@@ -197,11 +199,36 @@ class Scheduler:
             if self._count(device, entry.task_type) >= self.limit(device, entry.task_type):
                 blocked.add(key)
                 continue
+            if admit is not None and not admit(device):
+                blocked.add(key)
+                continue
             self._queue.remove(entry)
             del self._queued[entry.task_id]
             self._running[entry.task_id] = (device, entry.task_type)
             placed.append(Placement(entry.task_id, entry.task_type, device, warning))
         return placed
+
+    def room(self, task_type: str, requested: str, n: int) -> tuple[str | None, str | None]:
+        """Where ``n`` slots of ``task_type`` fit now: ``(device, warning)``, or ``(None, why)``.
+        ``requested`` as for ``push``; nothing is reserved (``occupy`` each slot)."""
+        warning = None
+        if requested == "cuda" and self.gpu_count == 0:
+            device = "cpu"
+            warning = "device 'cuda' requested but this host has no GPU: running on the CPU"
+        elif requested == "cuda":
+            best = [d for d in self.devices[1:] if self.limit(d, task_type) - self._count(d, task_type) >= n]
+            if not best:
+                return None, f"no GPU has room for {n} more {task_type} slot(s)"
+            device = (self._pick_gpu(task_type) if n == 1 else None) or best[0]
+        else:
+            device = requested
+        free = self.limit(device, task_type) - self._count(device, task_type)
+        if free < n:
+            return None, (
+                f"no room on {device}: {n} {task_type} slot(s) needed, {max(free, 0)} free "
+                f"(limit {self.limit(device, task_type)}; see /api/v2/limits)"
+            )
+        return device, warning
 
     def occupy(self, task_id: str, task_type: str, device: str) -> None:
         """Hold a slot for a task already running (adopted after a restart), limit or not."""

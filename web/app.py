@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from protocol.serving import ROUTES_TOPIC
 from protocol.settings import Settings
 from web.auth import TokenMiddleware
 from web.control import DEFAULT_TIMEOUT, ControlClient
@@ -26,6 +27,7 @@ from web.hub import Hub
 from web.metrics import LatencyMiddleware, Metrics
 from web.openapi import build
 from web.paths import Confinement
+from web.replicas import Replicas
 from web.routes import ROUTES, starlette_routes
 
 
@@ -37,9 +39,12 @@ def create_app(settings: Settings, *, control_timeout: float | None = None) -> S
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         control = ControlClient(settings.addresses.control, timeout=control_timeout or DEFAULT_TIMEOUT)
         hub = Hub(settings.addresses.events_out)
+        router = app.state.replicas = Replicas(settings.serving_timeout)
+        hub.topics[ROUTES_TOPIC] = router.apply_message
         await control.start()
         await hub.start()
         app_metrics.hub = hub
+        app_metrics.replicas = router
         try:
             yield State(
                 settings=settings,
@@ -49,6 +54,7 @@ def create_app(settings: Settings, *, control_timeout: float | None = None) -> S
                 metrics=app_metrics,
             )
         finally:
+            router.close()
             await hub.stop()
             await control.stop()
 

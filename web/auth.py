@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from web.errors import envelope
 
 #: Paths under this prefix need the token; the rest (health, info, metrics, docs, pages) do not.
-PROTECTED_PREFIX = "/api/v2"
+#: The API and the article's prediction routes (``/predict``, ``/predict_batch``).
+PROTECTED_PREFIX = ("/api/v2", "/predict")
 
 
 class TokenMiddleware:

@@ -11,6 +11,9 @@ task's final status event.
                                  val_path="data/val", save_path="models/out", num_epochs=1)
     for event in client.stream_training_logs(task["task_id"]):
         print(event["level"], event["message"])
+
+Online serving (deploy, deployments, predict, predict_batch, reload, undeploy,
+wait_deployment): ``web.serving.client``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from httpx_sse import SSEError, connect_sse
 
 from protocol.events import is_final
 from protocol.tasks import FINAL_STATUSES
+from web.serving.client import ServingMethods
 
 
 class RFUAVError(Exception):
@@ -58,8 +62,9 @@ class _Stream:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
-class RFUAVClient:
-    """A synchronous client (httpx) for one service."""
+class RFUAVClient(ServingMethods):
+    """A synchronous client (httpx) for one service; the serving methods (deploy, predict, …)
+    are ``web.serving.client``'s."""
 
     def __init__(
         self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0
@@ -78,10 +83,21 @@ class RFUAVClient:
         self.close()
 
     # -- plumbing --------------------------------------------------------------------------
-    def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        """One request; the envelope's ``data`` or ``RFUAVError``."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        *,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        """One request (a JSON body, or ``content`` of ``content_type``); the envelope's ``data``
+        or ``RFUAVError``."""
+        headers = {"Content-Type": content_type} if content_type else None
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, content=content, headers=headers)
         except httpx.TransportError as exc:
             raise RFUAVError(0, f"cannot reach {self.base_url}: {exc}") from None
         try:

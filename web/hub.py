@@ -124,6 +124,8 @@ class Hub(LoopSocket):
         self.dropped = 0  # subscribers dropped for falling behind
         self.streams_total = 0
         self.sent = 0  # events written to SSE clients (stored replay and live tail)
+        #: Topics that are not task ids (they start with a NUL): topic -> what reads the payload.
+        self.topics: dict[bytes, Callable[[bytes], None]] = {}
 
     def count_sent(self, n: int) -> None:
         self.sent += n
@@ -160,6 +162,8 @@ class Hub(LoopSocket):
             return
         subs = self._subs.get(frames[0])
         if not subs:
+            if frames[0][:1] == b"\x00" and frames[0] in self.topics:
+                self.topics[frames[0]](frames[1])
             return
         for data in frames[1:]:
             try:

@@ -1,9 +1,16 @@
-"""Prometheus metrics (``GET /metrics``): tasks, queue, runners, SSE relay, request latency.
+"""Prometheus metrics (``GET /metrics``): tasks, queue, runners, SSE relay, request latency, and
+the deployments (``rfuav_serving_*``).
 
 Task, queue and runner figures are the supervisor's (``health``), read at scrape time; web keeps
 no task state. Each app has its own ``CollectorRegistry`` so several apps (tests) never clash.
 Request latency is labelled by endpoint name, never by raw path, so ids cannot explode the
 label set.
+
+Serving: the answers and their latency as web gave them (``web.replicas.Replicas``: every
+prediction request of a known deployment, end to end), and the supervisor's view of each
+deployment (``deployments``, read at scrape time: replicas up, batches, cache hits, queue,
+restarts; the batch-size and queue-wait histograms when the view carries them). Labels are
+deployment names (and HTTP statuses, deployment statuses), nothing a request can make up.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocol import serving as sv
 from web.hub import Hub
+from web.replicas import Replicas
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,13 +80,109 @@ class _ServiceCollector(Collector):
             yield dropped
 
 
+def _cumulative(bounds: tuple[float, ...], counts: list[int], divisor: float = 1.0) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, ``+Inf`` last) of per-bucket ``counts`` over ``bounds``
+    (plus one overflow count), each bound divided by ``divisor`` (1000: milliseconds to seconds)."""
+    out: list[tuple[str, float]] = []
+    seen = 0
+    for bound, n in zip(bounds, counts):
+        seen += n
+        out.append((repr(float(bound / divisor)), float(seen)))
+    out.append(("+Inf", float(sum(counts))))
+    return out
+
+
+def _histogram(raw: Any, bounds: tuple[float, ...]) -> list[int] | None:
+    """A view's per-bucket counts, when they are there and fit ``bounds``."""
+    if isinstance(raw, list) and len(raw) == len(bounds) + 1 and all(isinstance(n, int) for n in raw):
+        return raw
+    return None
+
+
+class _ServingCollector(Collector):
+    """The deployments: web's answers (``Replicas``) and the supervisor's views."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._answers()
+        if self.metrics.deployments is not None:
+            yield from self._views(self.metrics.deployments)
+
+    def _answers(self) -> Iterator[Any]:
+        router = self.metrics.replicas
+        requests = CounterMetricFamily(
+            "rfuav_serving_requests", "prediction requests answered by web, by deployment and HTTP status",
+            labels=["deployment", "status"],
+        )  # fmt: skip
+        seconds = HistogramMetricFamily(
+            "rfuav_serving_request_seconds", "prediction latency in web (end to end), by deployment",
+            labels=["deployment"],
+        )  # fmt: skip
+        if router is not None:
+            for (name, status), n in sorted(router.answers.items()):
+                requests.add_metric([name, str(status)], float(n))
+            for name, (counts, total) in sorted(router.latency.items()):
+                seconds.add_metric([name], _cumulative(sv.LATENCY_BUCKETS_MS, counts, 1000), total)
+        yield requests
+        yield seconds
+
+    def _views(self, views: list[dict[str, Any]]) -> Iterator[Any]:
+        def family(kind: type[Any], name: str, doc: str, *labels: str) -> Any:
+            return kind(name, doc, labels=["deployment", *labels])
+
+        G, C, H = GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily
+        status = family(
+            G, "rfuav_serving_deployment_status", "1 for the deployment's status, 0 for the others", "status"
+        )
+        version = family(G, "rfuav_serving_version", "the version served (reloads + 1)")
+        up = family(G, "rfuav_serving_replicas_up", "replicas ready to answer")
+        wanted = family(G, "rfuav_serving_replicas", "replicas the deployment runs (its setting)")
+        restarts = family(C, "rfuav_serving_restarts", "replica restarts of the current version")
+        batches = family(C, "rfuav_serving_batches", "forward passes")
+        mean = family(G, "rfuav_serving_mean_batch_size", "inputs per forward pass, on average")
+        hits = family(C, "rfuav_serving_cache_hits", "answers from the replicas' caches")
+        queued = family(G, "rfuav_serving_queued", "requests waiting in the replicas now")
+        sizes = family(H, "rfuav_serving_batch_size", "forward passes by batch size")
+        waits = family(
+            H, "rfuav_serving_queue_wait_seconds", "from a request's arrival in a replica to its forward pass"
+        )
+        for view in sorted(views, key=lambda v: str(v.get("name"))):
+            name = str(view.get("name"))
+            stats = view.get("stats") or {}
+            for s in sv.DEPLOYMENT_STATUSES:
+                status.add_metric([name, s], 1.0 if view.get("status") == s else 0.0)
+            version.add_metric([name], float(view.get("version") or 0))
+            replicas = view.get("replicas") or []
+            up.add_metric([name], float(sum(1 for r in replicas if r.get("status") == sv.READY)))
+            wanted.add_metric([name], float((view.get("settings") or {}).get("replicas") or len(replicas)))
+            restarts.add_metric([name], float(view.get("restarts") or 0))
+            batches.add_metric([name], float(stats.get("batches") or 0))
+            mean.add_metric([name], float(stats.get("mean_batch_size") or 0.0))
+            hits.add_metric([name], float(stats.get("cache_hits") or 0))
+            queued.add_metric([name], float(stats.get("queued") or 0))
+            raw = view.get("histograms") or {}
+            counts = _histogram(raw.get("batch_size"), sv.BATCH_BUCKETS)
+            if counts is not None:
+                sizes.add_metric([name], _cumulative(sv.BATCH_BUCKETS, counts), float(raw.get("batched_items") or 0))
+            counts = _histogram(raw.get("queue_wait_ms"), sv.LATENCY_BUCKETS_MS)
+            if counts is not None:
+                total = float(raw.get("queue_wait_sum_ms") or 0.0) / 1000
+                waits.add_metric([name], _cumulative(sv.LATENCY_BUCKETS_MS, counts, 1000), total)
+        yield from (status, version, up, wanted, restarts, batches, mean, hits, queued, sizes, waits)
+
+
 class Metrics:
-    """One app's registry; ``render(snapshot)`` is the exposition text."""
+    """One app's registry; ``render(snapshot, deployments)`` is the exposition text."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.hub: Hub | None = None
+        self.replicas: Replicas | None = None
         self.snapshot: dict[str, Any] | None = None
+        #: The supervisor's deployment views at the last scrape (None: it did not answer).
+        self.deployments: list[dict[str, Any]] | None = None
         self.latency = Histogram(
             "rfuav_http_request_duration_seconds",
             "HTTP request latency (to the end of the response; SSE streams excluded)",
@@ -86,9 +191,11 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
         self.registry.register(_ServiceCollector(self))
+        self.registry.register(_ServingCollector(self))
 
-    def render(self, snapshot: dict[str, Any] | None) -> bytes:
+    def render(self, snapshot: dict[str, Any] | None, deployments: list[dict[str, Any]] | None = None) -> bytes:
         self.snapshot = snapshot
+        self.deployments = deployments
         return generate_latest(self.registry)
 
 

@@ -3,8 +3,9 @@
 ``build(ROUTES)`` documents every row of ``web.routes.ROUTES`` (the same rows Starlette serves,
 so the document cannot drift from what is served). Request bodies come from ``web.schemas``;
 response shapes (documentation only: the supervisor builds them) from ``web.responses``. Every
-JSON response is documented inside the ``{code, msg, data}`` envelope; every error status a
-route can answer is listed with the error envelope.
+JSON response is documented inside the ``{code, msg, data}`` envelope (but the article's
+``/predict`` and ``/predict_batch``: ``ApiRoute.envelope``); every error status a route can
+answer is listed with the error envelope.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 import protocol
 from web.endpoints.request import MAX_INT
-from web.responses import RESPONSE_MODELS, BatchInferenceResponse, TaskResponse
+from web.responses import RESPONSE_MODELS, BatchInferenceResponse, Deployment, TaskResponse
 
 if TYPE_CHECKING:
     from web.routes import ApiRoute
@@ -35,7 +36,15 @@ BODY_EXAMPLES: dict[str, dict[str, Any]] = {
     "CropRequest": {"input_path": "data/raw", "output_path": "data/cropped", "x": 0, "y": 0, "width": 224, "height": 224},
     "DiagnosticRequest": {"events": 10, "rate": 10},
     "LimitsRequest": {"max_concurrent": {"cpu": {"training": 1}}},
+    "DeployRequest": {"name": "uav", "cfg_path": "models/run1/config.yaml", "weight_path": "models/run1/best.pth",
+                      "device": "cpu", "replicas": 1, "max_batch_size": 16, "max_batch_delay_ms": 5},
+    "ReloadRequest": {"cfg_path": "models/run1/config.yaml", "weight_path": "models/run1/best.pth"},
+    "PredictRequest": {"path": "data/val/a/0.png"},
+    "PredictBatchRequest": {"paths": ["data/val/a/0.png", "data/train/a/0.png"]},
 }  # fmt: skip
+
+#: Request bodies that may be left out (``POST .../reload``: the same files again).
+OPTIONAL_BODIES = frozenset({"ReloadRequest"})
 
 _ERROR_TEXT = {
     400: "bad request: a field is missing, of the wrong type or out of range (data.errors lists them)",
@@ -45,6 +54,16 @@ _ERROR_TEXT = {
     413: "request body too large",
     503: "the supervisor cannot be reached",
 }
+
+#: The serving routes' own meaning of some statuses (``contract/SERVING.md``).
+_SERVING_ERROR_TEXT = {
+    404: "unknown deployment (deploy: from_task names no task)",
+    409: "deploy: a deployment of that name exists (use replace); reload: a reload is under way",
+    503: "the deployment is loading, its queue is full, or a replica died with the request in flight "
+    "(retry after Retry-After seconds); or the supervisor cannot be reached",
+}
+
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 
 #: The 200 answer of each non-JSON ``ApiRoute.response`` kind.
 _PLAIN_ANSWERS: dict[str, dict[str, Any]] = {
@@ -75,7 +94,8 @@ def build(routes: list[ApiRoute], *, title: str = "RFUAV Model Service", token: 
             "title": title,
             "version": protocol.__version__,
             "description": "Train and run torchvision classifiers; one isolated process per job. "
-            "Every JSON response is wrapped in `{code, msg, data}`; SSE streams are not.",
+            "Every JSON response is wrapped in `{code, msg, data}`; SSE streams and the article's "
+            "`/predict` and `/predict_batch` are not.",
         },
         "paths": paths,
         "components": {"schemas": _component_schemas(routes)},
@@ -132,13 +152,21 @@ def _request_body(route: ApiRoute) -> dict[str, Any]:
     content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{name}"}}
     if name in BODY_EXAMPLES:
         content["example"] = BODY_EXAMPLES[name]
-    return {"required": True, "content": {"application/json": content}}
+    body: dict[str, Any] = {"required": name not in OPTIONAL_BODIES, "content": {"application/json": content}}
+    for media in route.raw_media:  # a file's bytes as the whole body
+        body["content"][media] = {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+    if route.raw_media:
+        body["description"] = f"JSON (one of the fields), or the bytes of a file: {', '.join(route.raw_media)}"
+    return body
 
 
 def _success(route: ApiRoute, routes: list[ApiRoute]) -> dict[str, Any]:
     """The 200 answer: a plain kind's, or the envelope around the route's data (with links)."""
     if isinstance(route.response, str) and route.response in _PLAIN_ANSWERS:
         return {"200": copy.deepcopy(_PLAIN_ANSWERS[route.response])}
+    if not route.envelope and isinstance(route.response, type):
+        ref = {"$ref": f"#/components/schemas/{route.response.__name__}"}
+        return {"200": {"description": "success (no envelope)", "content": {"application/json": {"schema": ref}}}}
     if route.response == "array":
         data: dict[str, Any] = {"type": "array", "items": {"$ref": "#/components/schemas/LogEvent"}}
     elif isinstance(route.response, type):
@@ -165,13 +193,19 @@ def _errors(route: ApiRoute, token: bool) -> dict[str, Any]:
         codes.add(401)
     if route.tag != "meta":
         codes.add(503)
-    return {
-        str(code): {
-            "description": _ERROR_TEXT.get(code, "error"),
-            "content": {"application/json": {"schema": _error_envelope()}},
+    texts = {**_ERROR_TEXT, **(_SERVING_ERROR_TEXT if route.tag == "serving" else {})}
+    answers: dict[str, Any] = {}
+    for code in sorted(codes):
+        # Without the envelope (the article's routes) errors are {"detail": ...}, but the token
+        # check answers before the route, in the envelope.
+        schema = _error_envelope() if route.envelope or code == 401 else {"$ref": "#/components/schemas/ArticleError"}
+        answers[str(code)] = {
+            "description": texts.get(code, "error"),
+            "content": {"application/json": {"schema": schema}},
         }
-        for code in sorted(codes)
-    }
+        if code == 503 and route.tag == "serving":
+            answers[str(code)]["headers"] = {"Retry-After": copy.deepcopy(_RETRY_AFTER)}
+    return answers
 
 
 def _envelope(data_schema: dict[str, Any], code: int) -> dict[str, Any]:
@@ -208,6 +242,22 @@ def _operation_id(route: ApiRoute) -> str:
 def _links(route: ApiRoute, routes: list[ApiRoute]) -> dict[str, Any]:
     """OpenAPI links from a start endpoint's answer (the new task's id) to every route of that
     task: its typed routes (``/api/v2/training/{task_id}``…) and the ``/api/v2/tasks`` ones."""
+    if route.method == "POST" and route.response is Deployment and "{name}" not in route.path:
+        # A deploy's answer names the deployment: every route of it, and its task.
+        named = {
+            _operation_id(r): {"operationId": _operation_id(r), "parameters": {"name": "$response.body#/data/name"}}
+            for r in routes
+            if "{name}" in r.path
+        }
+        task = {
+            _operation_id(r): {
+                "operationId": _operation_id(r),
+                "parameters": {"task_id": "$response.body#/data/task_id"},
+            }
+            for r in routes
+            if r.path == "/api/v2/tasks/{task_id}" and r.method == "GET"
+        }
+        return {**named, **task}
     if route.method != "POST" or route.response not in (TaskResponse, BatchInferenceResponse):
         return {}
     pointer = "$response.body#/data/" + ("task_id" if route.response is TaskResponse else "task_ids/0")

@@ -137,6 +137,110 @@ class InfoResponse(_Open):
     gpu_available: bool
 
 
+# -- serving (contract/SERVING.md) -----------------------------------------------------------
+class ServingModelInfo(_Open):
+    model: str
+    num_classes: int
+    image_size: int
+    class_names: list[str]
+    cfg_path: str
+    weight_path: str
+
+
+class ServingSettingsInfo(_Open):
+    replicas: int
+    threads: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue: int
+    cache_size: int
+    top_k: int
+
+
+class ReplicaInfo(_Open):
+    pid: int | None
+    device: str
+    status: str = Field(description="loading, ready or draining")
+    restarts: int = Field(description="restarts of this replica's slot")
+
+
+class DeploymentStats(_Open):
+    requests: int
+    errors: int
+    batches: int
+    mean_batch_size: float
+    p50_ms: float | None = Field(description="over the last minute (null: no request yet)")
+    p99_ms: float | None
+    cache_hits: int
+    queued: int
+    # Additions.
+    requests_per_s: float | None = Field(None, description="over the last minute")
+
+
+class Deployment(_Open):
+    name: str
+    task_id: str = Field(description="the deployment's task (type serving)")
+    status: str = Field(description="loading, ready, reloading, failed, stopped")
+    version: int = Field(description="1 at deploy, + 1 per reload")
+    device: str
+    model: ServingModelInfo
+    settings: ServingSettingsInfo
+    replicas: list[ReplicaInfo]
+    stats: DeploymentStats
+    # Additions.
+    restarts: int | None = Field(None, description="replica restarts of the current version")
+    reason: str | None = Field(None, description="why it failed")
+
+
+class DeploymentList(_Open):
+    deployments: list[Deployment]
+
+
+class TopClass(_Open):
+    class_: int = Field(alias="class", description="the class index")
+    name: str
+    probability: float
+
+
+class PredictionResult(_Open):
+    prediction: list[float] = Field(description="softmax probabilities of every class, in class order")
+    top_class: int
+    class_name: str
+    top_k: list[TopClass]
+    batch_size: int = Field(description="the size of the forward pass that answered")
+    cached: bool
+    latency_ms: float
+
+
+class Prediction(PredictionResult):
+    model: str = Field(description="the deployment's name")
+    version: int
+
+
+class PredictionBatch(_Open):
+    results: list[PredictionResult] = Field(description="in input order")
+    model: str
+    version: int
+
+
+class ArticlePrediction(_Open):
+    """The article's ``/predict`` answer (no envelope)."""
+
+    prediction: list[list[float]]
+
+
+class ArticleBatch(_Open):
+    """The article's ``/predict_batch`` answer (no envelope)."""
+
+    results: list[list[float]]
+
+
+class ArticleError(_Open):
+    """The article's routes' error answer (FastAPI's shape, no envelope)."""
+
+    detail: str
+
+
 class ErrorDetail(BaseModel):
     field: str
     error: str
@@ -145,5 +249,6 @@ class ErrorDetail(BaseModel):
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     TaskResponse, TaskActionResponse, BatchInferenceResponse, TaskListResponse, LogEvent,
     ResourcesResponse, GpuResponse, LimitsResponse, RunnersResponse, HealthResponse,
-    InfoResponse, ErrorDetail,
+    InfoResponse, ErrorDetail, Deployment, DeploymentList, Prediction, PredictionBatch, ArticlePrediction,
+    ArticleBatch, ArticleError,
 )  # fmt: skip

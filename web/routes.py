@@ -18,16 +18,31 @@ from web import schemas
 from web.endpoints import meta, resources, starts, streams, tasks
 from web.pages import dashboard, docs, static_routes
 from web.responses import (
+    ArticleBatch,
+    ArticlePrediction,
     BatchInferenceResponse,
+    Deployment,
+    DeploymentList,
     GpuResponse,
     HealthResponse,
     InfoResponse,
     LimitsResponse,
+    Prediction,
+    PredictionBatch,
     ResourcesResponse,
     RunnersResponse,
     TaskActionResponse,
     TaskListResponse,
     TaskResponse,
+)
+from web.serving import endpoints as serving
+from web.serving.schemas import (
+    ArticleBatchRequest,
+    ArticlePredictRequest,
+    DeployRequest,
+    PredictBatchRequest,
+    PredictRequest,
+    ReloadRequest,
 )
 
 #: A query parameter: (name, type, description), or (name, "integer", description, maximum).
@@ -53,9 +68,16 @@ class ApiRoute:
     #: Whether the bearer token guards it (every /api/v2 route; ``web.auth``).
     auth: bool = True
     query: tuple[QueryParam, ...] = ()
+    #: False: ``response`` (a model) is the whole answer and errors are ``{"detail": ...}`` (the
+    #: article's routes), not the ``{code, msg, data}`` envelope.
+    envelope: bool = True
+    #: Media types of raw bodies the route takes beside a JSON ``body`` (e.g. ``image/png``).
+    raw_media: tuple[str, ...] = ()
 
 
 _ID = "/{task_id}"
+_NAME = "/api/v2/serving/{name}"
+_IMAGES = ("image/png", "image/jpeg")
 _TASKS_QUERY: tuple[QueryParam, ...] = (
     ("status", "string", "only tasks of this status"),
     ("task_type", "string", "only tasks of this type"),
@@ -129,6 +151,33 @@ ROUTES: list[ApiRoute] = [
     ApiRoute(method="POST", path="/api/v2/tasks" + _ID + "/cancel", endpoint=tasks.cancel_task,
              summary="Cancel any task", tag="tasks",
              response=TaskActionResponse, errors=(404, 409)),
+    # -- serving (contract/SERVING.md)
+    ApiRoute(method="POST", path="/api/v2/serving/deploy", endpoint=serving.deploy,
+             summary="Deploy a trained model (replica processes, dynamic batching)", tag="serving",
+             body=DeployRequest, response=Deployment, errors=(404, 409)),
+    ApiRoute(method="GET", path="/api/v2/serving", endpoint=serving.list_deployments,
+             summary="The deployments", tag="serving", response=DeploymentList),
+    ApiRoute(method="GET", path=_NAME, endpoint=serving.get_deployment,
+             summary="One deployment: status, replicas, live figures", tag="serving",
+             response=Deployment, errors=(404,)),
+    ApiRoute(method="DELETE", path=_NAME, endpoint=serving.undeploy,
+             summary="Undeploy: stop taking requests, answer those in flight, stop the replicas", tag="serving",
+             response=Deployment, errors=(404,)),
+    ApiRoute(method="POST", path=_NAME + "/reload", endpoint=serving.reload,
+             summary="Swap in new weights with zero downtime (version + 1); no body: the same files again",
+             tag="serving", body=ReloadRequest, response=Deployment, errors=(404, 409)),
+    ApiRoute(method="POST", path=_NAME + "/predict", endpoint=serving.predict,
+             summary="One prediction (JSON forms, or a raw image/png or image/jpeg body)", tag="serving",
+             body=PredictRequest, response=Prediction, errors=(404, 503), raw_media=_IMAGES),
+    ApiRoute(method="POST", path=_NAME + "/predict_batch", endpoint=serving.predict_batch,
+             summary="Several predictions in input order", tag="serving",
+             body=PredictBatchRequest, response=PredictionBatch, errors=(404, 503)),
+    ApiRoute(method="POST", path="/predict", endpoint=serving.article_predict,
+             summary="The article's /predict (RFUAV_DEFAULT_DEPLOYMENT or the only deployment)", tag="serving",
+             body=ArticlePredictRequest, response=ArticlePrediction, errors=(404, 503), envelope=False),
+    ApiRoute(method="POST", path="/predict_batch", endpoint=serving.article_predict_batch,
+             summary="The article's /predict_batch", tag="serving",
+             body=ArticleBatchRequest, response=ArticleBatch, errors=(404, 503), envelope=False),
     # -- resources
     ApiRoute(method="GET", path="/api/v2/resources", endpoint=resources.resources,
              summary="Resource usage, limits, active tasks", tag="resources", response=ResourcesResponse),

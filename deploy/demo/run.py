@@ -24,6 +24,8 @@ from web.client import RFUAVClient, RFUAVError
 MARKER = ".rfuav-demo"
 #: The demo's classes: four patterns of drone links (``deploy.demo.spectra``).
 CLASSES: tuple[str, ...] = ("carrier", "chirp", "hopping", "ofdm")
+#: The demo's deployment of its trained model.
+DEPLOYMENT = "demo"
 
 
 class DemoFailed(RuntimeError):
@@ -111,9 +113,33 @@ def run_steps(args: argparse.Namespace, home: Path, client: RFUAVClient) -> dict
     say(f"inferred ({infer['task_id']}): {len(rows)} test images, {right} right ({100.0 * right / max(1, len(rows)):.1f}%); "
         f"results in {results / 'demo' / 'results.json'}")  # fmt: skip
 
-    say("deploy: skipped — online serving is not built yet")
+    deployment = deploy_and_predict(client, train["task_id"], split_dir / "test")
     say(f"demo: every step done in {time.monotonic() - started:.0f} s")
-    return {"split": split["task_id"], "training": train["task_id"], "inference": infer["task_id"]}
+    return {"split": split["task_id"], "training": train["task_id"], "inference": infer["task_id"],
+            "deployment": deployment}  # fmt: skip
+
+
+def deploy_and_predict(client: RFUAVClient, training: str, test_dir: Path) -> str:
+    """Deploy the trained model (2 replicas), send a few test images as they are, then a batch of
+    them; returns the deployment's name. The deployment keeps serving until the service stops."""
+    client.deploy(DEPLOYMENT, from_task=training, device="cpu", replicas=2, max_batch_delay_ms=5)
+    dep = client.wait_deployment(DEPLOYMENT, timeout=120)
+    if dep["status"] != "ready":
+        raise DemoFailed(f"deployment {dep['status']}: {dep.get('reason', '')}")
+    say(f"deployed '{DEPLOYMENT}' ({dep['task_id']}): version {dep['version']}, {len(dep['replicas'])} replicas "
+        f"(pids {', '.join(str(r['pid']) for r in dep['replicas'])}) on {dep['device']}")  # fmt: skip
+    images = sorted(test_dir.rglob("*.png"))
+    picked = [images[i * len(images) // 4] for i in range(4)]
+    for path in picked:
+        answer = client.predict(DEPLOYMENT, raw=path.read_bytes(), content_type="image/png")
+        say(f"  predict {path.parent.name}/{path.name}: {answer['class_name']} "
+            f"({100 * answer['top_k'][0]['probability']:.1f}%) in {answer['latency_ms']:.1f} ms")  # fmt: skip
+    images = images[: 16 * 8]  # one predict_batch takes at most max_batch_size × 8 items
+    batch = client.predict_batch(DEPLOYMENT, paths=[str(p) for p in images])
+    right = sum(r["class_name"] == p.parent.name for r, p in zip(batch["results"], images))
+    say(f"  predict_batch: {len(images)} test images, {right} right; POST /predict and /predict_batch answer "
+        "the article's shapes too")  # fmt: skip
+    return DEPLOYMENT
 
 
 def shown(path: Path) -> str:
@@ -140,6 +166,9 @@ def where_to_look(svc: Service, home: Path, tasks: dict[str, str], keep: bool) -
     say(f"  {prefix}{rfuav} show {tasks['training']}")
     say(f"  {prefix}{rfuav} logs {tasks['training']}")
     say(f"  {prefix}{rfuav} show {tasks['inference']}")
+    if keep:
+        say(f"  {prefix}{rfuav} serve show {tasks['deployment']}")
+        say(f"  {prefix}{rfuav} serve predict {tasks['deployment']} {shown(home / 'data' / 'split' / 'test')}/*/*.png")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -184,6 +184,39 @@ class Checks:
             raise CheckFailed(f"{len(good)} classified images in results.json, want {want}")
         return f"'cuda' placed on cuda:{index}, runner on cuda:0, {want} images classified, results.json complete"
 
+    def deploy(self) -> str:
+        """The trained model deployed with ``device: cuda``: its replicas on a GPU (they see it as
+        cuda:0), every test image predicted as the inference job classified it, then undeployed."""
+        import orjson
+
+        if self.trained is None:
+            raise CheckFailed("no trained model (training on cuda failed)")
+        name = "gpu-check"
+        self.client.deploy(name, from_task=self.trained["task_id"], device="cuda", replicas=1)
+        try:
+            dep = self.client.wait_deployment(name, timeout=JOB_TIMEOUT)
+            if dep["status"] != "ready":
+                raise CheckFailed(f"deployment {dep['status']}: {dep.get('reason', '')}")
+            index = self.gpu_index({"task_id": dep["task_id"], "device": dep["device"]})
+            if [r["device"] for r in dep["replicas"]] != [f"cuda:{index}"]:
+                raise CheckFailed(f"replicas on {[r['device'] for r in dep['replicas']]}, deployment on cuda:{index}")
+            results = orjson.loads((self.svc.home / "results" / "results.json").read_bytes())["results"]
+            worst = 0.0
+            for row in results:
+                answer = self.client.predict(name, path=row["image"])
+                if answer["class_name"] != row["top_class"]:
+                    raise CheckFailed(f"{row['image']}: deployment says {answer['class_name']}, job {row['top_class']}")
+                for p in row["predictions"]:
+                    worst = max(worst, abs(answer["prediction"][p["class_id"]] - p["probability"]))
+            if worst > 1e-3:
+                raise CheckFailed(f"probabilities differ from the inference job's by up to {worst:.2g}")
+            return (
+                f"'cuda' placed on cuda:{index}, {len(results)} images predicted as the inference job did "
+                f"(probabilities within {worst:.1g}), p50 {dep['stats']['p50_ms']} ms"
+            )
+        finally:
+            self.client.undeploy(name)
+
     def ps_gpu_memory(self) -> str:
         from web.client import RFUAVError
 

@@ -95,7 +95,7 @@ def start_diagnostic(svc: Service, **params: Any) -> str:
 # -- usage ----------------------------------------------------------------------------------
 
 COMMANDS = ["ps", "train", "infer", "split", "augment", "crop", "tasks", "show", "logs", "cancel", "gpu",
-            "resources", "limits"]  # fmt: skip
+            "resources", "limits", "serve"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -4,8 +4,9 @@ Start a training job from the form (a tiny digits dataset rendered as PNGs), wat
 and the charts fill, cancel it and see the status change; plus the token flow, the
 preprocessing forms, and a task's page opened by clicking its id in the list. On two short
 finished trainings (``trainings``): the charts' legends, integer epoch ticks and the values
-under the mouse, the best epoch's confusion matrix and per-class table, and the compare view
-overlaying both. Every page loads without a console error (the favicon included) and without a
+under the mouse, the best epoch's confusion matrix and per-class table, the compare view
+overlaying both, and one of them deployed from its row (the Deployments panel: live status and
+figures, undeploy). Every page loads without a console error (the favicon included) and without a
 JavaScript error. Screenshots go to test-artifacts/.
 """
 
@@ -385,3 +386,72 @@ def test_compare_two_trainings(open_page, svc: Service, trainings) -> None:  # t
     page.locator(f"#tasks tr[data-task-id='{second}'] input.compare-pick").uncheck()
     assert page.is_disabled("#compare")
     assert watched.console_errors == [], watched.console_errors
+
+
+def test_deploy_a_training_watch_it_serve_then_undeploy(page, svc: Service, trainings) -> None:  # type: ignore[no-untyped-def]
+    """The Deployments panel (web/static/dashboard/serving.js): Deploy on a completed training's
+    row, the row's live status, replicas and figures, a name refused, Undeploy (confirmed)."""
+    task_id = trainings["ids"][0]
+    row = f"#tasks tr[data-task-id='{task_id}']"
+    page.wait_for_selector(f"{row} button.deploy")
+    # Only completed trainings can be deployed.
+    completed = {t["task_id"] for t in svc.client.iter_tasks(status="completed", task_type="training")}
+    deployable = page.eval_on_selector_all("#tasks tr:has(button.deploy)", "rows => rows.map(r => r.dataset.taskId)")
+    assert set(deployable) == completed and task_id in completed
+    assert page.is_visible("#deployments-empty")
+    # A name no URL can carry is refused at once; then a good one.
+    page.once("dialog", lambda d: d.accept("bad name"))
+    page.click(f"{row} button.deploy")
+    page.wait_for_function("document.querySelector('#serving-result').textContent.includes('no deployment name')")
+    assert svc.client.deployments() == []
+    page.once("dialog", lambda d: d.accept("digits-1"))
+    page.click(f"{row} button.deploy")
+    dep_row = "#deployments tr[data-name='digits-1']"
+    page.wait_for_selector(dep_row)
+    dep = svc.client.deployment("digits-1")
+    training = svc.client.get_task(task_id)
+    assert dep["device"] == training["device"] == "cpu"
+    assert dep["model"]["model"] == "resnet18" and dep["model"]["num_classes"] == 10
+    assert dep["model"]["weight_path"].endswith("best.pth")
+
+    def cells() -> dict[str, str]:
+        return dict(
+            page.eval_on_selector_all(f"{dep_row} td[data-key]", "tds => tds.map(t => [t.dataset.key, t.textContent])")
+        )
+
+    page.wait_for_function(f"document.querySelector(\"{dep_row}\").dataset.status === 'ready'", timeout=120_000)
+    shown = cells()
+    assert shown["status"] == "ready" and shown["version"] == "v1" and shown["device"] == "cpu"
+    assert shown["replicas"] == "1/1" and shown["restarts"] == "0" and shown["task"] == dep["task_id"]
+    assert page.is_hidden("#deployments-empty")
+    # The same name again, from the training's own page: the service's refusal is shown.
+    page.locator(f"{row} td.id a").click()
+    page.wait_for_selector("#task-deploy:not([hidden])")
+    page.once("dialog", lambda d: d.accept("digits-1"))
+    page.click("#task-deploy")
+    page.wait_for_function("document.querySelector('#serving-result').textContent.startsWith('deploy refused')")
+    # Live figures: requests through the API show up as req/s, p99 and the count.
+    images = sorted((svc.home / "digits-cmp" / "val").glob("*/*.png"))[:12]
+    for image in images:
+        assert svc.client.predict("digits-1", raw=image.read_bytes())["model"] == "digits-1"
+    page.wait_for_function(
+        f"""(() => {{
+          const td = (k) => document.querySelector("{dep_row} td[data-key=" + k + "]").textContent;
+          return parseFloat(td('rps')) > 0 && td('p99').endsWith(' ms') && parseInt(td('requests')) >= {len(images)};
+        }})()""",
+        timeout=30_000,
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-serving.png"), full_page=True)
+    # Undeploy asks first: dismissed, nothing happens; confirmed, the row goes.
+    page.once("dialog", lambda d: d.dismiss())
+    page.click(f"{dep_row} button.undeploy")
+    assert svc.client.deployment("digits-1")["status"] == "ready"
+    assert http_requests(svc, "undeploy", 200) == 0
+    page.once("dialog", lambda d: d.accept())
+    page.click(f"{dep_row} button.undeploy")
+    page.wait_for_selector(dep_row, state="detached")
+    assert http_requests(svc, "undeploy", 200) == 1
+    assert page.inner_text("#serving-result") == "digits-1: stopped"
+    assert page.is_visible("#deployments-empty")
+    assert svc.client.wait_for(dep["task_id"], timeout=30)["status"] == "completed"

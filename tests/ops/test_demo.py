@@ -103,7 +103,11 @@ def test_demo_trains_infers_and_stops_cleanly(tmp_path: Path) -> None:
     assert "32 test images" in inferred
     results = json.loads((home / "results" / "demo" / "results.json").read_text())
     assert results["summary"]["count"] == 32 and len(results["results"]) == 32
-    assert "deploy: skipped — online serving is not built yet" in lines
+    deployed = next(line for line in lines if line.startswith("deployed 'demo' ("))
+    assert "version 1, 2 replicas" in deployed and "on cpu" in deployed
+    predicted = [line for line in lines if line.startswith("  predict ")]
+    assert len(predicted) == 4 and all(" ms" in line for line in predicted), lines
+    assert any(line.startswith("  predict_batch: 32 test images, ") for line in lines), lines
     task_id = trained.split("(")[1].split(")")[0]
     assert f"#task={task_id}" in out and f"rfuav show {task_id}" in out  # where to look
     assert "demo: service stopped: exit 0" in out and "no process left" in out

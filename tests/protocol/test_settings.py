@@ -51,7 +51,8 @@ def test_every_variable_is_read(f: dataclasses.Field[object], tmp_path: Path) ->
     raw = {"start_mode": "cold", "home": str(tmp_path / "h"), "runtime_dir": str(tmp_path / "r"),
            "data_roots": "/a:/b", "url_allow_hosts": "h1,h2", "job_memory_mb": "777",
            "job_cpu_weight": "30", "cors_origins": "https://ui.example", "supported_models": "resnet18",
-           "default_train_priority": "7", "default_inference_priority": "7"}.get(f.name) or _SAMPLES[str(f.type)]  # fmt: skip
+           "default_train_priority": "7", "default_inference_priority": "7", "executor": "ray",
+           "ray_events": "direct"}.get(f.name) or _SAMPLES[str(f.type)]  # fmt: skip
     assert getattr(_from({f.metadata["env"]: raw}, tmp_path), f.name) != getattr(_from({}, tmp_path), f.name)
 
 

@@ -89,6 +89,8 @@ class FakeExecutor:
         self.fail_next: Exception | None = None
         self.adoptable: dict[int, FakeHandle] = {}
         self.kept: set[str] | None = None
+        #: Jobs the executor still has room for (None: no bound, like the local executor).
+        self.room: int | None = None
         self._pid = 100
 
     def open(self) -> None:
@@ -109,6 +111,14 @@ class FakeExecutor:
         self.handles[spec.task_id] = handle
         self.order.append(spec.task_id)
         return handle
+
+    def admit(self, device: str, limits: JobLimits) -> bool:
+        if self.room is None:
+            return True
+        if self.room <= 0:
+            return False
+        self.room -= 1
+        return True
 
     def adopt(self, task: TaskRecord) -> FakeHandle | None:
         return self.adoptable.get(task.pid) if task.pid is not None else None

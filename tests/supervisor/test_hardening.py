@@ -132,7 +132,7 @@ def test_task_list_pages_with_totals_of_every_match(make_supervisor: Callable[..
     assert seen == [done, *reversed(ids)]  # newest first, each exactly once
     only = sup.call("list", task_type="training", status="pending", limit=1000)
     assert [t["task_id"] for t in only["tasks"]] == list(reversed(ids)) and only["next_cursor"] is None
-    assert only["totals"] == {"training": 23, "inference": 0, "preprocessing": 0, "diagnostic": 0}
+    assert only["totals"] == {"training": 23, "inference": 0, "preprocessing": 0, "diagnostic": 0, "serving": 0}
     for bad in ({"limit": 0}, {"limit": 1001}, {"cursor": -1}, {"limit": "5"}):
         with pytest.raises(CommandError) as err:
             sup.call("list", **bad)

@@ -59,6 +59,22 @@ async def test_a_finished_task_frees_its_slot_and_a_raised_limit_starts_more(tmp
     assert (spec.task_id, spec.host_device, spec.task_dir) == ("d", "cpu", str(rig.settings.tasks_dir / "d"))
 
 
+async def test_a_task_the_executor_has_no_room_for_waits_in_our_queue(tmp_path: Path) -> None:
+    """A cluster executor (Ray) admits a task only when its free resources cover it: the others
+    stay pending, in order, and start as room appears."""
+    rig = Rig(tmp_path, limit=8)
+    rig.executor.room = 1
+    for task_id in ("a", "b", "c"):
+        rig.submit(task_id)
+    a = await rig.started("a")
+    assert [rig.tasks[t].status for t in ("b", "c")] == [PENDING, PENDING] and rig.scheduler.queued() == ["b", "c"]
+    rig.executor.room = 1  # a's resources are free again (it ends)
+    a.exit(0)
+    await rig.final("a")
+    await rig.started("b")
+    assert rig.tasks["c"].status == PENDING and rig.executor.order == ["a", "b"]
+
+
 async def test_a_start_that_fails_fails_the_task_and_frees_the_slot(tmp_path: Path) -> None:
     rig = Rig(tmp_path, limit=1)
     rig.executor.fail_next = RuntimeError("no cgroup for you")

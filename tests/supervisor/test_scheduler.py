@@ -37,7 +37,7 @@ def test_limits_per_device_and_type_do_not_block_others() -> None:
     # Two trainings fill their limit; the third waits, the inference behind it still starts.
     assert placed == ["train0", "train1", "inf"]
     assert s.queued() == ["train2"]
-    assert s.usage()["cpu"] == {"training": 2, "inference": 1, "preprocessing": 0, "diagnostic": 0}
+    assert s.usage()["cpu"] == {"training": 2, "inference": 1, "preprocessing": 0, "diagnostic": 0, "serving": 0}
 
 
 def test_max_concurrency_never_exceeds_limit_across_changes() -> None:

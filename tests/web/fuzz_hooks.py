@@ -1,7 +1,8 @@
 """Schemathesis hooks for ``tests/web/test_openapi.py`` (loaded by the CLI via SCHEMATHESIS_HOOKS).
 
 - ``envelope``: a check, every JSON answer (but /openapi.json) is ``{code, msg, data}`` with
-  ``code`` equal to the HTTP status, and an error has a message.
+  ``code`` equal to the HTTP status, and an error has a message; the article's ``/predict`` and
+  ``/predict_batch`` may answer an error as ``{"detail": message}`` instead (their own shape).
 - ``before_call``: in the service under test every task stays pending (all limits 0), and an
   event stream follows a live task until it ends, so a stream of a live task would never end.
   Before a stream is requested its task is cancelled: the stream then replays the stored log and
@@ -18,6 +19,8 @@ import httpx
 import schemathesis
 
 STREAM_SUFFIXES = ("/logs", "/events")
+#: The article's routes: their answers have no envelope (``web.routes``, ``envelope=False``).
+ARTICLE_PATHS = ("/predict", "/predict_batch")
 
 
 @schemathesis.check
@@ -27,6 +30,10 @@ def envelope(ctx: Any, response: Any, case: Any) -> bool | None:
     if not ctype.startswith("application/json") or case.path == "/openapi.json":
         return None
     body = response.json()
+    if case.path in ARTICLE_PATHS and isinstance(body, dict) and set(body) == {"detail"}:
+        if response.status_code < 400 or not (isinstance(body["detail"], str) and body["detail"]):
+            raise AssertionError(f"an article route's error without a message, or with {response.status_code}")
+        return None
     if not (isinstance(body, dict) and set(body) == {"code", "msg", "data"}):
         raise AssertionError(f"not the {{code, msg, data}} envelope: {str(body)[:300]}")
     if body["code"] != response.status_code:

@@ -17,6 +17,7 @@ import pytest
 
 from protocol.catalog import AUGMENT_METHODS, MODELS
 from tests.support.service import Service
+from web.auth import PROTECTED_PREFIX
 from web.routes import ROUTES
 
 TASK_FIELDS = (
@@ -404,12 +405,13 @@ def test_client_methods(api: Service, data: Path) -> None:
 def test_bearer_token(make_service: Any) -> None:
     svc = make_service(RFUAV_API_TOKEN="let-me-in")
     protected = [r for r in ROUTES if r.auth]
-    # The middleware guards by prefix: every route that needs the token is under /api/v2, and
-    # every /api/v2 route needs it.
-    assert protected == [r for r in ROUTES if r.path.startswith("/api/v2")] and len(protected) >= 20
+    # The middleware guards by prefix: every route that needs the token is under /api/v2 (or is
+    # the article's /predict, /predict_batch), and every such route needs it.
+    assert protected == [r for r in ROUTES if r.path.startswith(PROTECTED_PREFIX)] and len(protected) >= 20
+    assert {"/predict", "/predict_batch"} <= {r.path for r in protected}
     with httpx.Client(base_url=svc.base_url, timeout=10) as http:
         for route in protected:
-            path = route.path.replace("{task_id}", "some-task")
+            path = route.path.replace("{task_id}", "some-task").replace("{name}", "some-name")
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic let-me-in"},
                             {"Authorization": "let-me-in"}, {"Authorization": "Bearer let-me-in-too"}):  # fmt: skip
                 kwargs: dict[str, Any] = {"json": {}} if route.method == "POST" else {}

@@ -65,7 +65,7 @@ def test_the_seed_env_copied_as_is(tmp_path: Path) -> None:
         assert _data(svc, "/api/v1/health")["version"] == "1.0.0"
         assert " DEBUG " not in svc.supervisor.log_text()  # DEBUG=false
         assert {k: v for k, v in _data(svc, "/api/v2/resources")["limits"]["cpu"].items() if k != "diagnostic"} == {
-            "training": 2, "inference": 4, "preprocessing": 2,
+            "training": 2, "inference": 4, "preprocessing": 2, "serving": 8,
         }  # fmt: skip
         # A model of the catalogue that SUPPORTED_MODELS leaves out: 400 naming `model`.
         body = {"model": "alexnet", "num_classes": 2, "train_path": ".", "val_path": ".", "save_path": "out"}

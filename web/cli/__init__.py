@@ -7,7 +7,8 @@ JSON document; ``logs`` prints one event per line) for scripts. ``RFUAV_URL`` (d
 http://127.0.0.1:8000) and ``RFUAV_API_TOKEN`` set the service and its token.
 
 ``parser`` (one function per command, options from the request models), ``commands`` (one
-function per command), ``follow`` (``logs -f``), ``render`` (tables, log lines, progress bar).
+function per command), ``serve`` (``rfuav serve deploy|list|show|predict|reload|undeploy``: the
+deployments), ``follow`` (``logs -f``), ``render`` (tables, log lines, progress bar).
 """
 
 from __future__ import annotations

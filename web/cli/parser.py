@@ -20,9 +20,10 @@ from pydantic import BaseModel
 from protocol.catalog import AUGMENT_METHODS, MODELS
 from protocol.tasks import STATUSES, TASK_TYPES
 from web import schemas
-from web.cli import commands
+from web.cli import commands, serve
 from web.client import RFUAVClient
 from web.fields import DEVICE_FORMS, one_of
+from web.serving.schemas import DeployRequest, ReloadRequest
 
 DESCRIPTION = "``rfuav``: the service from a shell, over its HTTP API (``web.client.RFUAVClient``)."
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -193,6 +194,72 @@ def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", type=_limit, metavar="DEVICE.TYPE=N", help="e.g. cpu.training=1 gpu.inference=2")
 
 
+# -- serve: one subcommand per deployment action (``web.cli.serve``) --------------------------------
+def _serve_source(o: _RequestOptions) -> None:
+    """``--from-task ID`` or ``--cfg PATH --weights PATH`` (the service checks exactly one)."""
+    o.add("from_task", metavar="ID", help="a completed training task: its best.pth and config.yaml")
+    o.add("cfg_path", "--cfg", "--cfg-path", metavar="PATH", help="a training's config.yaml (with --weights)")
+    o.add("weight_path", "--weights", "--weight-path", metavar="PATH", help="its weights, e.g. best.pth")
+
+
+def _serve_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wait", action="store_true", help=f"wait until {what}; exit 1 if the deployment failed")
+    p.add_argument("--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long --wait waits (300)")
+
+
+def _serve_deploy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the deployment's name: letters, digits, _ . - (up to 64)")
+    o = _RequestOptions(p, DeployRequest)
+    _serve_source(o)
+    device_default = DeployRequest.model_fields["device"].default
+    o.add("device", help=f"{one_of(DEVICE_FORMS)} (default {device_default}: falls back to cpu)")
+    o.add("replicas", help="replica processes (1-64, default 1)")
+    o.add("threads", help="torch threads per replica (CPU default: cores / replicas)")
+    o.add("max_batch_size", help="largest batch of one forward pass (default 16)")
+    o.add("max_batch_delay_ms", help="longest a request waits for others to join its batch (default 5)")
+    o.add("max_queue", help="requests waiting before 503 (default 256)")
+    o.add("cache_size", help="answers kept per replica (0: off; default 1024)")
+    o.add("top_k", help="entries in top_k (default 5)")
+    o.add("replace", help="swap an existing deployment of that name with zero downtime")
+    o.done()
+    _serve_wait(p, "it is ready")
+
+
+def _serve_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+
+
+def _serve_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("files", nargs="+", metavar="FILE", help="PNG or JPEG files, each sent as the request body")
+
+
+def _serve_reload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    o = _RequestOptions(p, ReloadRequest)
+    _serve_source(o)
+    o.done()
+    _serve_wait(p, "the new version serves")
+
+
+#: ``serve``'s subcommands: name, function, help, arguments.
+SERVE_COMMANDS: tuple[tuple[str, Command, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("deploy", serve.deploy, "deploy a trained model (--from-task ID, or --cfg PATH --weights PATH)", _serve_deploy),
+    ("list", serve.list_, "the deployments: status, replicas, req/s, p99", _no_arguments),
+    ("show", serve.show, "one deployment: model, settings, replicas, figures", _serve_name),
+    ("predict", serve.predict, "predict image files: class and probability per file", _serve_predict),
+    ("reload", serve.reload, "swap in new weights (or the same files) with zero downtime", _serve_reload),
+    ("undeploy", serve.undeploy, "stop a deployment (requests in flight are answered)", _serve_name),
+)
+
+
+def _serve(p: argparse.ArgumentParser) -> None:
+    common = _common()
+    sub = p.add_subparsers(dest="serve_command", metavar="ACTION", required=True)
+    for name, func, help_text, add_arguments in SERVE_COMMANDS:
+        add_arguments(_command(sub, common, name, func, help_text))
+
+
 #: name, function, help, and the function that adds the command's own arguments; in help order.
 COMMANDS: tuple[tuple[str, Command, str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("ps", commands.ps, "live runner processes: pid, task, cpu, memory, threads, children, age", _no_arguments),
@@ -208,6 +275,7 @@ COMMANDS: tuple[tuple[str, Command, str, Callable[[argparse.ArgumentParser], Non
     ("gpu", commands.gpu, "GPU hardware and current tasks", _no_arguments),
     ("resources", commands.resources, "usage, limits and active tasks per device", _no_arguments),
     ("limits", commands.limits, "show concurrency limits, or change them with --set", _limits),
+    ("serve", serve.usage, "online serving: deploy, list, show, predict, reload, undeploy", _serve),
 )
 
 

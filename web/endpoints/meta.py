@@ -6,6 +6,7 @@ These answer without a token, and health, info and metrics answer while the supe
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -87,13 +88,20 @@ async def info(request: Request[State]) -> Response:
     })  # fmt: skip
 
 
-async def metrics(request: Request[State]) -> Response:
-    st = state(request)
+async def _figures(request: Request[State], command: Any) -> dict[str, Any] | None:
+    """The supervisor's answer to ``command``, or None when it cannot give one now."""
     try:
-        snapshot: dict[str, Any] | None = await st["control"].call(cmd.Health(), timeout=_SNAPSHOT_TIMEOUT)
-    except Unavailable:
-        snapshot = None
-    return Response(st["metrics"].render(snapshot), media_type=CONTENT_TYPE)
+        answer: dict[str, Any] = await state(request)["control"].call(command, timeout=_SNAPSHOT_TIMEOUT)
+    except (Unavailable, CommandError):
+        return None
+    return answer
+
+
+async def metrics(request: Request[State]) -> Response:
+    snapshot, deployed = await asyncio.gather(_figures(request, cmd.Health()), _figures(request, cmd.Deployments()))
+    views = (deployed or {}).get("deployments")
+    body = state(request)["metrics"].render(snapshot, views if isinstance(views, list) else None)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def openapi_json(request: Request[State]) -> Response:

@@ -1,6 +1,7 @@
-// The RFUAV dashboard: device status, start forms, the task list and one task's live log and
-// charts. Everything goes through the HTTP API (API.md); the log is the task's SSE stream read
-// with fetch(), not EventSource, because EventSource cannot send the Authorization header.
+// The RFUAV dashboard: device status, start forms, the task list, the deployments (serving.js)
+// and one task's live log and charts. Everything goes through the HTTP API (API.md); the log is
+// the task's SSE stream read with fetch(), not EventSource, because EventSource cannot send the
+// Authorization header.
 "use strict";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -243,6 +244,7 @@ function fillTaskRow(row, task) {
     btn.addEventListener("click", () => cancelTask(task.task_id));
     actions.appendChild(btn);
   }
+  if (canDeploy(task)) actions.appendChild(deployButton(task));  // serving.js
 }
 
 async function cancelTask(id) {
@@ -284,6 +286,7 @@ function showTaskStatus(task) {
   $("#task-panel").dataset.status = task.status;
   $("#task-message").textContent = task.message || "";
   $("#task-cancel").hidden = FINAL.has(task.status);
+  $("#task-deploy").hidden = !canDeploy(task);
 }
 
 const taskHash = (id) => `#task=${encodeURIComponent(id)}`;
@@ -531,7 +534,7 @@ async function loadModels() {
 async function refreshLoop() {
   try {
     await refreshHealth();
-    await Promise.all([refreshTasks(), refreshResources(), refreshRunners()]);
+    await Promise.all([refreshTasks(), refreshResources(), refreshRunners(), refreshDeployments()]);
     banner("");
   } catch (err) {
     reportError(err);
@@ -551,6 +554,7 @@ function start() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   for (const f of document.querySelectorAll(".task-form")) f.addEventListener("submit", submitForm);
   $("#task-cancel").addEventListener("click", () => state.selected && cancelTask(state.selected));
+  $("#task-deploy").addEventListener("click", () => state.tasks.has(state.selected) && deployTask(state.tasks.get(state.selected)));
   $("#compare").addEventListener("click", showCompare);
   $("#compare-close").addEventListener("click", () => { $("#compare-panel").hidden = true; });
   // A task's page: its link in the list, a bookmark, a reload, the back button.

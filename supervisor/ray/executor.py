@@ -1,0 +1,338 @@
+"""``RayExecutor``: jobs on a Ray cluster through the executor seam (``supervisor.executor``).
+
+``RFUAV_EXECUTOR=ray``. The queue, the limits, the store, the events and the HTTP contract stay
+the supervisor's; Ray places processes. Each started job gets a detached actor named by its task
+id (``supervisor.ray.host.RunnerHost``, namespace ``rfuav-<instance>``) that asks Ray for the
+job's resources (CPUs from ``RFUAV_JOB_CPUS``, at least one; one GPU for ``cuda``; the job's
+memory limit) and starts the unchanged runner on its node. The lifecycle drives it exactly as a
+local job: ``terminate`` → grace → ``kill``; ``wait``; ``alive_pids``/``kill``/``cleanup`` (the
+actor goes once its job's processes are verified gone).
+
+- ``RFUAV_RAY_ADDRESS`` empty: the supervisor starts a local Ray instance of its own (no
+  dashboard, loopback only) and shuts it down when it stops; otherwise it connects to that
+  cluster and leaves it running (detached hosts carry on; a restarted supervisor adopts them by
+  name).
+- Admission (``admit``): a task is placed only when Ray's view of the available resources, less
+  what jobs being started hold, covers it, on one node.
+- A runner host that dies (its node lost, or killed) ends ``wait`` with ``RunnerLost`` and the
+  reason: the task fails with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from protocol.jobs import JobSpec
+from protocol.settings import Settings
+from protocol.tasks import TaskRecord
+from supervisor.cgroups import instance_key
+from supervisor.executor import ExitInfo, RunnerLost
+from supervisor.job_cgroup import JobLimits
+
+log = logging.getLogger(__name__)
+
+#: Seconds one ``events`` long poll of a runner host waits.
+EVENTS_POLL = 1.0
+#: Seconds between two looks at the cluster's available resources.
+RESOURCES_EVERY = 0.5
+#: Seconds a blocking call to a runner host may take (ps, cleanup).
+CALL_TIMEOUT = 30.0
+
+Deliver = Callable[[list[list[bytes]]], Any]
+
+
+def namespace(settings: Settings) -> str:
+    return f"rfuav-{instance_key(settings.home)}"
+
+
+def _lost(exc: BaseException, task_id: str) -> RunnerLost:
+    text = str(exc)
+    if "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower() or "lost" in text.lower()):
+        return RunnerLost(f"node lost: the Ray node running task {task_id}'s runner host died")
+    return RunnerLost(f"runner host died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
+
+
+class RayHandle:
+    """One job on Ray, through its runner host actor (a ``JobHandle``)."""
+
+    def __init__(self, task_id: str, actor: Any, info: dict[str, Any], deliver: Deliver | None) -> None:
+        self.task_id = task_id
+        self._actor = actor
+        self._pid = int(info["pid"])
+        self._create_time = float(info["create_time"])
+        self._cgroup: dict[str, str] = dict(info.get("cgroup") or {})
+        self._enforced = bool(info.get("limits_enforced"))
+        self._warning: str | None = info.get("warning")
+        self.node = str(info.get("node", "?"))
+        self.node_id = str(info.get("node_id", ""))
+        self._deliver = deliver
+        self._pump: asyncio.Task[None] | None = None
+        self._done = False
+        if deliver is not None:
+            self._pump = asyncio.ensure_future(self._relay())
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def create_time(self) -> float:
+        return self._create_time
+
+    @property
+    def cgroup(self) -> dict[str, str]:
+        return self._cgroup
+
+    @property
+    def limits_enforced(self) -> bool:
+        return self._enforced
+
+    @property
+    def warning(self) -> str | None:
+        on = f"on Ray node {self.node}"
+        return f"{self._warning} ({on})" if self._warning else None
+
+    async def _relay(self) -> None:
+        """Take the runner's events from its host as they come (a long poll) into the pipeline."""
+        assert self._deliver is not None
+        while True:
+            try:
+                batch = await self._actor.events.remote(EVENTS_POLL)
+            except Exception as exc:  # noqa: BLE001 - the host is gone: wait() says why
+                log.debug("task %s: event relay ended: %s", self.task_id, exc)
+                return
+            if batch:
+                self._deliver(batch)
+            elif self._done:
+                return
+
+    async def wait(self) -> ExitInfo:
+        try:
+            info = await self._actor.wait.remote()
+        except Exception as exc:
+            raise _lost(exc, self.task_id) from None
+        finally:
+            self._done = True
+        if self._pump is not None:
+            try:  # what the relay still holds (the journal has it all anyway)
+                await asyncio.wait_for(asyncio.shield(self._pump), EVENTS_POLL * 2)
+            except TimeoutError:
+                self._pump.cancel()
+        return ExitInfo(info["code"], bool(info["oom_killed"]), int(info["memory_limit_mb"]))
+
+    def terminate(self) -> None:
+        self._actor.terminate.remote()
+
+    def kill(self) -> None:
+        self._actor.kill.remote()
+
+    def _call(self, method: str) -> Any:
+        import ray
+
+        try:
+            return ray.get(getattr(self._actor, method).remote(), timeout=CALL_TIMEOUT)
+        except Exception as exc:
+            raise OSError(f"runner host of task {self.task_id}: {type(exc).__name__}: {exc}") from None
+
+    def alive_pids(self) -> list[int]:
+        pids: list[int] = self._call("alive_pids")
+        return pids
+
+    def cgroup_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._call("cgroup_state")
+        return state
+
+    def cleanup(self) -> None:
+        """Kill and verify what is left of the job on its node, free its cgroup, then remove the
+        host (only once nothing of the job is left). Blocks."""
+        import ray
+
+        try:
+            result = ray.get(self._actor.cleanup.remote(), timeout=CALL_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a dead host took its job's processes with it
+            log.warning("task %s: runner host cleanup: %s", self.task_id, exc)
+            result = {"left": []}
+        if result["left"]:
+            raise OSError(f"processes {result['left']} of task {self.task_id} survived SIGKILL: runner host kept")
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - already gone
+            log.debug("task %s: removing the runner host: %s", self.task_id, exc)
+
+
+class RayExecutor:
+    """An ``Executor`` over Ray (see the module docstring)."""
+
+    def __init__(self, settings: Settings, deliver: Deliver) -> None:
+        self._settings = settings
+        self._deliver = deliver
+        self._relay = settings.ray_events == "relay"
+        self.namespace = namespace(settings)
+        self._ready: asyncio.Future[None] | None = None
+        self._owned = not settings.ray_address
+        #: Available resources per node (Ray's view, refreshed), and what starting jobs hold.
+        self._available: list[dict[str, float]] = []
+        self._held: dict[str, dict[str, float]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.cluster: dict[str, Any] = {}
+
+    @property
+    def mode(self) -> str:
+        return "ray"
+
+    # -- life ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start or connect to Ray now (a few seconds, before anything is served: adopting a
+        task after a restart needs the cluster), then watch its resources."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        try:
+            self._connect()
+        except Exception as exc:
+            self._ready.set_exception(exc)
+            self._ready.exception()  # said here; ``start`` raises it for each task
+            log.error("ray: could not %s: %s", "start" if self._owned else "connect", exc)
+            return
+        self._ready.set_result(None)
+        self._watcher = asyncio.ensure_future(self._watch_resources())
+
+    def _connect(self) -> None:
+        import ray
+
+        kwargs: dict[str, Any] = {"namespace": self.namespace, "log_to_driver": False, "configure_logging": False}
+        if self._owned:
+            kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        else:
+            kwargs["address"] = self._settings.ray_address
+        started = time.monotonic()
+        ray.init(**kwargs)
+        self._refresh()
+        log.info(
+            "ray: %s %s in %.1f s; cluster %s",
+            "started a local instance" if self._owned else "connected to",
+            "" if self._owned else self._settings.ray_address,
+            time.monotonic() - started,
+            self.cluster.get("total"),
+        )
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._ready is None or not self._ready.done() or self._ready.exception() is not None:
+            return
+        import ray
+
+        # A local instance of ours goes with us; a cluster's detached hosts carry on (adopted
+        # by the next supervisor).
+        await asyncio.to_thread(ray.shutdown)
+
+    # -- resources -------------------------------------------------------------------------
+    async def _watch_resources(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh)
+            except Exception as exc:  # noqa: BLE001 - keep the last view
+                log.warning("ray: resources not read: %s", exc)
+            await asyncio.sleep(RESOURCES_EVERY)
+
+    def _refresh(self) -> None:
+        import ray
+        from ray._private.state import state
+
+        per_node = state.available_resources_per_node()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self._available = [dict(v) for v in per_node.values()]
+        self.cluster = {
+            "nodes": len(nodes),
+            "total": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
+            "available": {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU", "memory")},
+        }
+
+    def requirements(self, host_device: str, limits: JobLimits) -> dict[str, float]:
+        need = {"CPU": float(max(1, math.ceil(limits.cpus)) if limits.cpus else 1)}
+        if host_device.startswith("cuda"):
+            need["GPU"] = 1.0
+        if limits.memory_mb:
+            need["memory"] = float(limits.memory_mb << 20)
+        return need
+
+    def admit(self, device: str, limits: JobLimits) -> bool:
+        """Whether one node's available resources, less what starting jobs hold, cover a job."""
+        need = self.requirements(device, limits)
+        held: dict[str, float] = {}
+        for h in self._held.values():
+            for k, v in h.items():
+                held[k] = held.get(k, 0.0) + v
+        for node in self._available:
+            if all(node.get(k, 0.0) - held.get(k, 0.0) >= v for k, v in need.items()):
+                return True
+        return False
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def start(self, spec: JobSpec, limits: JobLimits) -> RayHandle:
+        if self._ready is not None:
+            await self._ready
+        import ray
+
+        from supervisor.ray.host import RunnerHost
+
+        need = self.requirements(spec.host_device, limits)
+        self._held[spec.task_id] = need
+        try:
+            options: dict[str, Any] = {
+                "name": spec.task_id, "namespace": self.namespace, "lifetime": "detached",
+                "num_cpus": need["CPU"], "num_gpus": need.get("GPU", 0), "max_concurrency": 64,
+                "max_restarts": 0,
+            }  # fmt: skip
+            if "memory" in need:
+                options["memory"] = need["memory"]
+            actor = ray.remote(RunnerHost).options(**options).remote(str(self._settings.home), self._relay)
+            info = await actor.start.remote(spec.dump(), dataclasses.asdict(limits))
+        except Exception as exc:
+            raise _lost(exc, spec.task_id) from None
+        finally:
+            self._held.pop(spec.task_id, None)
+        return RayHandle(spec.task_id, actor, info, self._deliver if self._relay else None)
+
+    def adopt(self, task: TaskRecord) -> RayHandle | None:
+        """The live runner host of ``task`` (by name), if its runner is the recorded one."""
+        import ray
+
+        try:
+            actor = ray.get_actor(task.task_id, namespace=self.namespace)
+            pids: list[int] = ray.get(actor.alive_pids.remote(), timeout=CALL_TIMEOUT)
+            where = ray.get(actor.ping.remote(), timeout=CALL_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - no such host (any more)
+            log.info("task %s: no runner host to adopt: %s", task.task_id, exc)
+            return None
+        if task.pid not in pids:
+            return None
+        info = {"pid": task.pid, "create_time": task.pid_started or 0.0, "limits_enforced": task.limits_enforced,
+                "cgroup": {}, "node": where.get("node"), "node_id": where.get("node_id")}  # fmt: skip
+        return RayHandle(task.task_id, actor, info, self._deliver if self._relay else None)
+
+    def remove_leftovers(self, keep: Collection[str]) -> None:
+        """Runner hosts of this instance that no adopted task uses: their jobs are killed and
+        verified gone, then the hosts removed."""
+        import ray
+        from ray.util import list_named_actors
+
+        for entry in list_named_actors(all_namespaces=True):
+            if entry.get("namespace") != self.namespace or entry.get("name") in keep:
+                continue
+            name = str(entry["name"])
+            try:
+                actor = ray.get_actor(name, namespace=self.namespace)
+            except ValueError:
+                continue
+            log.warning("removing the runner host of lost task %s", name)
+            try:
+                RayHandle(name, actor, {"pid": 0, "create_time": 0.0}, None).cleanup()
+            except OSError as exc:
+                log.error("task %s: %s", name, exc)

@@ -1,0 +1,186 @@
+"""The runner host: one detached, named Ray actor per job (``DESIGN.md`` "Scale-out on Ray").
+
+It starts the **unchanged runner entry** (``python -m runner <spec.json>``) as a fresh
+subprocess on its node, with the isolation of a local job: own session (``setsid``), a cgroup
+where the node lets this process create one below its own (the same ``supervisor.cgroups`` code
+as local jobs; never moving other processes), ``CUDA_VISIBLE_DEVICES`` from the GPU ids Ray
+assigned to the actor, the thread counts of the spec. Through it the supervisor stops the job
+(SIGTERM to the process group, SIGKILL to the group and the cgroup), learns its exit, lists what
+is left of it and frees its cgroup; the actor itself is removed only after that.
+
+Events: with ``relay`` the runner publishes to a SUB socket this host binds on a node-local IPC
+address, and the supervisor takes them in batches with ``events`` (a long poll: answered as soon
+as events are there); with ``direct`` the runner connects to the supervisor's own events socket.
+
+Ray imports this module in its worker processes: it imports no torch, only the supervisor's
+process-handling parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from protocol.jobs import JobSpec
+from protocol.settings import Settings
+from supervisor.cgroups import instance_key
+from supervisor.handle import RunnerHandle
+from supervisor.job_cgroup import JobLimits
+from supervisor.spawner import Spawner
+
+#: Most buffered event messages a host keeps for the supervisor (the runner journals every event
+#: first, so a supervisor that fell this far behind reads the rest from the journal).
+RELAY_LIMIT = 200_000
+#: Most messages one ``events`` answer carries.
+RELAY_BATCH = 2_000
+
+
+class RunnerHost:
+    """One job's process on a Ray node (see the module docstring). An async actor: ``wait`` and
+    ``events`` wait without blocking the other calls."""
+
+    def __init__(self, home: str, relay: bool) -> None:
+        settings = Settings(home=Path(home), start_mode="cold")
+        self._spawner = Spawner(settings)
+        # Job cgroups of Ray hosts are named apart from a local supervisor's (never swept by it).
+        self._spawner.cgroups.instance = f"{instance_key(home)}-ray"
+        self._relay = relay
+        self._handle: RunnerHandle | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._events: deque[list[bytes]] = deque()
+        self._arrived = asyncio.Event()
+        self._relay_task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self._address = ""
+
+    # -- start ---------------------------------------------------------------------------
+    async def start(self, spec_data: bytes, limits: dict[str, Any]) -> dict[str, Any]:
+        """Start the runner of ``spec_data`` (a ``JobSpec``); return what identifies it."""
+        import ray
+
+        spec = JobSpec.load(spec_data)
+        gpus = [str(int(g)) for g in ray.get_gpu_ids()]
+        if spec.host_device.startswith("cuda") and not gpus:
+            raise RuntimeError("the job asked for a GPU but Ray assigned none to its runner host")
+        spec = dataclasses.replace(spec, cuda_visible_devices=",".join(gpus[:1]))
+        if self._relay:
+            spec = dataclasses.replace(spec, events_endpoint=await self._open_relay(spec.task_id))
+        if not Path(spec.task_dir).parent.is_dir():
+            raise FileNotFoundError(
+                f"the task directory's parent {Path(spec.task_dir).parent} does not exist on node "
+                f"{socket.gethostname()}: job paths must be on a filesystem shared with the supervisor"
+            )
+        # Only this job's cgroup, below this process's own; never a v2 move of other processes.
+        self._spawner.cgroups.prepare_without_moving()
+        self._handle = await self._spawner.spawn(spec, JobLimits(**limits))
+        handle = self._handle
+        return {
+            "pid": handle.pid,
+            "create_time": handle.create_time,
+            "cgroup": handle.cgroup,
+            "limits_enforced": handle.limits_enforced,
+            "warning": handle.warning,
+            "node": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpus": gpus,
+        }
+
+    async def _open_relay(self, task_id: str) -> str:
+        self._ctx = zmq.asyncio.Context()
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        folder = Path(tempfile.mkdtemp(prefix="rfuav-host-"))
+        self._address = f"ipc://{folder / 'events.sock'}"
+        sub.bind(self._address)
+        self._sub = sub
+        self._relay_task = asyncio.ensure_future(self._pump())
+        return self._address
+
+    async def _pump(self) -> None:
+        assert self._sub is not None
+        while True:
+            msg = await self._sub.recv_multipart()
+            if len(self._events) >= RELAY_LIMIT:
+                self.dropped += 1  # in the journal: the supervisor's catch-up reads it
+                continue
+            self._events.append(msg)
+            self._arrived.set()
+
+    async def events(self, timeout: float) -> list[list[bytes]]:
+        """The event messages the runner sent since the last call (``[task_id, event, ...]``),
+        waiting up to ``timeout`` seconds for the first."""
+        if not self._events:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        out: list[list[bytes]] = []
+        while self._events and len(out) < RELAY_BATCH:
+            out.append(self._events.popleft())
+        return out
+
+    # -- the job's end -------------------------------------------------------------------
+    async def wait(self) -> dict[str, Any]:
+        """Once the runner exited: ``{code, oom_killed, memory_limit_mb}`` (``ExitInfo``)."""
+        assert self._handle is not None
+        info = await self._handle.wait()
+        # Events it sent just before exiting may still be on the way to the relay.
+        await asyncio.sleep(0.05)
+        return dataclasses.asdict(info)
+
+    def terminate(self) -> None:
+        if self._handle is not None:
+            self._handle.terminate()
+
+    def kill(self) -> None:
+        if self._handle is not None:
+            self._handle.kill()
+
+    def alive_pids(self) -> list[int]:
+        return self._handle.alive_pids() if self._handle is not None else []
+
+    def cgroup_state(self) -> dict[str, Any]:
+        state = self._handle.cgroup_state() if self._handle is not None else {}
+        state["node"] = socket.gethostname()
+        return state
+
+    def cleanup(self) -> dict[str, Any]:
+        """Kill whatever is left of the job, remove its cgroup and say what was left: the
+        supervisor removes this actor only when ``left`` is empty."""
+        handle = self._handle
+        left: list[int] = []
+        if handle is not None:
+            for _ in range(50):
+                left = handle.alive_pids()
+                if not left:
+                    break
+                handle.kill()
+                time.sleep(0.02)
+            handle.cleanup()
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
+            if self._address:
+                path = Path(self._address.removeprefix("ipc://"))
+                path.unlink(missing_ok=True)
+                path.parent.rmdir()
+        return {"left": left}
+
+    def ping(self) -> dict[str, Any]:
+        import ray
+
+        return {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
