@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -46,7 +46,7 @@ bench: setup
 	@command -v wrk >/dev/null 2>&1 || { \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) >/dev/null 2>&1 \
 	  || echo "wrk could not be installed: benchmarks.http and benchmarks.serving will say so"; }
-	@$(BIN)/python -c 'import fastapi, litserve' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
+	@$(BIN)/python -c 'import fastapi, litserve' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,ray,bench]'
 	$(BIN)/python -m benchmarks
 
 ## Every GPU path against the whole service (at most 5 minutes); says so and passes without a GPU.

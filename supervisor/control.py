@@ -36,6 +36,7 @@ from protocol.tasks import (
     TaskSpec,
 )
 from supervisor import jobs
+from supervisor.executor import Executor
 from supervisor.gpu import Gpus
 from supervisor.serving.commands import Service as ServingService
 from supervisor.serving.commands import ServingCommands
@@ -75,6 +76,9 @@ class Service(ServingService, Protocol):
 
     @property
     def gpus(self) -> Gpus: ...
+
+    @property
+    def executor(self) -> Executor: ...
 
     def enqueue(self, tasks: list[TaskRecord]) -> None:
         """Queue tasks just stored."""
@@ -342,6 +346,7 @@ class Control:
             "events_dropped": figures.events_dropped,
             "loop_lag_seconds": round(figures.loop_lag, 6),
             "loop_lag_max_seconds": round(figures.loop_lag_max, 6),
+            "executor": service.executor.describe(),
         }
 
     def shutdown(self, c: cmd.Shutdown) -> dict[str, Any]:

@@ -116,7 +116,9 @@ class Daemon:
             from supervisor.ray.executor import RayExecutor
 
             # A runner host's relayed events join the same pipeline as local runners'.
-            return RayExecutor(settings, deliver=lambda frames: self.pipeline.ingest(frames))
+            return RayExecutor(
+                settings, deliver=lambda frames: self.pipeline.ingest(frames), on_room=lambda: self.lifecycle.schedule()
+            )
         return LocalExecutor(settings)
 
     # -- life --------------------------------------------------------------------------
@@ -152,9 +154,10 @@ class Daemon:
             ctx,
             self.store.update_task,
         )
+        # The executor first: Ray's driver installs signal handlers of its own; ours win.
+        self.executor.open()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
-        self.executor.open()
         loops = [
             self._control_loop(router),
             self._events_loop(sub),
@@ -176,7 +179,7 @@ class Daemon:
             log.info(
                 "supervisor ready (pid %d, %s start, control %s)",
                 self.pid,
-                self.settings.start_mode,
+                self.executor.mode,
                 self.settings.addresses.control,
             )
             self._last_status = self._status_text()

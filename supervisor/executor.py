@@ -90,6 +90,9 @@ class Executor(Protocol):
     def mode(self) -> str:
         """How jobs start now (``warm``, ``cold``, …): said in each task's log."""
 
+    def describe(self) -> dict[str, Any]:
+        """What runs jobs, for ``health`` and ``/metrics``: ``{"executor": name, ...}``."""
+
     def open(self) -> None:
         """Begin getting ready in the background (``start`` waits for it); on the loop."""
 

@@ -192,15 +192,21 @@ class Lifecycle:
     async def _reap(self, task: TaskRecord, job: RunningTask, handle: JobHandle) -> None:
         try:
             info = await handle.wait()
+        except RunnerLost as exc:
+            log.warning("task %s: %s", task.task_id, exc)
+            lost: str | None = str(exc)
         except Exception as exc:
             log.exception("task %s: waiting for pid %d failed", task.task_id, handle.pid)
+            lost = f"runner lost: {type(exc).__name__}: {exc}"
+        else:
+            lost = None
+        if lost is not None:
             job.exited.set()
             await self._catch_up(task)
             await asyncio.to_thread(release, handle, f"task {task.task_id}")
             final = self._pipeline.final_status(task.task_id)
             if final is None:
-                why = str(exc) if isinstance(exc, RunnerLost) else f"{type(exc).__name__}: {exc}"
-                final = (FAILED, f"runner lost: {why}")
+                final = (FAILED, lost)
             self.finish(task, final[0], final[1])
             return
         job.exited.set()
@@ -347,6 +353,8 @@ class Lifecycle:
                 else:
                     self._end_lost(task, FAILED, "runner lost while the supervisor was down", announce=True)
                 continue
+            if task.pid is None:  # the previous supervisor died before it recorded the start
+                task.pid, task.pid_started = handle.pid, handle.create_time
             job = RunningTask(task.task_id, handle)
             self.running[task.task_id] = job
             self._scheduler.occupy(task.task_id, task.task_type, task.device or "cpu")

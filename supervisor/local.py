@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
+from typing import Any
 
 import orjson
 
@@ -36,6 +37,9 @@ class LocalExecutor:
     @property
     def mode(self) -> str:
         return self.spawner.mode
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": "local", "mode": self.mode}
 
     def open(self) -> None:
         """Prepare cgroups and, in warm mode, bring the fork server to ready, in the background."""

@@ -64,6 +64,7 @@ class _ServiceCollector(Collector):
             stored = CounterMetricFamily("rfuav_events_stored", "events stored by the supervisor")
             stored.add_metric([], float(snap.get("events_stored", 0)))
             yield stored
+            yield from _executor_families(snap.get("executor") or {})
         hub = self.metrics.hub
         if hub is not None:
             relayed = CounterMetricFamily("rfuav_events_relayed", "event deliveries to SSE clients")
@@ -171,6 +172,25 @@ class _ServingCollector(Collector):
                 total = float(raw.get("queue_wait_sum_ms") or 0.0) / 1000
                 waits.add_metric([name], _cumulative(sv.LATENCY_BUCKETS_MS, counts, 1000), total)
         yield from (status, version, up, wanted, restarts, batches, mean, hits, queued, sizes, waits)
+
+
+def _executor_families(executor: dict[str, Any]) -> Iterator[Any]:
+    """What runs the jobs (``rfuav_executor_info``) and, on Ray, the cluster's resources."""
+    info = GaugeMetricFamily("rfuav_executor_info", "1 for the executor that runs jobs", labels=["executor"])
+    info.add_metric([str(executor.get("executor", "local"))], 1.0)
+    yield info
+    cluster = executor.get("cluster") or {}
+    if cluster:
+        resources = GaugeMetricFamily(
+            "rfuav_cluster_resources", "the Ray cluster's resources (memory in bytes)", labels=["resource", "state"]
+        )
+        for state in ("total", "available"):
+            for name, value in sorted((cluster.get(state) or {}).items()):
+                resources.add_metric([name, state], float(value))
+        yield resources
+        nodes = GaugeMetricFamily("rfuav_cluster_nodes", "live nodes of the Ray cluster")
+        nodes.add_metric([], float(cluster.get("nodes", 0)))
+        yield nodes
 
 
 class Metrics:

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 EVENTS_POLL = 1.0
 #: Seconds between two looks at the cluster's available resources.
 RESOURCES_EVERY = 0.5
+#: Seconds an admitted job's resources count as held before Ray's view must show them.
+HOLD_SECONDS = 2.0
+#: Seconds a restarted supervisor gives a runner host to finish starting its runner.
+ADOPT_WAIT = 5.0
 #: Seconds a blocking call to a runner host may take (ps, cleanup).
 CALL_TIMEOUT = 30.0
 
@@ -56,6 +60,15 @@ def _lost(exc: BaseException, task_id: str) -> RunnerLost:
     if "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower() or "lost" in text.lower()):
         return RunnerLost(f"node lost: the Ray node running task {task_id}'s runner host died")
     return RunnerLost(f"runner host died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
+
+
+def _remove(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception as exc:  # noqa: BLE001 - already gone
+        log.debug("removing a runner host: %s", exc)
 
 
 class RayHandle:
@@ -74,6 +87,7 @@ class RayHandle:
         self._deliver = deliver
         self._pump: asyncio.Task[None] | None = None
         self._done = False
+        self._gone = False
         if deliver is not None:
             self._pump = asyncio.ensure_future(self._relay())
 
@@ -116,6 +130,7 @@ class RayHandle:
         try:
             info = await self._actor.wait.remote()
         except Exception as exc:
+            self._gone = True  # its processes went with it: nothing left to list or kill
             raise _lost(exc, self.task_id) from None
         finally:
             self._done = True
@@ -141,6 +156,8 @@ class RayHandle:
             raise OSError(f"runner host of task {self.task_id}: {type(exc).__name__}: {exc}") from None
 
     def alive_pids(self) -> list[int]:
+        if self._gone:
+            return []
         pids: list[int] = self._call("alive_pids")
         return pids
 
@@ -153,6 +170,8 @@ class RayHandle:
         host (only once nothing of the job is left). Blocks."""
         import ray
 
+        if self._gone:
+            return
         try:
             result = ray.get(self._actor.cleanup.remote(), timeout=CALL_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a dead host took its job's processes with it
@@ -169,22 +188,36 @@ class RayHandle:
 class RayExecutor:
     """An ``Executor`` over Ray (see the module docstring)."""
 
-    def __init__(self, settings: Settings, deliver: Deliver) -> None:
+    def __init__(self, settings: Settings, deliver: Deliver, on_room: Callable[[], Any] = lambda: None) -> None:
+        """``deliver``: relayed event messages into the pipeline; ``on_room``: the cluster's
+        view changed (the queue may move)."""
         self._settings = settings
         self._deliver = deliver
+        self._on_room = on_room
         self._relay = settings.ray_events == "relay"
         self.namespace = namespace(settings)
         self._ready: asyncio.Future[None] | None = None
         self._owned = not settings.ray_address
         #: Available resources per node (Ray's view, refreshed), and what starting jobs hold.
         self._available: list[dict[str, float]] = []
-        self._held: dict[str, dict[str, float]] = {}
+        #: ``(resources, when)`` of jobs admitted: held until a view read after ``when`` + the
+        #: time a host takes to start shows them (``HOLD_SECONDS``).
+        self._held: list[tuple[dict[str, float], float]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.cluster: dict[str, Any] = {}
 
     @property
     def mode(self) -> str:
         return "ray"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "executor": "ray",
+            "address": self._settings.ray_address or "local instance (owned)",
+            "events": self._settings.ray_events,
+            "connected": self._ready is not None and self._ready.done() and self._ready.exception() is None,
+            "cluster": self.cluster,
+        }
 
     # -- life ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -207,7 +240,8 @@ class RayExecutor:
 
         kwargs: dict[str, Any] = {"namespace": self.namespace, "log_to_driver": False, "configure_logging": False}
         if self._owned:
-            kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+            # "local": a new instance of ours, never one found through RAY_ADDRESS or a file.
+            kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
         else:
             kwargs["address"] = self._settings.ray_address
         started = time.monotonic()
@@ -235,19 +269,24 @@ class RayExecutor:
     # -- resources -------------------------------------------------------------------------
     async def _watch_resources(self) -> None:
         while True:
+            before = (self._available, len(self._held))
             try:
                 await asyncio.to_thread(self._refresh)
             except Exception as exc:  # noqa: BLE001 - keep the last view
                 log.warning("ray: resources not read: %s", exc)
+            if (self._available, len(self._held)) != before:
+                self._on_room()  # room may have appeared: the queue looks again
             await asyncio.sleep(RESOURCES_EVERY)
 
     def _refresh(self) -> None:
         import ray
         from ray._private.state import state
 
+        began = time.monotonic()
         per_node = state.available_resources_per_node()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._available = [dict(v) for v in per_node.values()]
+        self._held = [(need, when) for need, when in self._held if when + HOLD_SECONDS > began]
         self.cluster = {
             "nodes": len(nodes),
             "total": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
@@ -263,14 +302,16 @@ class RayExecutor:
         return need
 
     def admit(self, device: str, limits: JobLimits) -> bool:
-        """Whether one node's available resources, less what starting jobs hold, cover a job."""
+        """Whether one node's available resources, less what jobs admitted since Ray's view was
+        read hold, cover a job; if so the job holds its share until the view shows its host."""
         need = self.requirements(device, limits)
         held: dict[str, float] = {}
-        for h in self._held.values():
+        for h, _ in self._held:
             for k, v in h.items():
                 held[k] = held.get(k, 0.0) + v
         for node in self._available:
             if all(node.get(k, 0.0) - held.get(k, 0.0) >= v for k, v in need.items()):
+                self._held.append((need, time.monotonic()))
                 return True
         return False
 
@@ -283,7 +324,6 @@ class RayExecutor:
         from supervisor.ray.host import RunnerHost
 
         need = self.requirements(spec.host_device, limits)
-        self._held[spec.task_id] = need
         try:
             options: dict[str, Any] = {
                 "name": spec.task_id, "namespace": self.namespace, "lifetime": "detached",
@@ -294,27 +334,34 @@ class RayExecutor:
                 options["memory"] = need["memory"]
             actor = ray.remote(RunnerHost).options(**options).remote(str(self._settings.home), self._relay)
             info = await actor.start.remote(spec.dump(), dataclasses.asdict(limits))
+        except ray.exceptions.RayTaskError as exc:  # the host refused (e.g. paths its node cannot see)
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            _remove(actor)
+            raise RuntimeError(f"on Ray node: {type(cause).__name__}: {cause}") from None
         except Exception as exc:
             raise _lost(exc, spec.task_id) from None
-        finally:
-            self._held.pop(spec.task_id, None)
         return RayHandle(spec.task_id, actor, info, self._deliver if self._relay else None)
 
     def adopt(self, task: TaskRecord) -> RayHandle | None:
-        """The live runner host of ``task`` (by name), if its runner is the recorded one."""
+        """The live runner host of ``task`` (by name) and its runner, if it is the recorded one
+        (or none was recorded yet: the supervisor died while the host was starting it)."""
         import ray
 
         try:
             actor = ray.get_actor(task.task_id, namespace=self.namespace)
+            deadline = time.monotonic() + ADOPT_WAIT
+            # A host still starting its runner (the previous supervisor died meanwhile) says so
+            # soon; one whose start never reached it (the supervisor died first) never does.
+            while (info := ray.get(actor.describe.remote(), timeout=CALL_TIMEOUT)) is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             pids: list[int] = ray.get(actor.alive_pids.remote(), timeout=CALL_TIMEOUT)
-            where = ray.get(actor.ping.remote(), timeout=CALL_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - no such host (any more)
             log.info("task %s: no runner host to adopt: %s", task.task_id, exc)
             return None
-        if task.pid not in pids:
+        if not isinstance(info, dict) or info["pid"] not in pids or task.pid not in (None, info["pid"]):
             return None
-        info = {"pid": task.pid, "create_time": task.pid_started or 0.0, "limits_enforced": task.limits_enforced,
-                "cgroup": {}, "node": where.get("node"), "node_id": where.get("node_id")}  # fmt: skip
         return RayHandle(task.task_id, actor, info, self._deliver if self._relay else None)
 
     def remove_leftovers(self, keep: Collection[str]) -> None:

@@ -63,6 +63,7 @@ class RunnerHost:
         self._relay_task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._address = ""
+        self._info: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------------------
     async def start(self, spec_data: bytes, limits: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class RunnerHost:
         self._spawner.cgroups.prepare_without_moving()
         self._handle = await self._spawner.spawn(spec, JobLimits(**limits))
         handle = self._handle
-        return {
+        self._info = {
             "pid": handle.pid,
             "create_time": handle.create_time,
             "cgroup": handle.cgroup,
@@ -95,6 +96,11 @@ class RunnerHost:
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpus": gpus,
         }
+        return self._info
+
+    def describe(self) -> dict[str, Any] | None:
+        """What ``start`` returned (None while it has not): how a new supervisor adopts the job."""
+        return self._info
 
     async def _open_relay(self, task_id: str) -> str:
         self._ctx = zmq.asyncio.Context()

@@ -58,6 +58,7 @@ async def health(request: Request[State]) -> Response:
         "tasks": tasks,
         "start_mode": h.get("start_mode"),
         "uptime": h.get("uptime"),
+        "executor": h.get("executor"),
     })  # fmt: skip
 
 

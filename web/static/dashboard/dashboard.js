@@ -81,11 +81,21 @@ async function refreshHealth() {
     const data = await api("/api/v1/health");
     h.textContent = `${data.status} · v${data.version}`;
     h.className = `badge ${data.status}`;
+    $("#executor").textContent = executorText(data.executor);
   } catch (err) {
     h.textContent = "unreachable";
     h.className = "badge unreachable";
     throw err;
   }
+}
+
+// What runs the jobs: this host (warm or cold starts) or a Ray cluster and its free resources.
+function executorText(ex) {
+  if (!ex) return "";
+  if (ex.executor !== "ray") return `executor: local (${ex.mode} start)`;
+  const c = ex.cluster || {};
+  const free = (k) => `${k} ${(c.available || {})[k] ?? 0}/${(c.total || {})[k] ?? 0}`;
+  return `executor: Ray (${ex.address}) · ${c.nodes ?? "?"} nodes · free ${free("CPU")}, ${free("GPU")}`;
 }
 
 // The device menus: cuda (the least-loaded GPU), cpu, then each GPU the service reports.
@@ -153,7 +163,7 @@ async function refreshRunners() {
     cell(r, String(run.pid));
     cell(r, run.task_id);
     cell(r, run.task_type);
-    cell(r, run.device);
+    cell(r, run.node ? `${run.device} on ${run.node}` : run.device);
     cell(r, procs.reduce((s, p) => s + (p.cpu_percent || 0), 0).toFixed(0));
     cell(r, fmtBytes(procs.reduce((s, p) => s + (p.rss || 0), 0)));
     cell(r, String(main.threads ?? ""));
