@@ -195,8 +195,10 @@ def test_a_bad_last_event_id_is_a_400_naming_it(api: Service, route: str) -> Non
             body = r.json()
             assert r.status_code == 400, (bad, r.status_code, r.text[:300])
             assert body["data"]["errors"][0]["field"] == "last_event_id" and "last_event_id" in body["msg"], (bad, body)
-        # The header wins over the query; a good id passes validation (then: unknown task).
-        assert http.get(path, headers={"Last-Event-ID": "3"}, params={"last_event_id": "²"}).status_code == 404
+        # The header wins over the query, but a malformed query is refused all the same (the
+        # document says what a query must be); a good id passes validation (then: unknown task).
+        assert http.get(path, headers={"Last-Event-ID": "3"}, params={"last_event_id": "²"}).status_code == 400
+        assert http.get(path, headers={"Last-Event-ID": "3"}, params={"last_event_id": "7"}).status_code == 404
         assert http.get(path + "?last_event_id=%C2%B2").status_code == 400
         assert http.get(path + "?last_event_id=").status_code == 400  # given, and not a number
         assert http.get(path, headers={"Last-Event-ID": ""}).status_code == 404  # empty: from the start

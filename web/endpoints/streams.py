@@ -19,13 +19,15 @@ from web.sse import EventStream, open_stream
 
 def last_event_id(request: Request[State]) -> int:
     """The seq to resume after: the ``Last-Event-ID`` header, else ``?last_event_id=``; 0 when
-    neither is given or the header is empty (an EventSource whose last event id was reset)."""
-    field, raw = "Last-Event-ID", request.headers.get("last-event-id", "").strip(" \t")
-    if not raw:
-        query = request.query_params.get("last_event_id")
-        if query is None:
-            return 0
-        field, raw = "last_event_id", query
+    neither is given or the header is empty (an EventSource whose last event id was reset).
+    A malformed one of either is a 400, even when the other one is good."""
+    header = request.headers.get("last-event-id", "").strip(" \t")
+    query = request.query_params.get("last_event_id")
+    given = _seq("last_event_id", query) if query is not None else 0
+    return _seq("Last-Event-ID", header) if header else given
+
+
+def _seq(field: str, raw: str) -> int:
     if not INTEGER.fullmatch(raw) or raw.startswith("-"):
         raise bad_request([{"field": field, "error": "must be a non-negative integer (an event's seq)"}])
     return parse_int(raw, field)
@@ -49,7 +51,7 @@ async def _stream(request: Request[State], task_type: str | None) -> ASGIApp:
         # few seconds, forever): 204 is the HTML standard's signal to stop reconnecting.
         hub.unsubscribe(sub)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    return EventStream(tid, after, first, sub, control, settings.sse_heartbeat, hub.count_sent)
+    return EventStream(tid, after, first, sub, control, settings.sse_heartbeat)
 
 
 async def training_logs(request: Request[State]) -> ASGIApp:
