@@ -243,9 +243,3 @@ class Replicas:
         counts, total = self.latency.get(name) or ([0] * (len(sv.LATENCY_BUCKETS_MS) + 1), 0.0)
         counts[sv.bucket_index(sv.LATENCY_BUCKETS_MS, seconds * 1000)] += 1
         self.latency[name] = (counts, total + seconds)
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "routes": {name: len(r.links) for name, r in self.routes.items()},
-            "answers": {f"{name}:{status}": n for (name, status), n in self.answers.items()},
-        }
