@@ -24,8 +24,10 @@ browser:
 run: setup
 	$(BIN)/rfuavd all
 
+## The suite, then the web layer's tests again against two uvicorn workers (RFUAV_WEB_WORKERS=2).
 test: setup browser
 	$(BIN)/python -m pytest
+	TEST_WEB_WORKERS=2 $(BIN)/python -m pytest tests/web
 
 ## The whole service on synthetic data in a few minutes (deploy/demo): data, split, training with
 ## a progress bar, inference, then a clean stop. DEMO_ARGS: e.g. --keep (serve until Ctrl-C).

@@ -1,15 +1,17 @@
-"""HTTP throughput and latency of one uvicorn worker, against a bare Starlette baseline.
+"""HTTP throughput and latency of web, against a bare Starlette baseline.
 
-``python -m benchmarks.http`` starts the real service (supervisor + web on loopback), then drives
-it with ``wrk`` (apt-get install wrk):
+``python -m benchmarks.http [--workers N]`` starts the real service (supervisor + web with N
+uvicorn workers, default 1, on loopback), then drives it with ``wrk`` (apt-get install wrk):
 
-- ``GET /api/v2/tasks/{id}`` of a finished task (web → supervisor → web, full envelope);
+- ``GET /api/v2/tasks/{id}`` of a finished task, answered from web's read view (``web.view``);
+  then the same with the view off (``RFUAV_WEB_VIEW_TASKS=0``: web → supervisor → web), the
+  figure before reads moved to the edge;
+- ``GET /api/v2/tasks?limit=20``, a page of the task list (read view);
 - ``POST /api/v2/training/start`` of a valid diagnostic-sized training request while the CPU
   training limit is 0 (set through ``/api/v2/resources/config``), so every task is stored and
   queued but none runs; afterwards they are cancelled and the limit restored;
-- the same GET body served by a bare Starlette endpoint (same uvicorn settings, same process
-  count) in the same run: the ratio says what validation, the control round trip and the
-  envelope cost.
+- the same GET body served by a bare Starlette endpoint (same uvicorn settings, same number of
+  worker processes) in the same run: the ratio says what routing, the view and the envelope cost.
 
 Goals: GET >= 3,000 req/s, POST >= 500 req/s, p99 <= 20 ms, GET/bare >= 0.7. The original
 service published 312 req/s (GET) and 23.5 req/s (POST).
@@ -17,6 +19,7 @@ service published 312 req/s (GET) and 23.5 req/s (POST).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -48,8 +51,10 @@ async def task(request):
     return Response(BODY, media_type="application/json")
 
 app = Starlette(routes=[Route("/api/v2/tasks/{task_id}", task)])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
-            server_header=False)
+if __name__ == "__main__":
+    workers = int(sys.argv[3])
+    uvicorn.run("bare:app" if workers > 1 else app, host="127.0.0.1", port=int(sys.argv[1]),
+                log_level="warning", access_log=False, server_header=False, workers=workers)
 """
 
 
@@ -86,14 +91,24 @@ def _post_script(tmp: Path, body: str) -> Path:
     return script
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (web's workers)."""
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1, help="web's uvicorn workers (RFUAV_WEB_WORKERS)")
+    args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="rfbench"))
     bare: subprocess.Popen[bytes] | None = None
     try:
-        with Service(env={"RFUAV_LOG_LEVEL": "WARNING"}) as svc:
+        env = {"RFUAV_LOG_LEVEL": "WARNING", "RFUAV_WEB_WORKERS": str(args.workers)}
+        with Service(env=env) as svc:
             c = svc.client
             for split in ("train", "val"):
                 for cls in ("a", "b"):
@@ -107,7 +122,9 @@ def main() -> int:
             # The bare baseline: the same bytes from a bare Starlette endpoint on uvicorn.
             port = free_port()
             (tmp / "bare.py").write_text(_BARE_APP)
-            bare = subprocess.Popen([sys.executable, str(tmp / "bare.py"), str(port), str(tmp / "body.json")])
+            bare = subprocess.Popen(
+                [sys.executable, str(tmp / "bare.py"), str(port), str(tmp / "body.json"), str(args.workers)], cwd=tmp
+            )
             bare_url = f"http://127.0.0.1:{port}/api/v2/tasks/{done['task_id']}"
             deadline = time.monotonic() + 30
             while True:
@@ -122,27 +139,43 @@ def main() -> int:
 
             wrk(get_url, seconds=1)  # warm up
             wrk(bare_url, seconds=1)
-            web_proc, sup_proc = psutil.Process(svc.web_pid), psutil.Process(svc.supervisor.pid)
 
             def cpu() -> tuple[float, float]:
-                return sum(web_proc.cpu_times()[:2]), sum(sup_proc.cpu_times()[:2])
+                return _cpu(svc.web_pid), _cpu(svc.supervisor.pid)
 
-            before = cpu()
-            get = wrk(get_url)
-            get["web_us"], get["sup_us"] = ((a - b) / (get["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
+            def measured(url: str, script: Path | None = None) -> dict[str, float]:
+                before = cpu()
+                r = wrk(url, script)
+                r["web_us"], r["sup_us"] = ((a - b) / (r["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
+                return r
+
+            get = measured(get_url)
             base = wrk(bare_url)
+            listed = measured(svc.url("/api/v2/tasks?limit=20"))
+            # The same read with the view off: every read crosses to the supervisor.
+            svc.stop_web()
+            svc.env["RFUAV_WEB_VIEW_TASKS"] = "0"
+            svc.start_web()
+            wrk(get_url, seconds=1)
+            crossing = measured(get_url)
+            base_again = wrk(bare_url)
+            svc.stop_web()
+            del svc.env["RFUAV_WEB_VIEW_TASKS"]
+            svc.start_web()
 
             limits = c.get_resources()["limits"]["cpu"]
             c.set_limits({"cpu": {"training": 0}})
             request = ('{"model": "resnet18", "num_classes": 2, "train_path": "bench/train", '
                        '"val_path": "bench/val", "save_path": "bench/out", "num_epochs": 1, '
                        '"batch_size": 2, "image_size": 32, "device": "cpu"}')  # fmt: skip
-            before = cpu()
-            post = wrk(svc.url("/api/v2/training/start"), _post_script(tmp, request))
-            post["web_us"], post["sup_us"] = ((a - b) / (post["rps"] * DURATION) * 1e6 for a, b in zip(cpu(), before))
+            post = measured(svc.url("/api/v2/training/start"), _post_script(tmp, request))
             created = c.get_all_tasks(status="pending", task_type="training", limit=1)["total_training"]
-            for task in list(c.iter_tasks(status="pending", task_type="training")):
+            started = time.monotonic()
+            pending = list(c.iter_tasks(status="pending", task_type="training"))
+            for task in pending:
                 c.cancel_task(task["task_id"])
+            cleanup = time.monotonic() - started
+            left = c.get_all_tasks(status="pending", task_type="training", limit=1)["total_training"]
             c.set_limits({"cpu": {"training": limits["training"]}})
     finally:
         if bare is not None:
@@ -154,17 +187,25 @@ def main() -> int:
         return (f"{name:<34} {r['rps']:>9.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms"
                 f"   non-2xx {int(r['non2xx'])}   goal {goal}")  # fmt: skip
 
-    print(f"wrk: 1 thread, {CONNECTIONS} connections, {DURATION} s per run; one uvicorn worker")
-    print(line("GET /api/v2/tasks/{id}", get, ">= 3000 req/s, p99 <= 20 ms"))
+    workers = f"{args.workers} uvicorn worker{'s' if args.workers > 1 else ''} (bare: as many)"
+    print(f"wrk: 1 thread, {CONNECTIONS} connections, {DURATION} s per run; web: {workers}")
+    print(line("GET /api/v2/tasks/{id} (read view)", get, ">= 3000 req/s, p99 <= 20 ms"))
     print(line("bare Starlette, same body", base, "baseline"))
+    print(line("GET /api/v2/tasks?limit=20", listed, "-"))
+    print(line("GET /api/v2/tasks/{id}, view off", crossing, "the figure before"))
+    print(line("bare Starlette, same body (again)", base_again, "baseline"))
     print(line("POST /api/v2/training/start", post, ">= 500 req/s, p99 <= 20 ms"))
-    print(f"training tasks created and queued by the POST run: {created} (then cancelled)")
-    for name, r in (("GET", get), ("POST", post)):
+    print(
+        f"training tasks created and queued by the POST run: {created}; listed page by page and cancelled "
+        f"in {cleanup:.1f} s ({len(pending)} cancelled, {left} left pending)"
+    )
+    for name, r in (("GET", get), ("GET, view off", crossing), ("list", listed), ("POST", post)):
         print(
             f"CPU per {name} request: web {r['web_us']:.0f} us, supervisor {r['sup_us']:.0f} us "
             f"(the machine's {psutil.cpu_count()} cores are shared with wrk and everything else)"
         )
     print(f"ratio GET / bare: {get['rps'] / base['rps']:.2f} (goal >= 0.7)")
+    print(f"ratio GET with the view off / bare: {crossing['rps'] / base_again['rps']:.2f} (before reads at the edge)")
     print(f"vs the original: GET x{get['rps'] / 312:.1f} (312 req/s), POST x{post['rps'] / 23.5:.1f} (23.5 req/s)")
     return 0
 

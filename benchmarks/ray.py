@@ -13,7 +13,12 @@ and one worker node of 2 CPUs, as ``tests/ray``), then real supervisor daemons w
   baseline every Ray figure is compared with;
 - ``ray``: ``RFUAV_EXECUTOR=ray`` on the cluster, events relayed through each job's runner host;
 - ``ray-direct``: the same with ``RFUAV_RAY_EVENTS=direct`` (the runner connects to the
-  supervisor's events socket; ``--no-direct`` leaves it out).
+  supervisor's events socket; ``--no-direct`` leaves it out);
+- ``ray-tcp``: the same with ``RFUAV_RAY_EVENTS=tcp`` and ``RFUAV_EVENTS_TCP=127.0.0.1:0`` (the
+  runner connects to the supervisor's TCP port as a CURVE client: encryption and a ZAP check
+  included, as between nodes; ``--no-tcp`` leaves it out).
+
+``--parts`` picks the parts to run (``1234``: all; e.g. ``34``: events/s and latency only).
 
 Every supervisor has ``RFUAV_GRACE_SECONDS=--grace`` and ``RFUAV_JOB_MEMORY_MB=1024``. Parts:
 
@@ -599,6 +604,8 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=50.0, help="events (lines) per second")
     parser.add_argument("--grace", type=int, default=1, help="SIGTERM → SIGKILL grace, whole seconds (ours and Ray's)")
     parser.add_argument("--no-direct", action="store_true", help="leave out the RFUAV_RAY_EVENTS=direct lane")
+    parser.add_argument("--no-tcp", action="store_true", help="leave out the RFUAV_RAY_EVENTS=tcp (CURVE) lane")
+    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 34 (default: 1234)")
     parser.add_argument("--no-job-server", action="store_true", help="leave out Ray's own job API")
     args = parser.parse_args()
     for name, full, quick in (
@@ -646,123 +653,130 @@ def main() -> int:
         lanes.append(start_lane("ray", {**ray_env, "RFUAV_RAY_EVENTS": "relay"}, args.grace))
         if not args.no_direct:
             lanes.append(start_lane("ray-direct", {**ray_env, "RFUAV_RAY_EVENTS": "direct"}, args.grace))
+        if not args.no_tcp:
+            tcp_env = {**ray_env, "RFUAV_RAY_EVENTS": "tcp", "RFUAV_EVENTS_TCP": "127.0.0.1:0"}
+            lanes.append(start_lane("ray-tcp", tcp_env, args.grace))
 
         # 1 -----------------------------------------------------------------------------------
-        print(f"\n1. submit -> first event (the runner's 'running' on events-out), diagnostic events=1, "
-              f"{args.tries} tries per lane, lanes in turn", flush=True)  # fmt: skip
-        starts = first_event(lanes, args.tries)
-        base = med(starts["local"])
-        print(f"  {'lane':<12}{'n':>4}{'median ms':>11}{'p90 ms':>9}{'max ms':>9}{'x local':>9}{'other load':>12}")
-        for lane in lanes:
-            s = starts[lane.name]
-            print(f"  {lane.name:<12}{len(s):>4}{_f(med(s)):>11}{_f(pct(s, 90)):>9}{_f(max(s)):>9}"
-                  f"{_ratio(med(s), base):>9}{_load(lane.loads.get('start'), f'1 {lane.name}', disturbed):>12}")  # fmt: skip
+        if "1" in args.parts:
+            print(f"\n1. submit -> first event (the runner's 'running' on events-out), diagnostic events=1, "
+                  f"{args.tries} tries per lane, lanes in turn", flush=True)  # fmt: skip
+            starts = first_event(lanes, args.tries)
+            base = med(starts["local"])
+            print(f"  {'lane':<12}{'n':>4}{'median ms':>11}{'p90 ms':>9}{'max ms':>9}{'x local':>9}{'other load':>12}")
+            for lane in lanes:
+                s = starts[lane.name]
+                print(f"  {lane.name:<12}{len(s):>4}{_f(med(s)):>11}{_f(pct(s, 90)):>9}{_f(max(s)):>9}"
+                      f"{_ratio(med(s), base):>9}{_load(lane.loads.get('start'), f'1 {lane.name}', disturbed):>12}")  # fmt: skip
 
         # 2 -----------------------------------------------------------------------------------
-        print(f"\n2. cancel -> final status and every process gone (runner + setsid grandchild), grace {args.grace} s, "
-              f"{args.cancel_tries} per row", flush=True)  # fmt: skip
-        cancels: dict[tuple[str, str], Cancel] = {}
-        for kind in ("cooperative", "uncooperative"):
-            for lane in lanes:
-                result = cancels.setdefault((lane.name, kind), Cancel())
-                for _ in range(args.cancel_tries):
-                    cancel_ours(lane, kind == "uncooperative", result)
+        if "2" in args.parts:
+            print(f"\n2. cancel -> final status and every process gone (runner + setsid grandchild), grace {args.grace} s, "
+                  f"{args.cancel_tries} per row", flush=True)  # fmt: skip
+            cancels: dict[tuple[str, str], Cancel] = {}
+            for kind in ("cooperative", "uncooperative"):
+                for lane in lanes:
+                    result = cancels.setdefault((lane.name, kind), Cancel())
+                    for _ in range(args.cancel_tries):
+                        cancel_ours(lane, kind == "uncooperative", result)
+                if jobs is not None:
+                    result = cancels.setdefault(("ray job API", kind), Cancel())
+                    try:
+                        for _ in range(args.cancel_tries):
+                            jobs.cancel(kind, result)
+                    except Exception as exc:  # noqa: BLE001 - said in the report
+                        NOTES.append(f"Ray job API cancel ({kind}): {type(exc).__name__}: {exc}")
             if jobs is not None:
-                result = cancels.setdefault(("ray job API", kind), Cancel())
+                result = cancels.setdefault(("ray job API", "daemonised gc"), Cancel())
                 try:
                     for _ in range(args.cancel_tries):
-                        jobs.cancel(kind, result)
+                        jobs.cancel("daemonised", result)
                 except Exception as exc:  # noqa: BLE001 - said in the report
-                    NOTES.append(f"Ray job API cancel ({kind}): {type(exc).__name__}: {exc}")
-        if jobs is not None:
-            result = cancels.setdefault(("ray job API", "daemonised gc"), Cancel())
-            try:
-                for _ in range(args.cancel_tries):
-                    jobs.cancel("daemonised", result)
-            except Exception as exc:  # noqa: BLE001 - said in the report
-                NOTES.append(f"Ray job API cancel (daemonised): {type(exc).__name__}: {exc}")
-        print(f"  {'path':<13}{'kind':<15}{'n':>3}{'final ms':>10}{'x local':>9}{'runner ms':>11}{'gone ms':>9}{'left@final':>12}"
-              f"{'left@+2s':>10}{'status':>11}{'other load':>12}")  # fmt: skip
-        for (path, kind), c in cancels.items():
-            base_c = med(cancels[("local", kind)].final) if ("local", kind) in cancels else None
-            if path == "ray job API":
-                loads = jobs.load.get("daemonised" if kind.startswith("daemonised") else kind) if jobs else None
+                    NOTES.append(f"Ray job API cancel (daemonised): {type(exc).__name__}: {exc}")
+            print(f"  {'path':<13}{'kind':<15}{'n':>3}{'final ms':>10}{'x local':>9}{'runner ms':>11}{'gone ms':>9}{'left@final':>12}"
+                  f"{'left@+2s':>10}{'status':>11}{'other load':>12}")  # fmt: skip
+            for (path, kind), c in cancels.items():
+                base_c = med(cancels[("local", kind)].final) if ("local", kind) in cancels else None
+                if path == "ray job API":
+                    loads = jobs.load.get("daemonised" if kind.startswith("daemonised") else kind) if jobs else None
+                else:
+                    loads = next(lane for lane in lanes if lane.name == path).loads.get("cancel")
+                print(f"  {path:<13}{kind:<15}{c.tries:>3}{_f(med(c.final)):>10}{_ratio(med(c.final), base_c):>9}"
+                      f"{_f(med(c.runner)):>11}{_f(med(c.gone)):>9}{c.left_final:>12}{c.left_after:>10}"
+                      f"{'/'.join(sorted(c.statuses)):>11}{_load(loads, f'2 {path} {kind}', disturbed):>12}")  # fmt: skip
+            for line in (
+                "final: the final status seen (ours: the final event on events-out; Ray: STOPPED from get_job_status,",
+                "polled every 10 ms); runner: the runner (Ray: the entrypoint) exited; gone: it and its grandchild exited",
+                "(pidfds; medians, ms from the cancel request); left@final: processes (runner, grandchild; Ray: and its",
+                "sh -c) not yet exited when the final status was seen; left@+2s: still alive 2 s later (then killed)",
+            ):
+                print(f"  {line}")
+            if jobs is None:
+                print(f"  ray job API: not measured: {missing}")
             else:
-                loads = next(lane for lane in lanes if lane.name == path).loads.get("cancel")
-            print(f"  {path:<13}{kind:<15}{c.tries:>3}{_f(med(c.final)):>10}{_ratio(med(c.final), base_c):>9}"
-                  f"{_f(med(c.runner)):>11}{_f(med(c.gone)):>9}{c.left_final:>12}{c.left_after:>10}"
-                  f"{'/'.join(sorted(c.statuses)):>11}{_load(loads, f'2 {path} {kind}', disturbed):>12}")  # fmt: skip
-        for line in (
-            "final: the final status seen (ours: the final event on events-out; Ray: STOPPED from get_job_status,",
-            "polled every 10 ms); runner: the runner (Ray: the entrypoint) exited; gone: it and its grandchild exited",
-            "(pidfds; medians, ms from the cancel request); left@final: processes (runner, grandchild; Ray: and its",
-            "sh -c) not yet exited when the final status was seen; left@+2s: still alive 2 s later (then killed)",
-        ):
-            print(f"  {line}")
-        if jobs is None:
-            print(f"  ray job API: not measured: {missing}")
-        else:
-            calls = [x for (p, _), c in cancels.items() if p == "ray job API" for x in c.call]
-            print(
-                f"  Ray's stop_job call itself returned in {_f(med(calls))} ms (median); 'daemonised gc': the "
-                "grandchild double-forked out of the entrypoint's process tree (the diagnostic job has no such mode)"
-            )
+                calls = [x for (p, _), c in cancels.items() if p == "ray job API" for x in c.call]
+                print(
+                    f"  Ray's stop_job call itself returned in {_f(med(calls))} ms (median); 'daemonised gc': the "
+                    "grandchild double-forked out of the entrypoint's process tree (the diagnostic job has no such mode)"
+                )
 
         # 3 -----------------------------------------------------------------------------------
-        print(f"\n3. events/s: diagnostic events={args.events} size={args.size} rate=0, {args.event_tries} per lane",
-              flush=True)  # fmt: skip
-        floods = {lane.name: Flood() for lane in lanes}
-        for _ in range(args.event_tries):
+        if "3" in args.parts:
+            print(f"\n3. events/s: diagnostic events={args.events} size={args.size} rate=0, {args.event_tries} per lane",
+                  flush=True)  # fmt: skip
+            floods = {lane.name: Flood() for lane in lanes}
+            for _ in range(args.event_tries):
+                for lane in lanes:
+                    flood(lane, args.events, args.size, floods[lane.name])
+            base_f = med(floods["local"].submit_rate)
+            base_s = med(floods["local"].stream_rate)
+            print(f"  {'lane':<12}{'n':>3}{'submit->last/s':>16}{'x local':>9}{'first->last/s':>15}{'x local':>9}"
+                  f"{'lost (SUB)':>12}{'stored':>10}{'other load':>12}")  # fmt: skip
             for lane in lanes:
-                flood(lane, args.events, args.size, floods[lane.name])
-        base_f = med(floods["local"].submit_rate)
-        base_s = med(floods["local"].stream_rate)
-        print(f"  {'lane':<12}{'n':>3}{'submit->last/s':>16}{'x local':>9}{'first->last/s':>15}{'x local':>9}"
-              f"{'lost (SUB)':>12}{'stored':>10}{'other load':>12}")  # fmt: skip
-        for lane in lanes:
-            f = floods[lane.name]
-            stored = "all" if f.stored_ok else "GAPS"
-            print(f"  {lane.name:<12}{len(f.submit_rate):>3}{_f(med(f.submit_rate), 1, '{:,.0f}'):>16}"
-                  f"{_ratio(med(f.submit_rate), base_f):>9}{_f(med(f.stream_rate), 1, '{:,.0f}'):>15}"
-                  f"{_ratio(med(f.stream_rate), base_s):>9}{f.lost_sub:>12}{stored:>10}"
-                  f"{_load(lane.loads.get('events'), f'3 {lane.name}', disturbed):>12}")  # fmt: skip
-            if not f.stored_ok:
-                print(f"    {lane.name}: stored events: {f.detail}")
-        print("  ('stored': every seq from 1 and every event i from 1 to N read back with the logs command)")
+                f = floods[lane.name]
+                stored = "all" if f.stored_ok else "GAPS"
+                print(f"  {lane.name:<12}{len(f.submit_rate):>3}{_f(med(f.submit_rate), 1, '{:,.0f}'):>16}"
+                      f"{_ratio(med(f.submit_rate), base_f):>9}{_f(med(f.stream_rate), 1, '{:,.0f}'):>15}"
+                      f"{_ratio(med(f.stream_rate), base_s):>9}{f.lost_sub:>12}{stored:>10}"
+                      f"{_load(lane.loads.get('events'), f'3 {lane.name}', disturbed):>12}")  # fmt: skip
+                if not f.stored_ok:
+                    print(f"    {lane.name}: stored events: {f.detail}")
+            print("  ('stored': every seq from 1 and every event i from 1 to N read back with the logs command)")
 
         # 4 -----------------------------------------------------------------------------------
-        n, rate = args.latency_events, args.latency_rate
-        print(f"\n4. event latency: {n} events at {rate:g}/s, send -> arrival (ours: on events-out; Ray: through "
-              f"tail_job_logs)", flush=True)  # fmt: skip
-        lats = {lane.name: latency(lane, n, rate) for lane in lanes}
-        tail_load: Load | None = None
-        if jobs is not None:
-            try:
-                lats["ray tail_job_logs"], tail_load = jobs.tail(n, rate)
-            except Exception as exc:  # noqa: BLE001 - said in the report
-                NOTES.append(f"Ray tail_job_logs: {type(exc).__name__}: {exc}")
-        base_l = med(lats["ray"])
-        print(f"  {'path':<19}{'n':>4}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'x ray':>8}"
-              f"{'other load':>12}")  # fmt: skip
-        for name, lat in lats.items():
-            load = (
-                tail_load
-                if name == "ray tail_job_logs"
-                else next(x for x in lanes if x.name == name).loads.get("latency")
-            )
-            if not lat:
-                print(f"  {name:<19}   0  (nothing received)")
-                continue
-            print(f"  {name:<19}{len(lat):>4}{_f(med(lat), fmt='{:.2f}'):>9}{_f(pct(lat, 90), fmt='{:.2f}'):>9}"
-                  f"{_f(pct(lat, 99), fmt='{:.2f}'):>9}{_f(max(lat), fmt='{:.2f}'):>9}{_ratio(med(lat), base_l):>8}"
-                  f"{_load(load, f'4 {name}', disturbed):>12}")  # fmt: skip
-        if jobs is None:
-            print(f"  ray tail_job_logs: not measured: {missing}")
-        else:
-            print(
-                "  (x ray: p50 against ours on Ray with relayed events; Ray's job log tail reads the log file, "
-                "waiting 1 s at each end of file)"
-            )
+        if "4" in args.parts:
+            n, rate = args.latency_events, args.latency_rate
+            print(f"\n4. event latency: {n} events at {rate:g}/s, send -> arrival (ours: on events-out; Ray: through "
+                  f"tail_job_logs)", flush=True)  # fmt: skip
+            lats = {lane.name: latency(lane, n, rate) for lane in lanes}
+            tail_load: Load | None = None
+            if jobs is not None:
+                try:
+                    lats["ray tail_job_logs"], tail_load = jobs.tail(n, rate)
+                except Exception as exc:  # noqa: BLE001 - said in the report
+                    NOTES.append(f"Ray tail_job_logs: {type(exc).__name__}: {exc}")
+            base_l = med(lats["ray"])
+            print(f"  {'path':<19}{'n':>4}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'x ray':>8}"
+                  f"{'other load':>12}")  # fmt: skip
+            for name, lat in lats.items():
+                load = (
+                    tail_load
+                    if name == "ray tail_job_logs"
+                    else next(x for x in lanes if x.name == name).loads.get("latency")
+                )
+                if not lat:
+                    print(f"  {name:<19}   0  (nothing received)")
+                    continue
+                print(f"  {name:<19}{len(lat):>4}{_f(med(lat), fmt='{:.2f}'):>9}{_f(pct(lat, 90), fmt='{:.2f}'):>9}"
+                      f"{_f(pct(lat, 99), fmt='{:.2f}'):>9}{_f(max(lat), fmt='{:.2f}'):>9}{_ratio(med(lat), base_l):>8}"
+                      f"{_load(load, f'4 {name}', disturbed):>12}")  # fmt: skip
+            if jobs is None:
+                print(f"  ray tail_job_logs: not measured: {missing}")
+            else:
+                print(
+                    "  (x ray: p50 against ours on Ray with relayed events; Ray's job log tail reads the log file, "
+                    "waiting 1 s at each end of file)"
+                )
     finally:
         cleanup(lanes, cluster, session_dir, work)
     if disturbed:

@@ -86,14 +86,24 @@ def _describe(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
+@functools.cache
+def _shape(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(typing.get_origin(tp), typing.get_args(tp))``, worked out once per annotation (they
+    cost microseconds each, and every field of every command asks)."""
+    return typing.get_origin(tp), typing.get_args(tp)
+
+
 def _check(value: Any, tp: Any, path: str, where: str) -> Any:
     """``value`` checked against ``tp`` (recursively), as the record stores it: a list becomes
     a tuple for ``tuple[...]``, an int a float for ``float``, an object a nested record.
     Raises ``_Mismatch`` naming the innermost value that does not fit."""
     if tp is Any:
         return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    if tp is str:  # the commonest annotation first
+        if not isinstance(value, str):
+            raise _Mismatch(value, path)
+        return value
+    origin, args = _shape(tp)
     if origin is typing.Literal:
         # ``type(...) is``: True == 1, but a Literal[1] field does not take true.
         if any(type(value) is type(a) and value == a for a in args):

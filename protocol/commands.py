@@ -10,7 +10,8 @@ Reply ``data`` per command (errors: ``protocol.replies``; codes ``not_found``, `
                  custom ``task_id`` exists; ``bad_request`` for an unknown type/job, a bad
                  device (``cuda:N`` that the host does not have), priority outside 1–10.
 - ``get``        ``{"task": TaskResponse}``; ``not_found`` also when ``task_type`` is given
-                 and differs from the task's.
+                 and differs from the task's. With ``record``, also ``"record"``: the task's
+                 published form (``protocol.records.record_fields``), for a read view.
 - ``list``       ``{"tasks": [TaskResponse, ...]}`` (newest first), optionally filtered.
 - ``cancel``     ``{"task": TaskResponse}`` (a pending task is cancelled at once; a running
                  one gets SIGTERM, then SIGKILL after the grace period, and its status turns
@@ -41,6 +42,10 @@ Reply ``data`` per command (errors: ``protocol.replies``; codes ``not_found``, `
                  new replicas took over).
 - ``routes``     ``{"routes": {name: Route}}``: where web sends each deployment's requests
                  (``supervisor.serving``); also published on events-out (topic ``ROUTES_TOPIC``).
+- ``view``       a read view's snapshot (``supervisor.records.Records.snapshot``): ``{"epoch",
+                 "rev", "floor", "records": [record_fields...], "counts"}``: the newest ``limit``
+                 tasks (every task with ``ord >= floor``; 0: all) and the ones not yet final,
+                 as far as 3 MiB of records allows.
 - ``shutdown``   ``{"stopping": true}``: the supervisor stops as on SIGTERM (running jobs are
                  cancelled with the grace period, pending tasks stay pending for the next
                  start); asked again while stopping, it kills the running jobs at once.
@@ -66,6 +71,7 @@ class Submit:
 class Get:
     task_id: str
     task_type: str | None = None
+    record: bool = False
     kind: Literal["get"] = "get"
 
 
@@ -130,6 +136,14 @@ class Ps:
 @dataclass(frozen=True, slots=True)
 class Health:
     kind: Literal["health"] = "health"
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A snapshot of task records for a read view (web's ``web.view``)."""
+
+    limit: int = 1000
+    kind: Literal["view"] = "view"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +217,7 @@ Command = (
     | SetLimits
     | Ps
     | Health
+    | View
     | Shutdown
     | Deploy
     | Deployments
@@ -224,6 +239,7 @@ COMMANDS: dict[str, type] = {
     "set_limits": SetLimits,
     "ps": Ps,
     "health": Health,
+    "view": View,
     "shutdown": Shutdown,
     "deploy": Deploy,
     "deployments": Deployments,

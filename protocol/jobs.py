@@ -71,10 +71,18 @@ class JobSpec:
     batch_cap: int | None = None
     #: ``cgroup.procs`` files the runner moves itself into before any work.
     cgroup_procs: list[str] = field(default_factory=list)
+    #: How much nicer than its parent (the supervisor, or the fork server it started) the
+    #: runner makes itself before any work (``RFUAV_JOB_NICE``; 0: unchanged).
+    nice: int = 0
     #: Settings the job needs (upload fields, download and unzip limits, data roots, home).
     config: JobConfig = field(default_factory=JobConfig)
     #: Seconds to wait for the supervisor's subscription before the first event.
     subscribe_timeout: float = 10.0
+    #: Events over ZeroMQ TCP with CURVE (``RFUAV_RAY_EVENTS=tcp``): the supervisor's public key
+    #: and this job's own keypair (Z85); empty otherwise. Secret: the spec file is 0600.
+    events_server_key: str = ""
+    events_public_key: str = ""
+    events_secret_key: str = ""
 
     @property
     def journal_path(self) -> Path:

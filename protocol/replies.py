@@ -2,7 +2,9 @@
 
 ``{"v": 1, "id": "<request id>", "ok": true, "data": {...}}`` or
 ``{"v": 1, "id": ..., "ok": false, "error": {"code": "<stable code>", "message": "..."}}``.
-Error codes are stable and map to HTTP statuses in one table (``HTTP_STATUS``).
+Error codes are stable and map to HTTP statuses in one table (``HTTP_STATUS``). Either may carry
+``"at": [epoch, rev]``, the position of the supervisor's task records when it answered
+(``protocol.records``): a read view that has reached it reflects everything the request changed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class CommandError(Exception):
         return HTTP_STATUS.get(self.code, 500)
 
 
+#: Where a reply was answered in the supervisor's record changes: ``(epoch, rev)``.
+Position = tuple[str, int]
+
+
 def ok(request_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "data": data}
 
@@ -62,7 +68,22 @@ def error(request_id: str | None, code: str, message: str) -> dict[str, Any]:
 def parse_reply(data: bytes) -> tuple[str | None, dict[str, Any] | CommandError]:
     """Decode a reply into ``(request_id, data)``, or ``(request_id, CommandError)`` for an
     error reply (returned, not raised, so the caller can route it by id)."""
+    request_id, result, _ = parse_reply_at(data)
+    return request_id, result
+
+
+def parse_reply_at(data: bytes) -> tuple[str | None, dict[str, Any] | CommandError, Position | None]:
+    """``parse_reply`` and the reply's ``at`` (None when absent or malformed)."""
     obj = decode_object(data)
+    at = obj.get("at")
+    position: Position | None = None
+    if isinstance(at, list) and len(at) == 2 and isinstance(at[0], str) and type(at[1]) is int:
+        position = (at[0], at[1])
+    request_id, result = _result(obj)
+    return request_id, result, position
+
+
+def _result(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any] | CommandError]:
     request_id = obj.get("id")
     if not (request_id is None or isinstance(request_id, str)):
         raise ProtocolError("reply id must be a string")

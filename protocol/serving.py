@@ -17,6 +17,16 @@ The wire (every frame ``bytes``):
 
 A replica answers ``status`` at once, even under load (the supervisor's probe: readiness and
 figures). A full queue answers 503; web adds ``Retry-After``.
+
+Where a replica listens: an IPC address in the supervisor host's runtime directory (the default:
+one host). A replica started through the Ray executor with ``RFUAV_RAY_EVENTS=tcp`` (a port may
+be opened between nodes) is placed anywhere in the cluster: its address is ``TCP_ON_NODE``, which
+its runner host completes with its node's address; it binds an ephemeral port there as a CURVE
+server (``ReplicaParams.curve_secret_key``, its own keypair, made by the supervisor for it) that
+lets in one client key only (``curve_client_key``, checked by a ZAP handler), and writes the bound
+endpoint to ``ENDPOINT_FILE`` in its task directory (shared with the supervisor, as every job's).
+The routes then carry ``address`` (``tcp://…``) and ``curve`` (``ReplicaCurve``'s fields): web's
+and the probe's DEALERs connect as that CURVE client. A route without ``curve`` is IPC.
 """
 
 from __future__ import annotations
@@ -52,6 +62,23 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 #: Items one ``predict_batch`` may carry: ``max_batch_size`` times this.
 BATCH_ITEMS_FACTOR = 8
+
+#: ``ReplicaParams.address`` of a replica placed by Ray with TCP: the runner host replaces
+#: ``NODE_HOST`` by its node's address; ``*``: an ephemeral port.
+NODE_HOST = "{node}"
+TCP_ON_NODE = f"tcp://{NODE_HOST}:*"
+#: In a TCP replica's task directory: the endpoint it bound (written once bound, atomically).
+ENDPOINT_FILE = "endpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaCurve:
+    """How a client connects to a TCP replica (Z85 keys): the replica's public key (``server``)
+    and the client keypair the replica lets in (``public``, ``secret``)."""
+
+    server: str
+    public: str
+    secret: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +128,10 @@ class ReplicaParams:
     drain_idle_seconds: float = 0.3
     #: ... and never drain longer than this.
     drain_seconds: float = 10.0
+    #: A TCP replica (``TCP_ON_NODE``): its own CURVE secret key (it is a CURVE server), and the
+    #: one client public key it lets in (Z85). Empty for IPC. Secret: the spec file is 0600.
+    curve_secret_key: str = ""
+    curve_client_key: str = ""
 
 
 @dataclass(slots=True)

@@ -84,6 +84,18 @@ class Settings:
     )
     host: str = setting("127.0.0.1", "RFUAV_HOST", "HTTP bind address", alias="HOST", generic=True)
     port: int = setting(8000, "RFUAV_PORT", "HTTP port", alias="PORT", generic=True)
+    web_workers: int = setting(
+        1,
+        "RFUAV_WEB_WORKERS",
+        "uvicorn worker processes of web (1-64), each with its own read view, event socket and SSE clients; "
+        "about one per core the web layer may use (the README's Deployment section says how to choose)",
+    )
+    web_view_tasks: int = setting(
+        1000,
+        "RFUAV_WEB_VIEW_TASKS",
+        "final tasks each web worker keeps in its read view besides every live one, answering status reads "
+        "and task lists without asking the supervisor (0-10000; 0: every read asks the supervisor)",
+    )
     api_token: str = setting("", "RFUAV_API_TOKEN", "when set, `Authorization: Bearer <token>` is required on /api/v2")
     data_roots: tuple[Path, ...] = setting(
         (), "RFUAV_DATA_ROOTS", "`:`-separated roots every request path must resolve into", shown="$RFUAV_HOME"
@@ -148,8 +160,19 @@ class Settings:
         "starts and owns a local Ray instance",
     )  # fmt: skip
     ray_events: str = setting(
-        "relay", "RFUAV_RAY_EVENTS", "with `ray`: `relay` (events go through each job's runner host: any network) or "
-        "`direct` (the runner connects to the supervisor's events socket: one host)",
+        "relay", "RFUAV_RAY_EVENTS", "with `ray`: `relay` (events go through each job's runner host: any network), "
+        "`direct` (the runner connects to the supervisor's events socket: one host) or `tcp` (the runner connects "
+        "to `RFUAV_EVENTS_TCP` over ZeroMQ TCP with CURVE keys: one port open from the nodes to the supervisor)",
+    )  # fmt: skip
+    events_tcp: str = setting(
+        "", "RFUAV_EVENTS_TCP", "with `RFUAV_RAY_EVENTS=tcp`: `host:port` the supervisor binds for runners' events "
+        "(CURVE: encrypted, only the keys of its live jobs are let in); an address of the supervisor's host every "
+        "Ray node reaches, never `0.0.0.0` (port 0: any free port, said in the log)",
+    )  # fmt: skip
+    ray_admission: str = setting(
+        "free", "RFUAV_RAY_ADMISSION", "with `ray`: `free` (a task goes to Ray only once one node's free resources "
+        "cover it; until then it waits in our queue) or `ray` (as soon as our own limits allow: it may wait inside "
+        "Ray, whose autoscaler then sees the demand; a cancel removes it from Ray at once)",
     )  # fmt: skip
     grace_seconds: float = setting(10.0, "RFUAV_GRACE_SECONDS", "SIGTERM → SIGKILL grace period when cancelling")
     queue_timeout: float = setting(
@@ -172,6 +195,12 @@ class Settings:
         "RFUAV_JOB_CPU_WEIGHT",
         "CPU weight of jobs beside the daemons' 100 (1-10000; cgroup v2 `cpu.weight`, v1 `cpu.shares` scaled): "
         "the control plane stays fast while jobs saturate the CPU",
+    )
+    job_nice: int = setting(
+        10,
+        "RFUAV_JOB_NICE",
+        "how much nicer than the supervisor a job's processes run (0-19; 0: as nice as the supervisor): with "
+        "`RFUAV_JOB_CPU_WEIGHT`, and where the host offers no cgroup CPU controller, the daemons stay ahead of jobs",
     )
     cpu_batch_cap: int = setting(
         8, "RFUAV_CPU_BATCH_CAP", "training on the CPU clamps batch_size to this", alias="CPU_TRAINING_MAX_BATCH_SIZE"
@@ -312,17 +341,29 @@ def _resolve(env: Mapping[str, str], in_file: Mapping[str, str]) -> tuple[dict[s
 
 def _check(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
     """Ranges that the type alone does not say; the message names the variable read."""
-    ranges = {"job_cpu_weight": (1, 10_000), "default_train_priority": (1, 10), "default_inference_priority": (1, 10)}
+    ranges = {
+        "job_cpu_weight": (1, 10_000),
+        "job_nice": (0, 19),
+        "web_workers": (1, 64),
+        "web_view_tasks": (0, 10_000),
+        "default_train_priority": (1, 10),
+        "default_inference_priority": (1, 10),
+    }
     for name, (low, high) in ranges.items():
         value = values.get(name, getattr(Settings, name))
         if not low <= value <= high:
             var = _env_of(name)
             raise ValueError(f"{source.get(var, var)}={value}: must be between {low} and {high}")
     for name, allowed in (("start_mode", ("warm", "cold")), ("executor", ("local", "ray")),
-                          ("ray_events", ("relay", "direct"))):  # fmt: skip
+                          ("ray_events", ("relay", "direct", "tcp")), ("ray_admission", ("free", "ray"))):  # fmt: skip
         value = values.get(name, getattr(Settings, name))
         if value not in allowed:
             raise ValueError(f"{_env_of(name)}={value!r}: must be {' or '.join(repr(a) for a in allowed)}")
+    if values.get("ray_events") == "tcp":
+        tcp = str(values.get("events_tcp", ""))
+        host, _, port = tcp.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"RFUAV_EVENTS_TCP={tcp!r}: RFUAV_RAY_EVENTS=tcp needs host:port (port 0: any free one)")
 
 
 def _env_of(name: str) -> str:

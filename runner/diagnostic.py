@@ -12,9 +12,12 @@ Parameters (all optional):
                            when ``ignore_sigterm``); its pid is reported in an event
 ``grandchild_setsid`` bool the grandchild also leaves the job's session (``setsid``)
 ``default_sigterm`` bool   restore SIGTERM's default action (a SIGTERM kills the runner)
+``spin``           float   then burn one core this long, stopping early when cancelled (a
+                           CPU-bound job: load for benchmarks); says ``spinning`` when it starts
 ``sleep``          float   then sleep this long, stopping early when cancelled (default 0)
 ``report``         bool    first emit one event describing the process (``process`` field: pid,
-                           sid, pgid, title, CUDA_VISIBLE_DEVICES, thread counts, cgroups)
+                           sid, pgid, title, CUDA_VISIBLE_DEVICES, thread counts, cgroups, nice
+                           of each thread, autogroup)
 ``exit_code``      int     then exit abruptly with this code, without a final event
 ``raise``          str     then raise ``RuntimeError`` with this message (the task fails)
 =================  ======  ===================================================================
@@ -60,6 +63,8 @@ def run(ctx: JobContext) -> None:
         ctx.log(f"grandchild started (pid {child.pid})", grandchild_pid=child.pid)
 
     _emit_events(ctx, int(p.get("events", 0)), int(p.get("size", 0)), float(p.get("rate", 0)))
+    if p.get("spin"):
+        _spin(ctx, float(p["spin"]))
 
     if p.get("sleep"):
         ctx.log(f"sleeping {p['sleep']} s")
@@ -83,7 +88,14 @@ def _process_report() -> dict[str, Any]:
         "pgid": os.getpgid(0),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "cgroup": Path("/proc/self/cgroup").read_text().splitlines(),
+        # Linux keeps a nice value per thread: every thread's, by thread id.
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "thread_nice": {tid: os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")},
     }
+    try:
+        report["autogroup"] = Path("/proc/self/autogroup").read_text().strip()  # "/autogroup-N nice K"
+    except OSError:  # a kernel without autogroups
+        report["autogroup"] = None
     try:
         from setproctitle import getproctitle
 
@@ -97,6 +109,18 @@ def _process_report() -> dict[str, Any]:
     if "cv2" in sys.modules:
         report["opencv_threads"] = sys.modules["cv2"].getNumThreads()
     return report
+
+
+def _spin(ctx: JobContext, seconds: float) -> None:
+    """Keep one core busy for ``seconds`` (pure Python arithmetic, no system calls), checking
+    for a stop every few milliseconds."""
+    ctx.log(f"spinning for {seconds:g} s", spinning=True)
+    deadline = time.monotonic() + seconds
+    x = 0
+    while time.monotonic() < deadline:
+        for i in range(20_000):
+            x ^= i
+        ctx.check_stop()
 
 
 def _emit_events(ctx: JobContext, count: int, size: int, rate: float) -> None:

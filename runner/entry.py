@@ -3,7 +3,8 @@
 ``run(spec)`` is the single entry for both start modes: warm (forked from the supervisor's
 preloaded fork server) and cold (``python -m runner <spec.json>``). The order matters:
 
-1. own session and process group (``setsid``) and own cgroup, before anything can fork;
+1. own session and process group (``setsid``), own cgroup and a lower CPU priority
+   (``spec.nice``: nicer than the supervisor), before anything can fork;
 2. process title, stdout/stderr into the task directory, signal handlers;
 3. ``CUDA_VISIBLE_DEVICES`` and thread counts before the first torch/OpenCV operation
    (after a fork ``OMP_NUM_THREADS`` no longer has any effect, so set them by call);
@@ -21,6 +22,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -60,6 +62,41 @@ def _isolate(spec: JobSpec) -> None:
     for procs in spec.cgroup_procs:
         with open(procs, "w") as fh:
             fh.write(str(os.getpid()))
+    _lower_priority(spec.nice)
+
+
+#: Tries at setting the autogroup's nice: without CAP_SYS_ADMIN the kernel allows one such
+#: change every 100 ms on the whole host (``EAGAIN`` otherwise), so jobs starting together retry.
+_AUTOGROUP_TRIES = 4
+
+
+def _lower_priority(increment: int) -> None:
+    """Run ``increment`` nicer than now (than the parent that started us): every thread of this
+    process (Linux keeps a nice value per thread; what a runner starts later inherits it), and
+    its autogroup. The runner leads a session of its own, and where the kernel groups sessions
+    (``sched_autogroup``) the group's nice, not the process's, is what weighs against the
+    supervisor's session — on a host where no cgroup CPU controller holds the job."""
+    if increment <= 0:
+        return
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), target)
+        except ProcessLookupError:  # a thread that just ended
+            pass
+    for attempt in range(_AUTOGROUP_TRIES):
+        try:
+            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+            try:
+                os.write(fd, str(target).encode())
+            finally:
+                os.close(fd)
+            return
+        except BlockingIOError:  # EAGAIN: another session's nice changed less than 100 ms ago
+            if attempt + 1 < _AUTOGROUP_TRIES:
+                time.sleep(0.1)
+        except OSError:  # no autogroups on this kernel, or not allowed: the process's nice stands
+            return
 
 
 def _redirect_output(task_dir: Path) -> None:
@@ -144,7 +181,14 @@ def run(spec: JobSpec) -> int:
 
     try:
         start_rseq = _journal_length(spec.journal_path)
-        publisher = Publisher(spec.task_id, spec.events_endpoint, spec.journal_path, start_rseq=start_rseq)
+        curve = (spec.events_server_key, spec.events_public_key, spec.events_secret_key)
+        publisher = Publisher(
+            spec.task_id,
+            spec.events_endpoint,
+            spec.journal_path,
+            start_rseq=start_rseq,
+            curve=curve if curve[0] else None,
+        )
     except Exception:  # noqa: BLE001 - nothing to report to yet; stderr.log has it
         traceback.print_exc()
         return EXIT_STARTUP_FAILURE

@@ -24,6 +24,7 @@ import orjson
 import protocol
 from protocol import commands as cmd
 from protocol.codec import ProtocolError, build, encode
+from protocol.records import totals
 from protocol.replies import CommandError, ErrorCode, error, ok
 from protocol.tasks import (
     FINAL_STATUSES,
@@ -38,6 +39,7 @@ from protocol.tasks import (
 from supervisor import jobs
 from supervisor.executor import Executor
 from supervisor.gpu import Gpus
+from supervisor.records import Records
 from supervisor.serving.commands import Service as ServingService
 from supervisor.serving.commands import ServingCommands
 
@@ -52,6 +54,8 @@ MAX_SUBMIT = 1000
 MAX_SEQ = 2**63 - 1
 #: Most tasks one ``list`` page may carry.
 MAX_LIST = 1000
+#: Most final tasks one ``view`` snapshot may carry (besides every live one).
+MAX_VIEW = 10_000
 #: A ``logs`` reply stops adding events past this many bytes (the client refuses replies over
 #: ``protocol.codec.MAX_MESSAGE_BYTES``); ``final`` is then false and the caller asks again.
 LOGS_REPLY_BYTES = 3 * 1024 * 1024
@@ -107,8 +111,11 @@ def _bad(message: str) -> CommandError:
 class Control:
     """Answers control requests for one ``Service``."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, records: Records | None = None) -> None:
+        """``records``: the published task records (``view``, ``get``'s ``record``, and each
+        reply's position); without them those are unavailable."""
         self.service = service
+        self.records = records
         self._handlers: dict[str, Callable[[Any], dict[str, Any]]] = {
             "submit": self.submit,
             "get": self.get,
@@ -121,6 +128,7 @@ class Control:
             "set_limits": self.set_limits,
             "ps": self.ps,
             "health": self.health,
+            "view": self.view,
             "shutdown": self.shutdown,
             **ServingCommands(service).handlers(),
         }
@@ -139,6 +147,10 @@ class Control:
         except Exception as exc:
             log.exception("command failed: %.200r", _TOKEN_MEMBER.sub(rb'\1"***"', data))
             reply = error(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        # Where this answer stands among the published record changes: what it changed is
+        # published before the reply leaves (``supervisor.records``).
+        if self.records is not None:
+            reply["at"] = list(self.records.position())
         return encode(reply)
 
     # -- lookups -------------------------------------------------------------------------
@@ -162,11 +174,13 @@ class Control:
             spec = self._spec(raw, where)
             task_id = self._new_id(spec, where, seen)
             records.append(self._record(spec, task_id, now))
-        try:
-            self.service.store.insert_tasks(records)
-        except sqlite3.IntegrityError:
-            raise CommandError(ErrorCode.CONFLICT, "a task with one of these ids already exists") from None
-        self.service.enqueue(records)
+        store = self.service.store
+        with store.batch():  # the tasks and their "queued" events in one commit
+            try:
+                store.insert_tasks(records)
+            except sqlite3.IntegrityError:
+                raise CommandError(ErrorCode.CONFLICT, "a task with one of these ids already exists") from None
+            self.service.enqueue(records)
         now = time.time()
         return {"tasks": [r.response(now) for r in records]}
 
@@ -230,7 +244,11 @@ class Control:
 
     # -- tasks ---------------------------------------------------------------------------
     def get(self, c: cmd.Get) -> dict[str, Any]:
-        return {"task": self._task(c.task_id, c.task_type).response(time.time())}
+        task = self._task(c.task_id, c.task_type)
+        out = {"task": task.response(time.time())}
+        if c.record:
+            out["record"] = self._records().record(task)
+        return out
 
     def list(self, c: cmd.List) -> dict[str, Any]:
         if c.task_type is not None and c.task_type not in TASK_TYPES:
@@ -249,12 +267,8 @@ class Control:
         for _, stored in rows[: c.limit]:
             live = self.service.live_task(stored.task_id)
             tasks.append((live or stored).response(now))
-        totals = {t: 0 for t in TASK_TYPES}
-        for task_type, counts in store.counts().items():
-            if c.task_type is None or task_type == c.task_type:
-                totals[task_type] = sum(n for status, n in counts.items() if c.status is None or status == c.status)
         next_cursor = rows[c.limit - 1][0] if len(rows) > c.limit else None
-        return {"tasks": tasks, "totals": totals, "next_cursor": next_cursor}
+        return {"tasks": tasks, "totals": totals(store.counts(), c.task_type, c.status), "next_cursor": next_cursor}
 
     def cancel(self, c: cmd.Cancel) -> dict[str, Any]:
         task = self._task(c.task_id, c.task_type)
@@ -348,6 +362,16 @@ class Control:
             "loop_lag_max_seconds": round(figures.loop_lag_max, 6),
             "executor": service.executor.describe(),
         }
+
+    def view(self, c: cmd.View) -> dict[str, Any]:
+        if not 0 <= c.limit <= MAX_VIEW:
+            raise _bad(f"limit must be between 0 and {MAX_VIEW}, got {c.limit}")
+        return self._records().snapshot(c.limit)
+
+    def _records(self) -> Records:
+        if self.records is None:
+            raise CommandError(ErrorCode.UNAVAILABLE, "this supervisor publishes no task records")
+        return self.records
 
     def shutdown(self, c: cmd.Shutdown) -> dict[str, Any]:
         # Answered first: the daemon stops after this reply, serving while jobs wind down.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 #: Outbound queue per subscriber, in messages (up to ~100 MB of 1 KiB events).
 HWM = 100_000
@@ -22,6 +23,8 @@ HWM = 100_000
 MAX_BATCH = 512
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+#: The compiled backend's ``send`` (``zmq.Socket`` wraps it in a Python method).
+_send = zmq.backend.Socket.send
 
 
 class EventsOut:
@@ -41,6 +44,10 @@ class EventsOut:
     def publish(self, out: list[tuple[bytes, bytes]]) -> None:
         """Send ``[(topic, event_json), ...]`` in order, never blocking."""
         pub = self._pub
+        # Plain sends with int flags, straight to the backend's ``send``: send_multipart's
+        # enum arithmetic, and the Python layer of ``Socket.send``, cost as much as the sends
+        # themselves at tens of thousands of events a second.
+        send = _send
         i, n = 0, len(out)
         while i < n:
             topic = out[i][0]
@@ -48,12 +55,10 @@ class EventsOut:
             while j < n and j - i < MAX_BATCH and out[j][0] == topic:
                 j += 1
             try:
-                # Plain sends with int flags: send_multipart's enum arithmetic cost as much
-                # as the sends themselves at tens of thousands of events a second.
-                pub.send(topic, _MORE_NOWAIT)
+                send(pub, topic, _MORE_NOWAIT)
                 for k in range(i, j - 1):
-                    pub.send(out[k][1], _MORE_NOWAIT)
-                pub.send(out[j - 1][1], _NOWAIT)
+                    send(pub, out[k][1], _MORE_NOWAIT)
+                send(pub, out[j - 1][1], _NOWAIT)
             except zmq.Again:
                 # No room (XPUB drops whole messages at the high-water mark, so a topic frame
                 # is never left alone); the subscriber fetches the rest through ``logs``.

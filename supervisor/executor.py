@@ -6,7 +6,8 @@ supervisor restart it asks the executor to ``adopt`` the task's recorded process
 handle it stops the job (``terminate``, then ``kill`` once the grace period is over: that
 escalation is the lifecycle's, the same for every executor), learns how it ended (``wait``),
 and has whatever is left of it killed and its resources freed (``alive_pids``, ``kill``,
-``cleanup``).
+``cleanup``). A task cancelled before its ``start`` returned is aborted (``abort``): an executor
+whose start may wait ends it then (``StartAborted``).
 
 Implementations: ``supervisor.local.LocalExecutor`` (this host: the preloaded fork server, or
 a fresh interpreter; ``supervisor.spawner``) and ``supervisor.ray.executor.RayExecutor`` (one
@@ -40,6 +41,11 @@ class ExitInfo:
 class RunnerLost(RuntimeError):
     """A job's process can no longer be followed (its Ray node lost, its runner host died): the
     message is the task's failure reason as it stands."""
+
+
+class StartAborted(RuntimeError):
+    """``start`` ended by ``Executor.abort``: no process of the job exists, nothing of it is left
+    (the message says how far the start had come)."""
 
 
 class JobHandle(Protocol):
@@ -102,6 +108,13 @@ class Executor(Protocol):
     async def start(self, spec: JobSpec, limits: JobLimits) -> JobHandle:
         """Start the job of ``spec``; return once its process exists. Raises when it cannot
         (the task then fails with the reason)."""
+
+    def abort(self, task_id: str) -> None:
+        """The task's start is no longer wanted (it was cancelled). An executor whose ``start``
+        may wait (a runner host that Ray has not placed yet) ends it promptly: ``start`` raises
+        ``StartAborted`` once nothing of the job is left. A start that already made the job's
+        process returns as usual (the lifecycle then stops the job). The local executor's start
+        takes milliseconds: a no-op there. Called on the loop, while or before ``start`` runs."""
 
     def admit(self, device: str, limits: JobLimits) -> bool:
         """Whether a job for ``device`` with ``limits`` may be placed now, beyond our own slots

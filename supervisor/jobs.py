@@ -79,6 +79,7 @@ def job_spec(settings: Settings, task: TaskRecord, host_device: str, ncores: int
         dataloader_workers=workers,
         batch_cap=None if on_gpu else settings.cpu_batch_cap,
         config=job_config(settings),
+        nice=settings.job_nice,
     )
 
 
@@ -89,6 +90,7 @@ DIAGNOSTIC_BOUNDS: dict[str, float] = {
     "size": 65_536,
     "rate": 100_000,
     "sleep": 3_600,
+    "spin": 3_600,
 }
 #: Most bytes of event padding one diagnostic job may ask for (``events`` × ``size``).
 DIAGNOSTIC_MAX_BYTES = 1 << 30

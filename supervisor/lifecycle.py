@@ -3,7 +3,9 @@
 ``enqueue`` → ``schedule`` (the scheduler places it, a slot is held) → ``_start`` (job spec,
 ``Executor.start``, then wait) → ``_reap`` (journal tail, outcome, cleanup) → ``finish`` (the
 final record, the slot freed, the queue moves on). ``cancel`` takes a queued task out at once;
-a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over. A task queued
+a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over; one still
+starting has its start aborted (``Executor.abort``: it ends ``cancelled`` as soon as the executor
+says nothing of it is left, or is stopped once its process exists). A task queued
 longer than ``queue_timeout`` (``RFUAV_QUEUE_TIMEOUT``; 0: no limit) fails with that reason: one
 loop timer on the deadline of the task queued first, re-armed whenever the queue changes
 (queue time is the loop's monotonic clock; after a restart, from the restart). ``close``
@@ -37,7 +39,7 @@ from protocol.events import LOG, STATUS
 from protocol.settings import Settings
 from protocol.tasks import CANCELLED, FAILED, PENDING, RUNNING, TaskRecord
 from supervisor import jobs
-from supervisor.executor import Executor, JobHandle, RunnerLost, release
+from supervisor.executor import Executor, JobHandle, RunnerLost, StartAborted, release
 from supervisor.job_cgroup import JobLimits
 from supervisor.pipeline import Pipeline
 from supervisor.scheduler import Scheduler
@@ -172,6 +174,11 @@ class Lifecycle:
                     pass
             self._pipeline.attach(task)
             handle = await self._executor.start(spec, self._limits)
+        except StartAborted as exc:  # cancelled while the executor was still starting it
+            log.info("task %s: start aborted: %s", task.task_id, exc)
+            job.exited.set()
+            self.finish(task, CANCELLED, f"{job.cancel_reason or 'cancelled'} ({exc})")
+            return
         except Exception as exc:
             log.exception("task %s: could not start its runner", task.task_id)
             job.exited.set()
@@ -280,7 +287,11 @@ class Lifecycle:
         self._pipeline.emit(task, LOG, f"cancel requested: {reason}", "WARNING")
         if job.handle is not None:
             job.stopper = asyncio.ensure_future(self._stop(job, job.handle))
-        # else: _start starts the stopper once the runner's process exists.
+        else:
+            # Still starting: an executor whose start may wait (a runner host Ray has not placed)
+            # ends it now (``StartAborted``); otherwise _start starts the stopper once the
+            # runner's process exists.
+            self._executor.abort(task_id)
 
     async def _stop(self, job: RunningTask, handle: JobHandle) -> None:
         handle.terminate()

@@ -57,6 +57,10 @@ class LocalExecutor:
             await self._ready
         return await self.spawner.spawn(spec, limits)
 
+    def abort(self, task_id: str) -> None:
+        """A local start never waits on anything but this host (milliseconds): the lifecycle
+        stops the runner once its process exists."""
+
     def admit(self, device: str, limits: JobLimits) -> bool:
         return True  # this host's slots are the scheduler's limits
 

@@ -29,8 +29,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
+
+import orjson
 
 from protocol import events as ev
 from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
@@ -38,6 +41,11 @@ from supervisor.journal import Journal
 from supervisor.store import Store
 
 log = logging.getLogger(__name__)
+
+#: Fields that take a runner's log line off ``ingest``'s fast path: checked or applied
+#: (``protocol.events.check_event``, ``Pipeline._apply``), or not a runner's to set.
+_SLOW_FIELDS = frozenset(("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source"))
+_LEVELS = frozenset(ev.LEVELS)
 
 #: Publish ``[(topic, json), ...]`` on the events-out socket.
 Publish = Callable[[list[tuple[bytes, bytes]]], None]
@@ -90,6 +98,9 @@ class Pipeline:
         rows: list[tuple[str, int, bytes]] = []
         out: list[tuple[bytes, bytes]] = []
         dirty: dict[str, TaskRecord] = {}
+        tasks = self._tasks
+        loads = orjson.loads
+        log_kind, levels, slow, prefix = ev.LOG, _LEVELS, _SLOW_FIELDS, ev.RUNNER_PREFIX
         for msg in frames:
             if len(msg) < 2:
                 self.received += 1
@@ -97,20 +108,53 @@ class Pipeline:
                 continue
             topic = msg[0]
             self.received += len(msg) - 1
-            task = self._tasks.get(topic.decode("utf-8", "replace"))
+            task = tasks.get(topic.decode("utf-8", "replace"))
             if task is None or task.status != RUNNING:
                 # Late duplicates after the reaper read the journal, or a stranger.
                 self.dropped += len(msg) - 1
                 log.debug("events for a task that is not running (%r) dropped", topic[:64])
                 continue
+            task_id = task.task_id
+            before = len(rows)
+            rseq, seq = task.last_rseq, task.last_seq  # in locals while on the fast path
             for payload in msg[1:]:
                 try:
-                    event = ev.decode(payload)
+                    event = loads(payload)
                 except ValueError as exc:
-                    self._drop("malformed event from task %s: %s", task.task_id, exc)
+                    self._drop("malformed event from task %s: %s", task_id, exc)
                     continue
-                self._accept(task, event, payload, rows, out, dirty)
-        self._flush(rows, out, dirty)
+                # The fast path: the task's next plain log line, as its runner encoded it
+                # (``rseq`` first), well-formed (what ``check_event`` asks of a log line without
+                # the fields it checks further): numbered by prepending ``seq``
+                # (``protocol.events.number``), nothing to apply. Anything else: ``_accept``.
+                if (
+                    type(event) is dict
+                    and event.get("kind") == log_kind
+                    and event.get("rseq") == rseq + 1
+                    and type(event["rseq"]) is int
+                    and event.get("level") in levels
+                    and type(event.get("message")) is str
+                    and type(event.get("timestamp")) is str
+                    and slow.isdisjoint(event)
+                    and event.get("task_id", task_id) == task_id
+                    and payload.startswith(prefix)
+                ):
+                    rseq += 1
+                    seq += 1
+                    data = b'{"seq":%d,' % seq + payload[1:]
+                    rows.append((task_id, seq, data))
+                    out.append((topic, data))
+                    continue
+                if type(event) is not dict:
+                    self._drop("malformed event from task %s: expected an object", task_id)
+                    continue
+                task.last_rseq, task.last_seq = rseq, seq
+                self._accept(task, cast(ev.Event, event), payload, rows, out, dirty)
+                rseq, seq = task.last_rseq, task.last_seq
+            task.last_rseq, task.last_seq = rseq, seq
+            if len(rows) > before:
+                dirty[task_id] = task
+        self._flush(rows, out, dirty, progress=True)
         return len(rows)
 
     def catch_up(self, task: TaskRecord, limit: int | None = None) -> int:
@@ -126,7 +170,7 @@ class Pipeline:
         lines = journal.read(task.last_rseq, until)
         for event, raw in lines:
             self._accept(task, cast(ev.Event, event), raw, rows, out, dirty, from_journal=True)
-        self._flush(rows, out, dirty)
+        self._flush(rows, out, dirty, progress=True)
         return len(lines)
 
     def _drop(self, fmt: str, *args: Any) -> None:
@@ -256,16 +300,25 @@ class Pipeline:
         return True
 
     def _flush(
-        self, rows: list[tuple[str, int, bytes]], out: list[tuple[bytes, bytes]], dirty: dict[str, TaskRecord]
+        self,
+        rows: list[tuple[str, int, bytes]],
+        out: list[tuple[bytes, bytes]],
+        dirty: dict[str, TaskRecord],
+        *,
+        progress: bool = False,
     ) -> None:
+        """Store ``rows`` and the ``dirty`` tasks in one transaction, commit, then publish
+        ``out`` (stored before published). ``progress``: the tasks changed only as runner
+        events change them (``Store.update_progress``: a smaller write)."""
         if not rows and not dirty:
             return
         now = time.time()
+        store = self._store
         if rows:
-            self._store.append_events(rows)
+            store.append_events(rows)
+        update = store.update_progress if progress else partial(store.update_task, commit=False)
         for task in dirty.values():
             task.updated_at = now
-            self._store.update_task(task, commit=False)
-        self._store.commit()
-        if out:
-            self._publish(out)
+            update(task)
+        # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
+        store.commit(after=(lambda: self._publish(out)) if out else None)

@@ -23,6 +23,7 @@ directly.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,7 +63,9 @@ class Scheduler:
         self._limits: dict[str, dict[str, int]] = {k: dict(v) for k, v in limits.items()}
         self._limits.setdefault("cpu", {})
         self._limits.setdefault("gpu", {})
-        self._queue: list[_Entry] = []
+        #: The queue, one sorted list per (requested device, type): ``place`` looks at the
+        #: heads only, so a long queue behind a full device costs nothing per submit.
+        self._groups: dict[tuple[str, str], list[_Entry]] = {}
         self._queued: dict[str, _Entry] = {}
         self._counter = 0
         #: task_id -> (device, task_type) of every placed task.
@@ -134,7 +137,7 @@ class Scheduler:
         (non-decreasing from one push to the next)."""
         self._counter += 1
         entry = _Entry((-priority, self._counter), task_id, task_type, device, queued_at)
-        bisect.insort(self._queue, entry)
+        bisect.insort(self._groups.setdefault((device, task_type), []), entry)
         self._queued[task_id] = entry
 
     def remove(self, task_id: str) -> bool:
@@ -142,7 +145,11 @@ class Scheduler:
         entry = self._queued.pop(task_id, None)
         if entry is None:
             return False
-        self._queue.remove(entry)
+        key = (entry.device, entry.task_type)
+        group = self._groups[key]
+        group.remove(entry)
+        if not group:
+            del self._groups[key]
         return True
 
     def oldest(self) -> tuple[str, float] | None:
@@ -153,7 +160,7 @@ class Scheduler:
 
     def queued(self) -> list[str]:
         """Queued task ids in the order they would start."""
-        return [e.task_id for e in self._queue]
+        return [e.task_id for e in heapq.merge(*self._groups.values())]
 
     def _count(self, device: str, task_type: str) -> int:
         return sum(1 for d, t in self._running.values() if d == device and t == task_type)
@@ -176,13 +183,15 @@ class Scheduler:
         ``admit(device)``: whether the executor has room beyond our slots (a cluster's free
         resources); a task it refuses waits, and so do the ones of its device and type behind it."""
         placed: list[Placement] = []
-        # (requested device, type) pairs found full in this pass: the rest of the queue
-        # behind them needs no look (a long queue must not make every submit slow).
-        blocked: set[tuple[str, str]] = set()
-        for entry in list(self._queue):
-            key = (entry.device, entry.task_type)
-            if key in blocked:
-                continue
+        # The heads of the (requested device, type) groups in queue order: a group whose head
+        # cannot start is dropped from this pass (the tasks behind it share its limit), so a
+        # pass costs the groups and the tasks placed, never the length of the queue.
+        heads = [(group[0].key, key) for key, group in self._groups.items()]
+        heapq.heapify(heads)
+        while heads:
+            _, key = heapq.heappop(heads)
+            group = self._groups[key]
+            entry = group[0]
             warning = None
             if entry.device == "cuda":
                 if self.gpu_count == 0:
@@ -191,18 +200,19 @@ class Scheduler:
                 else:
                     picked = self._pick_gpu(entry.task_type)
                     if picked is None:
-                        blocked.add(key)
                         continue
                     device = picked
             else:
                 device = entry.device
             if self._count(device, entry.task_type) >= self.limit(device, entry.task_type):
-                blocked.add(key)
                 continue
             if admit is not None and not admit(device):
-                blocked.add(key)
                 continue
-            self._queue.remove(entry)
+            del group[0]
+            if group:
+                heapq.heappush(heads, (group[0].key, key))
+            else:
+                del self._groups[key]
             del self._queued[entry.task_id]
             self._running[entry.task_id] = (device, entry.task_type)
             placed.append(Placement(entry.task_id, entry.task_type, device, warning))
@@ -245,7 +255,7 @@ class Scheduler:
 
     @property
     def queue_length(self) -> int:
-        return len(self._queue)
+        return len(self._queued)
 
     def usage(self) -> dict[str, dict[str, int]]:
         """``{device: {task_type: n running}}`` for every device of this host."""

@@ -10,6 +10,9 @@ Contracts:
   made while it is down fails after ``CONNECT_WAIT`` instead of waiting out the timeout. The
   DEALER reconnects by itself when the supervisor comes back; web never needs a restart.
 - A reply that arrives after its caller gave up is dropped.
+- A reply's position among the supervisor's record changes (``protocol.replies``) goes to
+  ``on_position`` before the caller sees the reply: the read view (``web.view``) waits there
+  until it reflects what the request changed.
 
 A ``web.loopsocket.LoopSocket``: replies are drained in batches from the loop's reader, with no
 future and no task per receive, and the socket is looked at again after every send (its
@@ -22,13 +25,14 @@ import asyncio
 import itertools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
 
 from protocol.codec import ProtocolError, encode
 from protocol.commands import Command, command_message
-from protocol.replies import CommandError, parse_reply
+from protocol.replies import CommandError, Position, parse_reply_at
 from web.errors import Unavailable
 from web.loopsocket import LoopSocket
 
@@ -39,6 +43,9 @@ DEFAULT_TIMEOUT = 10.0
 #: Seconds a request waits for a connection to the supervisor before it is answered as 503.
 CONNECT_WAIT = 0.5
 
+#: A reply as ``_receive`` hands it to its caller: its data or error, and its position.
+Reply = tuple[dict[str, Any] | CommandError, Position | None]
+
 
 class ControlClient(LoopSocket):
     """Async request/reply over one DEALER socket; shared by every request of a process."""
@@ -48,9 +55,11 @@ class ControlClient(LoopSocket):
     ) -> None:
         super().__init__(address, zmq.DEALER, context=context)
         self.timeout = timeout
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"w{os.getpid()}-"
+        #: Awaited with each reply's position before the caller gets the reply (``web.view``).
+        self.on_position: Callable[[Position], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self._open({zmq.IMMEDIATE: 1, zmq.SNDHWM: 10_000})
@@ -70,7 +79,7 @@ class ControlClient(LoopSocket):
         wait = timeout if timeout is not None else self.timeout
         request_id = f"{self._prefix}{next(self._ids)}"
         payload = encode(command_message(request_id, command))
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = fut
         try:
             if not self._send(payload):
@@ -84,13 +93,18 @@ class ControlClient(LoopSocket):
                     await asyncio.sleep(0.02)
             timer = loop.call_later(wait, _expire, fut)
             try:
-                return await fut
+                result, at = await fut
             except TimeoutError:
                 raise Unavailable(f"the supervisor did not answer '{command.kind}' within {wait:g} s") from None
             finally:
                 timer.cancel()
         finally:
             self._pending.pop(request_id, None)
+        if at is not None and self.on_position is not None:
+            await self.on_position(at)
+        if isinstance(result, CommandError):
+            raise result
+        return result
 
     def _send(self, payload: bytes) -> bool:
         assert self._sock is not None
@@ -104,19 +118,16 @@ class ControlClient(LoopSocket):
     def _receive(self, frames: list[bytes]) -> None:
         """Route one reply (its last frame; a DEALER sees no envelope) to its caller."""
         try:
-            request_id, result = parse_reply(frames[-1])
+            request_id, result, at = parse_reply_at(frames[-1])
         except ProtocolError as exc:
             log.warning("dropping malformed control reply: %s", exc)
             return
         fut = self._pending.get(request_id or "")
         if fut is None or fut.done():
             return  # its caller gave up (timeout) or the id is not ours
-        if isinstance(result, CommandError):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+        fut.set_result((result, at))
 
 
-def _expire(fut: asyncio.Future[dict[str, Any]]) -> None:
+def _expire(fut: asyncio.Future[Reply]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())

@@ -55,6 +55,11 @@ class JSONEnvelope(Response):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
+def envelope_bytes(data: Any) -> bytes:
+    """A success envelope's body, encoded (``envelope``'s, for an answer kept as bytes)."""
+    return orjson.dumps({"code": 200, "msg": "", "data": data}, option=orjson.OPT_NON_STR_KEYS)
+
+
 def envelope(data: Any = None, status: int = 200, msg: str = "", headers: dict[str, str] | None = None) -> Response:
     """The contract's envelope: ``code`` equals the HTTP status, ``data`` is ``{}`` when empty."""
     body = {"code": status, "msg": msg, "data": {} if data is None else data}

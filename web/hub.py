@@ -286,8 +286,12 @@ class Hub(LoopSocket):
         self.dropped = 0  # subscribers dropped for falling behind
         self.streams_total = 0
         self.sent = 0  # events written to SSE clients (stored replay and live tail)
-        #: Topics that are not task ids (they start with a NUL): topic -> what reads the payload.
+        #: Topics that are not task ids (they start with a NUL): topic -> what reads each payload.
         self.topics: dict[bytes, Callable[[bytes], None]] = {}
+        #: Called when the connection to the supervisor drops (it stopped or died).
+        self.on_disconnect: list[Callable[[], None]] = []
+        #: Called when a stream opens or closes (``web.figures`` shares the count at once).
+        self.on_streams_change: Callable[[], None] | None = None
 
     def count_sent(self, n: int) -> None:
         self.sent += n
@@ -298,6 +302,14 @@ class Hub(LoopSocket):
     async def stop(self) -> None:
         self._close()
 
+    def drain(self) -> None:
+        """Take what the socket has received now (a read that must see a write calls this)."""
+        self._drain()
+
+    def _on_disconnect(self) -> None:
+        for callback in self.on_disconnect:
+            callback()
+
     @property
     def active(self) -> int:
         """Open subscriptions (= open SSE streams)."""
@@ -307,15 +319,19 @@ class Hub(LoopSocket):
         sub = Subscription(self, task_id, maxsize)
         self._subs.setdefault(task_id.encode(), set()).add(sub)
         self.streams_total += 1
+        if self.on_streams_change is not None:
+            self.on_streams_change()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         key = sub.task_id.encode()
         subs = self._subs.get(key)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
             if not subs:
                 del self._subs[key]
+            if self.on_streams_change is not None:
+                self.on_streams_change()
 
     def _receive(self, frames: list[bytes]) -> None:
         # [task_id, event, event, ...]: one or more events of one task (protocol.events).
@@ -325,7 +341,9 @@ class Hub(LoopSocket):
         topic = frames[0]
         if topic not in self._subs:
             if topic[:1] == b"\x00" and topic in self.topics:
-                self.topics[topic](frames[1])
+                handler = self.topics[topic]
+                for payload in frames[1:]:
+                    handler(payload)
             return
         batch = self._batches.get(topic)
         if batch is None:

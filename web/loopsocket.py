@@ -12,6 +12,8 @@ Contracts:
 - ``_receive(frames)`` is called once per message, in order, from the loop's thread.
 - One callback receives at most ``BATCH`` messages; if more may be waiting it continues on the
   next loop iteration, after the loop served others (no reader starves the rest).
+- ``_on_disconnect`` (a subclass's override) runs when the peer's connection drops, from a
+  socket monitor that ``_open`` starts when the subclass overrides it.
 - ZeroMQ's descriptor is edge-triggered: it signals a change of the socket's ``EVENTS``, not
   "readable". A send may consume the edge while messages wait, so a subclass that sends calls
   ``_schedule_drain`` after each send; ``_open`` schedules one too (messages may already be
@@ -53,6 +55,7 @@ class LoopSocket:
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
+        self._monitor: zmq.Socket[bytes] | None = None
 
     def _open(self, options: dict[int, int | bytes]) -> None:
         """Create the socket with ``options`` (after the common ones), connect, start reading."""
@@ -63,9 +66,19 @@ class LoopSocket:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._drain)
+        if type(self)._on_disconnect is not LoopSocket._on_disconnect:
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._loop.add_reader(self._monitor.fileno(), self._read_monitor)
         self._schedule_drain()
 
     def _close(self) -> None:
+        if self._monitor is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._monitor.fileno())
+            if self._sock is not None:
+                self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
@@ -75,6 +88,24 @@ class LoopSocket:
     def _receive(self, frames: list[bytes]) -> None:
         """One message's frames (subclasses)."""
         raise NotImplementedError
+
+    def _on_disconnect(self) -> None:
+        """The connection to the peer dropped (subclasses that care override this)."""
+
+    def check_connection(self) -> None:
+        """Handle a disconnect the monitor has seen but the loop has not called back for yet."""
+        self._read_monitor()
+
+    def _read_monitor(self) -> None:
+        monitor = self._monitor
+        # EVENTS first: a read calls this every time, and a receive that finds nothing raises.
+        while monitor is not None and socket_events(monitor) & zmq.POLLIN:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)  # only EVENT_DISCONNECTED is asked for
+            except zmq.Again:
+                return
+            self._on_disconnect()
+            monitor = self._monitor  # the callback may have closed the socket
 
     def _schedule_drain(self) -> None:
         """Look at the socket again soon (once, however often this is called meanwhile)."""

@@ -1,8 +1,10 @@
 """Prometheus metrics (``GET /metrics``): tasks, queue, runners, SSE relay, request latency, and
 the deployments (``rfuav_serving_*``).
 
-Task, queue and runner figures are the supervisor's (``health``), read at scrape time; web keeps
-no task state. Each app has its own ``CollectorRegistry`` so several apps (tests) never clash.
+Task, queue and runner figures are the supervisor's (``health``), read at scrape time. Web's own
+figures (SSE, read view, request latency, serving answers) are those of every worker of the
+service added up (``web.figures``). Each app has its own ``CollectorRegistry`` so several apps
+(tests) never clash.
 Request latency is labelled by endpoint name, never by raw path, so ids cannot explode the
 label set.
 
@@ -19,21 +21,20 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import serving as sv
-from web.hub import Hub
-from web.replicas import Replicas
+from web.figures import HTTP_BUCKETS, Figures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _ServiceCollector(Collector):
-    """Figures from the last ``health`` snapshot and the hub's counters."""
+    """Figures from the last ``health`` snapshot and web's own (every worker's)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -65,20 +66,52 @@ class _ServiceCollector(Collector):
             stored.add_metric([], float(snap.get("events_stored", 0)))
             yield stored
             yield from _executor_families(snap.get("executor") or {})
-        hub = self.metrics.hub
-        if hub is not None:
-            relayed = CounterMetricFamily("rfuav_events_relayed", "event deliveries to SSE clients")
-            relayed.add_metric([], float(hub.relayed))
-            yield relayed
-            clients = GaugeMetricFamily("rfuav_sse_clients", "open SSE streams")
-            clients.add_metric([], float(hub.active))
-            yield clients
-            sent = CounterMetricFamily("rfuav_sse_events_sent", "events written to SSE clients (replay and live)")
-            sent.add_metric([], float(hub.sent))
-            yield sent
-            dropped = CounterMetricFamily("rfuav_sse_dropped", "SSE clients dropped for falling behind")
-            dropped.add_metric([], float(hub.dropped))
-            yield dropped
+        totals = self.metrics.totals
+        yield _one(GaugeMetricFamily, "rfuav_web_workers", "web worker processes whose figures these are",
+                   totals.get("workers", 1))  # fmt: skip
+        if "streams" in totals:
+            for kind, name, doc, key in _WEB_FAMILIES:
+                yield _one(kind, name, doc, totals[key])
+        view = totals.get("view")
+        if view is not None:
+            reads = CounterMetricFamily(
+                "rfuav_view_reads", "task reads by where they were answered", labels=["answered"]
+            )
+            reads.add_metric(["view"], float(view["hits"]))
+            reads.add_metric(["supervisor"], float(view["misses"]))
+            yield reads
+            for kind, name, doc, key in _VIEW_FAMILIES:
+                yield _one(kind, name, doc, view[key])
+        latency = HistogramMetricFamily(
+            "rfuav_http_request_duration_seconds",
+            "HTTP request latency (to the end of the response; SSE streams excluded)",
+            labels=["method", "endpoint", "status"],
+        )
+        for (method, endpoint, status), row in sorted(totals.get("http", {}).items()):
+            counts = [int(n) for n in row[:-1]]
+            latency.add_metric([method, endpoint, str(status)], _cumulative(HTTP_BUCKETS, counts), row[-1])
+        yield latency
+
+
+#: Web's own single-value series: (family, name, help, key in ``web.figures`` totals).
+_WEB_FAMILIES: tuple[tuple[Any, str, str, str], ...] = (
+    (CounterMetricFamily, "rfuav_events_relayed", "event deliveries to SSE clients", "relayed"),
+    (GaugeMetricFamily, "rfuav_sse_clients", "open SSE streams", "streams"),
+    (CounterMetricFamily, "rfuav_sse_events_sent", "events written to SSE clients (replay and live)", "sent"),
+    (CounterMetricFamily, "rfuav_sse_dropped", "SSE clients dropped for falling behind", "dropped"),
+)
+_VIEW_FAMILIES: tuple[tuple[Any, str, str, str], ...] = (
+    (GaugeMetricFamily, "rfuav_view_tasks", "task records held in the read views", "held"),
+    (GaugeMetricFamily, "rfuav_view_live", "workers whose reads are answered from their read view", "live"),
+    (CounterMetricFamily, "rfuav_view_snapshots", "read view snapshots taken (start, reconnect, gap)", "resyncs"),
+)
+
+
+def _one(kind: Any, name: str, doc: str, value: Any) -> Any:
+    """A family of one unlabelled sample."""
+    family = kind(name, doc)
+    family.add_metric([], float(value))
+    return family
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int], divisor: float = 1.0) -> list[tuple[str, float]]:
@@ -112,7 +145,7 @@ class _ServingCollector(Collector):
             yield from self._views(self.metrics.deployments)
 
     def _answers(self) -> Iterator[Any]:
-        router = self.metrics.replicas
+        totals = self.metrics.totals
         requests = CounterMetricFamily(
             "rfuav_serving_requests", "prediction requests answered by web, by deployment and HTTP status",
             labels=["deployment", "status"],
@@ -121,11 +154,10 @@ class _ServingCollector(Collector):
             "rfuav_serving_request_seconds", "prediction latency in web (end to end), by deployment",
             labels=["deployment"],
         )  # fmt: skip
-        if router is not None:
-            for (name, status), n in sorted(router.answers.items()):
-                requests.add_metric([name, str(status)], float(n))
-            for name, (counts, total) in sorted(router.latency.items()):
-                seconds.add_metric([name], _cumulative(sv.LATENCY_BUCKETS_MS, counts, 1000), total)
+        for (name, status), n in sorted(totals.get("answers", {}).items()):
+            requests.add_metric([name, str(status)], float(n))
+        for name, (counts, total) in sorted(totals.get("serving_latency", {}).items()):
+            seconds.add_metric([name], _cumulative(sv.LATENCY_BUCKETS_MS, counts, 1000), total)
         yield requests
         yield seconds
 
@@ -196,26 +228,22 @@ def _executor_families(executor: dict[str, Any]) -> Iterator[Any]:
 class Metrics:
     """One app's registry; ``render(snapshot, deployments)`` is the exposition text."""
 
-    def __init__(self) -> None:
+    def __init__(self, figures: Figures | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.hub: Hub | None = None
-        self.replicas: Replicas | None = None
+        #: Web's own figures (this worker's, and with several workers everyone's).
+        self.figures = figures or Figures()
         self.snapshot: dict[str, Any] | None = None
         #: The supervisor's deployment views at the last scrape (None: it did not answer).
         self.deployments: list[dict[str, Any]] | None = None
-        self.latency = Histogram(
-            "rfuav_http_request_duration_seconds",
-            "HTTP request latency (to the end of the response; SSE streams excluded)",
-            ["method", "endpoint", "status"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-        )
+        #: ``figures.total()`` at the last scrape.
+        self.totals: dict[str, Any] = {}
         self.registry.register(_ServiceCollector(self))
         self.registry.register(_ServingCollector(self))
 
     def render(self, snapshot: dict[str, Any] | None, deployments: list[dict[str, Any]] | None = None) -> bytes:
         self.snapshot = snapshot
         self.deployments = deployments
+        self.totals = self.figures.total()
         return generate_latest(self.registry)
 
 
@@ -224,8 +252,7 @@ class LatencyMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
-        self._children: dict[tuple[str, str, int], Any] = {}
+        self.latency = metrics.figures.latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -250,8 +277,6 @@ class LatencyMiddleware:
             if not streaming:
                 endpoint = scope.get("endpoint")
                 method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded labels
-                key = (method, getattr(endpoint, "__name__", "unmatched"), status)
-                child = self._children.get(key)
-                if child is None:  # labels() is not free: keep one child per label set
-                    child = self._children[key] = self.metrics.latency.labels(key[0], key[1], str(status))
-                child.observe(time.perf_counter() - start)
+                self.latency.observe(
+                    (method, getattr(endpoint, "__name__", "unmatched"), status), time.perf_counter() - start
+                )

@@ -12,6 +12,10 @@ the fewest requests in flight. Web never decodes an image nor imports torch.
   ``RFUAV_SERVING_TIMEOUT``. Nothing waits forever.
 - ``ZMQ_IMMEDIATE``: a send to a replica not connected (yet) fails at once and the next replica
   is tried; with none connected the request waits up to ``CONNECT_WAIT`` for one.
+- A replica entry with ``curve`` (a replica on a Ray node, ``tcp://`` on its node's address): the
+  DEALER connects as the CURVE client of those keys (``protocol.serving.ReplicaCurve``; the
+  supervisor's ``supervisor.serving.keeper`` says why the keys travel in the table). Without
+  ``curve``: IPC, as always.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import Any
 
 import orjson
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from protocol import serving as sv
 from web.loopsocket import LoopSocket
@@ -46,28 +49,31 @@ class NoReplica(Exception):
 class ReplicaLink(LoopSocket):
     """One DEALER to one replica; many requests in flight, each resolved by its request id."""
 
-    def __init__(self, replica_id: str, address: str, *, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        address: str,
+        *,
+        context: zmq.Context[Any] | None = None,
+        curve: sv.ReplicaCurve | None = None,
+    ) -> None:
         super().__init__(address, zmq.DEALER, context=context)
         self.replica_id = replica_id
+        self.curve = curve
         self.pending: dict[bytes, asyncio.Future[Answer]] = {}
         self.retired = False
-        self._monitor: zmq.Socket[bytes] | None = None
 
     def open(self) -> None:
-        self._open({zmq.IMMEDIATE: 1, zmq.SNDHWM: 100_000, zmq.RCVHWM: 100_000})
-        assert self._sock is not None and self._loop is not None
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(self._monitor.fileno(), self._on_monitor)
+        options: dict[int, int | bytes] = {zmq.IMMEDIATE: 1, zmq.SNDHWM: 100_000, zmq.RCVHWM: 100_000}
+        if self.curve is not None:
+            options[zmq.CURVE_SERVERKEY] = self.curve.server.encode()
+            options[zmq.CURVE_PUBLICKEY] = self.curve.public.encode()
+            options[zmq.CURVE_SECRETKEY] = self.curve.secret.encode()
+            options[zmq.IPV6] = 1  # a node's address may be IPv6 (IPv4 works as well)
+        self._open(options)
 
     def close(self, why: str = "replica gone") -> None:
         self.fail_all(why)
-        if self._monitor is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._monitor.fileno())
-            if self._sock is not None:
-                self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
         self._close()
 
     def send(self, request_id: bytes, op: bytes, content_type: bytes, body: bytes) -> asyncio.Future[Answer] | None:
@@ -107,16 +113,10 @@ class ReplicaLink(LoopSocket):
             status = 502
         fut.set_result((status, frames[2]))
 
-    def _on_monitor(self) -> None:
-        monitor = self._monitor
-        while monitor is not None:
-            try:
-                msg = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if parse_monitor_message(msg)["event"] == zmq.EVENT_DISCONNECTED and self.pending:
-                log.warning("replica %s disconnected with %d request(s) in flight", self.replica_id, len(self.pending))
-                self.fail_all(f"replica {self.replica_id} went away with the request in flight; it is restarted")
+    def _on_disconnect(self) -> None:
+        if self.pending:
+            log.warning("replica %s disconnected with %d request(s) in flight", self.replica_id, len(self.pending))
+            self.fail_all(f"replica {self.replica_id} went away with the request in flight; it is restarted")
 
 
 @dataclass
@@ -129,6 +129,18 @@ class Route:
     version: int
     max_batch_items: int
     links: list[ReplicaLink] = field(default_factory=list)
+
+
+def _curve(raw: Any) -> sv.ReplicaCurve | None:
+    """A route entry's ``curve`` (None: an IPC replica); ValueError when malformed."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"curve: expected an object, got {type(raw).__name__}")
+    keys = [raw.get(k) for k in ("server", "public", "secret")]
+    if not all(isinstance(k, str) and len(k) == 40 for k in keys):
+        raise ValueError("curve: server, public and secret must be Z85 keys (40 characters)")
+    return sv.ReplicaCurve(*(str(k) for k in keys))
 
 
 class Replicas:
@@ -167,15 +179,16 @@ class Replicas:
                     str(name), str(raw["task_id"]), str(raw["status"]), int(raw["version"]),
                     int(raw["max_batch_items"]),
                 )  # fmt: skip
-                replicas = [(str(r["id"]), str(r["address"])) for r in raw["replicas"]]
+                replicas = [(str(r["id"]), str(r["address"]), _curve(r.get("curve"))) for r in raw["replicas"]]
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("routing table entry %r malformed: %s", name, exc)
                 continue
-            for replica_id, address in replicas:
+            for replica_id, address, curve in replicas:
                 wanted.add(replica_id)
                 link = self._links.get(replica_id)
                 if link is None:
-                    link = self._links[replica_id] = ReplicaLink(replica_id, address, context=self._ctx)
+                    link = ReplicaLink(replica_id, address, context=self._ctx, curve=curve)
+                    self._links[replica_id] = link
                     link.open()
                 route.links.append(link)
             routes[route.name] = route

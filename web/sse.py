@@ -113,6 +113,11 @@ class EventStream:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away while we wrote
+        except asyncio.CancelledError:
+            # uvicorn's graceful shutdown ran out (``web.server.GRACEFUL_SHUTDOWN``) and cancels
+            # the streams still open: returning cuts the connection (uvicorn closes it) and the
+            # client resumes with ``Last-Event-ID``; re-raising would only log a traceback.
+            return
         finally:
             self._release()
 

@@ -16,6 +16,12 @@ mean gap between arrivals: a lone client pays no delay, a crowd fills the batch)
 stacked and run in forward passes of at most ``max_batch_size``, each request answered. An
 exception answers 500 to the requests it touched; the loop goes on (no input ends a replica).
 
+A TCP replica (placed by Ray, ``protocol.serving`` "Where a replica listens") binds as a CURVE
+server with its own secret key; a ZAP handler (a thread on the replica's own context, so that a
+handshake is answered while a batch runs) lets in ``curve_client_key`` only; once bound it writes
+the endpoint (its node's address, the port the kernel gave) to ``ENDPOINT_FILE`` in its task
+directory, where the supervisor reads it.
+
 SIGTERM sets a flag (its wake-up byte ends the poll): the replica answers ``draining``, keeps
 serving until nothing waits and no request came for ``drain_idle_seconds`` (at most
 ``drain_seconds``; what still waits then gets 503), closes the socket and returns 0.
@@ -28,6 +34,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -40,6 +47,7 @@ import numpy as np
 import orjson
 import torch
 import zmq
+import zmq.utils.z85
 
 from protocol import serving as sv
 from protocol.codec import build
@@ -57,6 +65,9 @@ CLOSE_LINGER_MS = 500
 GAP_WEIGHT = 0.2
 #: The longest an idle poll waits: a late signal handler is noticed within this (ms).
 IDLE_POLL_MS = 1000
+#: Where libzmq asks a socket's context for authentication (RFC 27/ZAP), and this socket's domain.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"rfuav-replica"
 
 
 @dataclass(slots=True)
@@ -78,6 +89,8 @@ def check_params(p: sv.ReplicaParams) -> None:
         "max_queue": p.max_queue >= 1, "cache_size": p.cache_size >= 0, "top_k": p.top_k >= 1,
         "max_image_pixels": p.max_image_pixels >= 1, "drain_idle_seconds": p.drain_idle_seconds >= 0,
         "drain_seconds": p.drain_seconds >= 0,
+        "curve_client_key": not p.curve_secret_key or len(p.curve_client_key) == 40,
+        "curve_secret_key": not p.curve_client_key or len(p.curve_secret_key) == 40,
     }  # fmt: skip
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -95,6 +108,7 @@ class Replica:
         self.params = p
         check_params(p)
         self.host_device = spec.host_device
+        self.task_dir = Path(spec.task_dir)
         self.device = devices.resolve(spec.device)
         cfg = inference.ModelConfig.load(Path(p.cfg_path))
         self.model, self.prepared = inference.load_model(cfg, Path(p.weight_path), self.device)
@@ -118,6 +132,7 @@ class Replica:
         self.mean_gap = math.inf
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
+        self._zap: Zap | None = None
         print(
             f"replica {p.name} v{p.version}: {cfg.model} ({cfg.num_classes} classes, {cfg.image_size} px) on "
             f"{self.host_device}, {self.prepared}; loaded and warm in {time.monotonic() - started:.2f} s",
@@ -132,7 +147,13 @@ class Replica:
                 inference.forward(self.model, torch.zeros(n, 3, size, size), self.device)
 
     def bind(self) -> None:
-        """SIGTERM handled from now on; the ROUTER bound (over a dead replica's ipc file)."""
+        """SIGTERM handled from now on; the ROUTER bound (over a dead replica's ipc file; a TCP
+        replica: as a CURVE server, its endpoint written for the supervisor)."""
+        p = self.params
+        if sv.NODE_HOST in p.address:
+            raise ValueError(f"replica params: address {p.address} names no host (a Ray runner host completes it)")
+        if p.curve_secret_key and not zmq.has("curve"):
+            raise RuntimeError(f"a TCP replica needs libzmq with CURVE (libzmq {zmq.zmq_version()} has none)")
 
         def on_term(signum: int, frame: FrameType | None) -> None:
             self.stop.set()  # a flag and a byte only: the loop does the rest
@@ -142,9 +163,20 @@ class Replica:
         self._ctx = zmq.Context(1)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(self.params.address)
         self._sock = sock
-        print(f"replica {self.params.name} v{self.params.version} ready on {self.params.address}", flush=True)
+        if p.curve_secret_key:
+            # The handler first: from here on every handshake on this context asks it.
+            self._zap = Zap(self._ctx, p.curve_client_key)
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, p.curve_secret_key.encode())
+            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        if p.address.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)  # a node whose address is IPv6
+        sock.bind(p.address)
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if endpoint.startswith("tcp://"):
+            _write_endpoint(self.task_dir / sv.ENDPOINT_FILE, endpoint)
+        print(f"replica {p.name} v{p.version} ready on {endpoint}", flush=True)
 
     @property
     def sock(self) -> zmq.Socket[bytes]:
@@ -156,8 +188,11 @@ class Replica:
             self._sock.close(linger=CLOSE_LINGER_MS)
             self._sock = None
         if self._ctx is not None:
-            self._ctx.term()
+            self._ctx.term()  # ends the ZAP handler's thread (its socket closes on ETERM)
             self._ctx = None
+        if self._zap is not None:
+            self._zap.join()
+            self._zap = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -353,6 +388,52 @@ class Replica:
         traceback.print_exc()
         for req in reqs:
             self._error(req, 500, f"internal error: {_describe(exc)}")
+
+
+class Zap:
+    """The ZAP handler of a TCP replica's context: a CURVE client with the key ``allowed`` (Z85)
+    gets in, any other is refused (its handshake fails: nothing it sends arrives). A daemon
+    thread; it ends when the context is terminated."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], allowed: str) -> None:
+        self._allowed = zmq.utils.z85.decode(allowed.encode())
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self.refused = 0
+        self._thread = threading.Thread(target=self._run, name="rfuav-replica-zap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._sock
+        try:
+            while True:
+                msg = sock.recv_multipart()
+                request_id = msg[1] if len(msg) > 1 else b""
+                ok = (
+                    len(msg) == 7 and msg[0] == b"1.0" and msg[2] == ZAP_DOMAIN and msg[5] == b"CURVE"
+                    and msg[6] == self._allowed
+                )  # fmt: skip
+                if not ok:
+                    self.refused += 1
+                sock.send_multipart(
+                    [b"1.0", request_id, b"200", b"OK", b"", b""] if ok
+                    else [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+                )  # fmt: skip
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            sock.close(linger=0)
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def _write_endpoint(path: Path, endpoint: str) -> None:
+    """``endpoint`` into ``path``, atomically (a reader sees all of it or no file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,32 +8,50 @@ memory limit) and starts the unchanged runner on its node. The lifecycle drives 
 local job: ``terminate`` → grace → ``kill``; ``wait``; ``alive_pids``/``kill``/``cleanup`` (the
 actor goes once its job's processes are verified gone).
 
-- ``RFUAV_RAY_ADDRESS`` empty: the supervisor starts a local Ray instance of its own (no
-  dashboard, loopback only) and shuts it down when it stops; otherwise it connects to that
-  cluster and leaves it running (detached hosts carry on; a restarted supervisor adopts them by
-  name).
+- ``RFUAV_RAY_ADDRESS`` empty: the supervisor starts a local Ray instance of its own and shuts
+  it down when it stops; otherwise it connects to that cluster and leaves it running (detached
+  hosts carry on; a restarted supervisor adopts them by name). The owned instance has no
+  dashboard UI (Ray still starts its API server and dashboard agent, in their minimal mode), and
+  every process of it listens on loopback only: ``ray.init`` turns a loopback
+  ``_node_ip_address`` into the host's outward address (its GCS, raylet, workers and agents then
+  listen on all interfaces) unless Ray believes it runs on one machine only, which its
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` says (``_loopback_only``); the node address is checked
+  after the start.
 - Admission (``admit``): a task is placed only when Ray's view of the available resources, less
-  what jobs being started hold, covers it, on one node.
+  what jobs being started hold, covers it, on one node (``RFUAV_RAY_ADMISSION=free``); with
+  ``ray`` whenever our own limits allow, so that it may wait inside Ray (an autoscaler sees it).
+- A task cancelled while its start waits (its host not placed yet, or not done starting the
+  runner): ``abort`` cancels the host's ``start`` call — Ray drops it while the actor is pending;
+  a host already in it kills what it started — then the host actor is removed and its name
+  checked free; ``start`` raises ``StartAborted``.
 - A runner host that dies (its node lost, or killed) ends ``wait`` with ``RunnerLost`` and the
   reason: the task fails with it.
+- Events (``RFUAV_RAY_EVENTS``): ``relay`` through each host (``RayHandle._relay``), ``direct``
+  to the supervisor's IPC socket (one machine), ``tcp`` to ``RFUAV_EVENTS_TCP`` with CURVE keys
+  (``supervisor.ray.events_tcp``: a keypair per job, made in ``start``, let in again by
+  ``adopt`` from the job's spec, forgotten once the job's end was dealt with).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from protocol.tasks import TaskRecord
 from supervisor.cgroups import instance_key
-from supervisor.executor import ExitInfo, RunnerLost
+from supervisor.executor import ExitInfo, RunnerLost, StartAborted
 from supervisor.job_cgroup import JobLimits
+from supervisor.ray.events_tcp import EventsTcp
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +65,25 @@ HOLD_SECONDS = 2.0
 ADOPT_WAIT = 5.0
 #: Seconds a blocking call to a runner host may take (ps, cleanup).
 CALL_TIMEOUT = 30.0
+#: Seconds an aborted start waits for Ray to free its host's name (pending actors: milliseconds).
+REMOVE_TIMEOUT = 10.0
 
 Deliver = Callable[[list[list[bytes]]], Any]
+
+
+#: Ray's switch between "one machine only" (node address: loopback) and a cluster (node address:
+#: the host's outward one, whatever ``_node_ip_address`` says); read by every Ray process.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Make the Ray instance this process starts keep to loopback: the variable for the processes
+    Ray starts (and for ``ray`` imported after this), the constant for a ``ray`` already imported
+    (read at call time by ``services.get_node_ip_address``)."""
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def namespace(settings: Settings) -> str:
@@ -71,12 +106,46 @@ def _remove(actor: Any) -> None:
         log.debug("removing a runner host: %s", exc)
 
 
+def _remove_and_confirm(actor: Any, name: str, namespace: str) -> bool:
+    """``_remove``, then wait until Ray no longer knows the name (the actor is dead: a pending
+    one never gets a process); False if it still does after ``REMOVE_TIMEOUT``. Blocks."""
+    import ray
+
+    _remove(actor)
+    deadline = time.monotonic() + REMOVE_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@dataclasses.dataclass(eq=False)
+class _Starting:
+    """A start under way: whether it was aborted, and the host's ``start`` call once made."""
+
+    aborted: bool = False
+    call: Any = None
+
+
 class RayHandle:
     """One job on Ray, through its runner host actor (a ``JobHandle``)."""
 
-    def __init__(self, task_id: str, actor: Any, info: dict[str, Any], deliver: Deliver | None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        actor: Any,
+        info: dict[str, Any],
+        deliver: Deliver | None,
+        on_cleanup: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``deliver``: relay the host's events into it; ``on_cleanup``: called once the job's
+        end was dealt with (its TCP events key is forgotten then)."""
         self.task_id = task_id
         self._actor = actor
+        self._on_cleanup = on_cleanup
         self._pid = int(info["pid"])
         self._create_time = float(info["create_time"])
         self._cgroup: dict[str, str] = dict(info.get("cgroup") or {})
@@ -177,6 +246,7 @@ class RayHandle:
         host (only once nothing of the job is left). Blocks."""
         import ray
 
+        self._on_cleanup()
         if self._gone:
             return
         try:
@@ -202,6 +272,10 @@ class RayExecutor:
         self._deliver = deliver
         self._on_room = on_room
         self._relay = settings.ray_events == "relay"
+        #: ``RFUAV_RAY_EVENTS=tcp``: runners connect here with CURVE keys of their own.
+        self._tcp = (
+            EventsTcp(settings.events_tcp, settings.runtime_dir, deliver) if settings.ray_events == "tcp" else None
+        )
         self.namespace = namespace(settings)
         self._ready: asyncio.Future[None] | None = None
         self._owned = not settings.ray_address
@@ -212,6 +286,9 @@ class RayExecutor:
         self._held: list[tuple[dict[str, float], float]] = []
         self._watcher: asyncio.Task[None] | None = None
         self.cluster: dict[str, Any] = {}
+        #: Starts under way, by task id; and tasks aborted before their start began.
+        self._starting: dict[str, _Starting] = {}
+        self._aborted_early: set[str] = set()
 
     @property
     def mode(self) -> str:
@@ -224,6 +301,7 @@ class RayExecutor:
             "events": self._settings.ray_events,
             "connected": self._ready is not None and self._ready.done() and self._ready.exception() is None,
             "cluster": self.cluster,
+            **({"events_tcp": self._tcp.describe()} if self._tcp is not None else {}),
         }
 
     # -- life ------------------------------------------------------------------------------
@@ -233,6 +311,8 @@ class RayExecutor:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         try:
+            if self._tcp is not None:
+                self._tcp.open()
             self._connect()
         except Exception as exc:
             self._ready.set_exception(exc)
@@ -243,6 +323,8 @@ class RayExecutor:
         self._watcher = asyncio.ensure_future(self._watch_resources())
 
     def _connect(self) -> None:
+        if self._owned:
+            _loopback_only()
         import ray
 
         kwargs: dict[str, Any] = {"namespace": self.namespace, "log_to_driver": False, "configure_logging": False}
@@ -253,6 +335,11 @@ class RayExecutor:
             kwargs["address"] = self._settings.ray_address
         started = time.monotonic()
         ray.init(**kwargs)
+        if self._owned:
+            node_ip = ray.util.get_node_ip_address()
+            if not ipaddress.ip_address(node_ip).is_loopback:
+                ray.shutdown()
+                raise RuntimeError(f"the local Ray instance took node address {node_ip}, not loopback: stopped it")
         self._refresh()
         log.info(
             "ray: %s %s in %.1f s; cluster %s",
@@ -265,6 +352,8 @@ class RayExecutor:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._tcp is not None and self._tcp.endpoint:
+            await self._tcp.close()
         if self._ready is None or not self._ready.done() or self._ready.exception() is not None:
             return
         import ray
@@ -310,7 +399,12 @@ class RayExecutor:
 
     def admit(self, device: str, limits: JobLimits) -> bool:
         """Whether one node's available resources, less what jobs admitted since Ray's view was
-        read hold, cover a job; if so the job holds its share until the view shows its host."""
+        read hold, cover a job; if so the job holds its share until the view shows its host.
+        Always with ``RFUAV_RAY_ADMISSION=ray`` (the job may then wait inside Ray)."""
+        if self._settings.ray_admission == "ray":
+            return True
+        if self._ready is not None and self._ready.done() and self._ready.exception() is not None:
+            return True  # Ray could not be started or reached: ``start`` fails the task with why
         need = self.requirements(device, limits)
         held: dict[str, float] = {}
         for h, _ in self._held:
@@ -323,14 +417,50 @@ class RayExecutor:
         return False
 
     # -- jobs ------------------------------------------------------------------------------
+    def abort(self, task_id: str) -> None:
+        """End the start of ``task_id`` under way (see the module docstring); one not begun yet
+        ends as soon as it begins."""
+        attempt = self._starting.get(task_id)
+        if attempt is None:
+            self._aborted_early.add(task_id)
+            return
+        attempt.aborted = True
+        if attempt.call is not None:
+            import ray
+
+            try:
+                ray.cancel(attempt.call)  # not forced: a host in ``start`` kills what it started
+            except Exception as exc:  # noqa: BLE001 - it ended meanwhile: start() goes on
+                log.debug("task %s: cancelling the host's start: %s", task_id, exc)
+
     async def start(self, spec: JobSpec, limits: JobLimits) -> RayHandle:
+        attempt = self._starting[spec.task_id] = _Starting(aborted=spec.task_id in self._aborted_early)
+        self._aborted_early.discard(spec.task_id)
+        try:
+            return await self._start(spec, limits, attempt)
+        except BaseException:
+            if self._tcp is not None:
+                self._tcp.forget(spec.task_id)
+            raise
+        finally:
+            self._starting.pop(spec.task_id, None)
+
+    async def _start(self, spec: JobSpec, limits: JobLimits, attempt: _Starting) -> RayHandle:
         if self._ready is not None:
             await self._ready
+        if attempt.aborted:
+            raise StartAborted("cancelled before its runner host was created")
         import ray
 
         from supervisor.ray.host import RunnerHost
 
         need = self.requirements(spec.host_device, limits)
+        if self._tcp is not None:
+            keys = self._tcp.admit(spec.task_id)
+            spec = dataclasses.replace(
+                spec, events_endpoint=self._tcp.endpoint, events_server_key=keys.server_public,
+                events_public_key=keys.public, events_secret_key=keys.secret,
+            )  # fmt: skip
         try:
             options: dict[str, Any] = {
                 "name": spec.task_id, "namespace": self.namespace, "lifetime": "detached",
@@ -340,14 +470,32 @@ class RayExecutor:
             if "memory" in need:
                 options["memory"] = need["memory"]
             actor = ray.remote(RunnerHost).options(**options).remote(str(self._settings.home), self._relay)
-            info = await actor.start.remote(spec.dump(), dataclasses.asdict(limits))
+            attempt.call = actor.start.remote(spec.dump(), dataclasses.asdict(limits))
+            try:
+                info = await attempt.call
+            except Exception as exc:
+                if not attempt.aborted:
+                    raise
+                # Cancelled: Ray dropped the call (the host was not placed yet, or not started
+                # on it), or the host stopped and removed what it had started. Either way no
+                # process of the job is left: the host goes, and its name must be free.
+                gone = await asyncio.to_thread(_remove_and_confirm, actor, spec.task_id, self.namespace)
+                if not gone:
+                    log.error("task %s: its runner host is still known to Ray after the kill", spec.task_id)
+                if isinstance(exc, ray.exceptions.RayTaskError):  # the host had the call: it stopped its runner
+                    raise StartAborted("while its runner host was starting it; what it started is stopped") from None
+                raise StartAborted("before Ray placed its runner host; host removed") from None
+        except StartAborted:
+            raise
         except ray.exceptions.RayTaskError as exc:  # the host refused (e.g. paths its node cannot see)
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            _remove(actor)
+            await asyncio.to_thread(_remove_and_confirm, actor, spec.task_id, self.namespace)
             raise RuntimeError(f"on Ray node: {type(cause).__name__}: {cause}") from None
         except Exception as exc:
             raise _lost(exc, spec.task_id) from None
-        return RayHandle(spec.task_id, actor, info, self._deliver if self._relay else None)
+        return RayHandle(
+            spec.task_id, actor, info, self._deliver if self._relay else None, self._forgetter(spec.task_id)
+        )
 
     def adopt(self, task: TaskRecord) -> RayHandle | None:
         """The live runner host of ``task`` (by name) and its runner, if it is the recorded one
@@ -369,7 +517,20 @@ class RayExecutor:
             return None
         if not isinstance(info, dict) or info["pid"] not in pids or task.pid not in (None, info["pid"]):
             return None
-        return RayHandle(task.task_id, actor, info, self._deliver if self._relay else None)
+        if self._tcp is not None and task.task_dir:
+            # Its runner reconnects with the key its spec holds: let that key in again.
+            try:
+                spec = JobSpec.load((Path(task.task_dir) / "spec.json").read_bytes())
+            except (OSError, ValueError) as exc:
+                log.warning("task %s: its spec is unreadable, its events arrive by the journal: %s", task.task_id, exc)
+            else:
+                self._tcp.allow(task.task_id, spec.events_public_key)
+        forget = self._forgetter(task.task_id)
+        return RayHandle(task.task_id, actor, info, self._deliver if self._relay else None, forget)
+
+    def _forgetter(self, task_id: str) -> Callable[[], None]:
+        tcp = self._tcp
+        return (lambda: tcp.forget(task_id)) if tcp is not None else (lambda: None)
 
     def remove_leftovers(self, keep: Collection[str]) -> None:
         """Runner hosts of this instance that no adopted task uses: their jobs are killed and

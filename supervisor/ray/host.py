@@ -10,7 +10,17 @@ is left of it and frees its cgroup; the actor itself is removed only after that.
 
 Events: with ``relay`` the runner publishes to a SUB socket this host binds on a node-local IPC
 address, and the supervisor takes them in batches with ``events`` (a long poll: answered as soon
-as events are there); with ``direct`` the runner connects to the supervisor's own events socket.
+as events are there); with ``direct`` the runner connects to the supervisor's own events socket;
+with ``tcp`` to the supervisor's TCP port as a CURVE client, with the keys its spec carries
+(``supervisor.ray.events_tcp``). Either way the spec is written 0600 in the task directory.
+
+A serving replica whose address is ``protocol.serving.TCP_ON_NODE`` (``tcp`` events: a port may
+be opened between nodes) gets this node's address in it (``Ray``'s node IP): it binds an
+ephemeral port there and says which in its task directory.
+
+A ``start`` cancelled by the supervisor (its task was cancelled while the call waited) lets a
+spawn under way finish, then kills and cleans up what it started before the call ends: the
+supervisor removes this actor only after that.
 
 Ray imports this module in its worker processes: it imports no torch, only the supervisor's
 process-handling parts.
@@ -31,6 +41,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from protocol import serving as sv
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from supervisor.cgroups import instance_key
@@ -75,16 +86,34 @@ class RunnerHost:
         if spec.host_device.startswith("cuda") and not gpus:
             raise RuntimeError("the job asked for a GPU but Ray assigned none to its runner host")
         spec = dataclasses.replace(spec, cuda_visible_devices=",".join(gpus[:1]))
+        address = spec.params.get("address") if spec.job == sv.JOB else None
+        if isinstance(address, str) and sv.NODE_HOST in address:
+            ip = ray.util.get_node_ip_address()
+            host = f"[{ip}]" if ":" in ip else ip
+            spec = dataclasses.replace(spec, params={**spec.params, "address": address.replace(sv.NODE_HOST, host)})
+        # The supervisor made the task directory just before this call: a node that does not
+        # see it is not on the supervisor's filesystem.
+        if not Path(spec.task_dir).is_dir():
+            raise FileNotFoundError(
+                f"the task directory {spec.task_dir} does not exist on node {socket.gethostname()}: "
+                "job paths must be on a filesystem shared with the supervisor"
+            )
         if self._relay:
             spec = dataclasses.replace(spec, events_endpoint=await self._open_relay(spec.task_id))
-        if not Path(spec.task_dir).parent.is_dir():
-            raise FileNotFoundError(
-                f"the task directory's parent {Path(spec.task_dir).parent} does not exist on node "
-                f"{socket.gethostname()}: job paths must be on a filesystem shared with the supervisor"
-            )
         # Only this job's cgroup, below this process's own; never a v2 move of other processes.
         self._spawner.cgroups.prepare_without_moving()
-        self._handle = await self._spawner.spawn(spec, JobLimits(**limits))
+        spawning = asyncio.ensure_future(self._spawner.spawn(spec, JobLimits(**limits)))
+        try:
+            self._handle = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # The supervisor cancelled this call (its task was cancelled meanwhile): the spawn
+            # goes to its end, then nothing of the job may outlive the call.
+            try:
+                self._handle = await spawning
+            except Exception:  # noqa: BLE001 - nothing started
+                self._handle = None
+            self.cleanup()
+            raise
         handle = self._handle
         self._info = {
             "pid": handle.pid,

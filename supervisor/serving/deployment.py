@@ -181,5 +181,5 @@ class Deployment:
             "status": self.status,
             "version": gen.version,
             "max_batch_items": gen.settings.max_batch_size * sv.BATCH_ITEMS_FACTOR,
-            "replicas": [{"id": r.replica_id, "address": r.address} for r in gen.ready()],
+            "replicas": [r.route() for r in gen.ready()],
         }

@@ -2,7 +2,21 @@
 executor (a ``serving`` slot held on its device), probes it until it answers (ready), then every
 ``PROBE_SECONDS`` for its figures, and restarts it with backoff when it dies; ``stop_generation``
 drains a generation (SIGTERM, the grace period, SIGKILL). What a keeper has to say goes through
-``Hooks`` (the deployment's stream, its stored record, the routing table)."""
+``Hooks`` (the deployment's stream, its stored record, the routing table).
+
+Where a replica listens: an IPC address in the runtime directory, except with the Ray executor
+and ``RFUAV_RAY_EVENTS=tcp`` (a port may be opened between nodes), where a replica may run on any
+node: it binds TCP on its node (``protocol.serving.TCP_ON_NODE``) as a CURVE server. Its keys
+(``tcp_keys``) are made here, per replica: its own keypair (the secret goes into its spec only,
+written 0600) and one client keypair, the only one it lets in. The client keypair travels in the
+routing table (``Replica.route``: ``curve``) rather than in a key file of the runtime directory
+shared by web and the supervisor, because: the table only ever goes over the supervisor's IPC
+sockets (events-out, the ``routes`` answer on control), in the same 0700 runtime directory such
+a file would be in, so it is no wider exposure; web needs no setting or file to find, and loads
+nothing when a table changes; a key opens one replica and dies with it (a leaked one is worth
+nothing once its replica is gone, with no rotation to run); and old web processes keep working
+(an entry without ``curve`` is IPC, as before).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import zmq
 import zmq.asyncio
 
 from protocol import serving as sv
@@ -67,6 +82,8 @@ class Keeper:
         self._hooks = hooks
         self._limits = JobLimits(settings.job_memory_mb, settings.job_cpus, settings.job_pids)
         self._counter = 0
+        #: Replicas bind TCP on their Ray node (see the module docstring).
+        self._tcp = settings.executor == "ray" and settings.ray_events == "tcp"
 
     async def keep(self, dep: Deployment, gen: Generation, slot: int) -> None:
         """Slot ``slot`` of ``gen``: start its replica, watch it, restart it while it dies."""
@@ -105,12 +122,18 @@ class Keeper:
         # Unique across supervisor restarts too (a new instance resumes the same version).
         replica_id = f"{dep.task.task_id}.v{gen.version}.r{slot}.{os.getpid()}-{self._counter}"
         task_dir = Path(str(dep.task.task_dir)) / "replicas" / replica_id
-        replica = Replica(replica_id, gen.version, self._settings.addresses.replica(replica_id), dep.device, task_dir)
+        if self._tcp:
+            curve, server_secret = tcp_keys()
+            replica = Replica(replica_id, gen.version, "", dep.device, task_dir, curve=curve)
+        else:
+            server_secret = ""
+            address = self._settings.addresses.replica(replica_id)
+            replica = Replica(replica_id, gen.version, address, dep.device, task_dir)
         gen.slots[slot] = replica
         self._scheduler.occupy(replica_id, sv.TASK_TYPE, dep.device)
         try:
             task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            replica.handle = await self._executor.start(self._spec(dep, gen, replica), self._limits)
+            replica.handle = await self._executor.start(self._spec(dep, gen, replica, server_secret), self._limits)
         except Exception as exc:
             log.exception("deployment %s: could not start replica %s", dep.name, replica_id)
             self._scheduler.release(replica_id)
@@ -120,10 +143,12 @@ class Keeper:
         self._hooks.save_replicas(dep)
         return replica, ""
 
-    def _spec(self, dep: Deployment, gen: Generation, replica: Replica) -> JobSpec:
+    def _spec(self, dep: Deployment, gen: Generation, replica: Replica, server_secret: str) -> JobSpec:
         cfg, model = gen.settings, gen.model
+        curve = replica.curve
         params = sv.ReplicaParams(
-            name=dep.name, version=gen.version, address=replica.address, cfg_path=model.cfg_path,
+            name=dep.name, version=gen.version, address=sv.TCP_ON_NODE if curve else replica.address,
+            curve_secret_key=server_secret, curve_client_key=curve.public if curve else "", cfg_path=model.cfg_path,
             weight_path=model.weight_path, max_batch_size=cfg.max_batch_size,
             max_batch_delay_ms=cfg.max_batch_delay_ms, max_queue=max(1, -(-cfg.max_queue // cfg.replicas)),
             cache_size=cfg.cache_size, top_k=min(cfg.top_k, model.num_classes),
@@ -198,6 +223,15 @@ class Keeper:
         _, pending = await asyncio.wait(pending, timeout=KILL_SECONDS)
         if pending:
             log.error("deployment %s: %d replica keeper(s) did not end after the kill", dep.name, len(pending))
+
+
+def tcp_keys() -> tuple[sv.ReplicaCurve, str]:
+    """A TCP replica's keys: what its clients need (its public key, the client keypair it lets
+    in) and its own secret key (for its spec only). Z85."""
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    curve = sv.ReplicaCurve(server_public.decode(), client_public.decode(), client_secret.decode())
+    return curve, server_secret.decode()
 
 
 def _drain(replica: Replica) -> None:

@@ -5,6 +5,10 @@ its own socket (``protocol.serving`` ``status``: readiness and figures), stopped
 A replica is ready once it answers ``status`` (it binds only after its model is loaded and
 warm). Its exit is reported by ``wait``; the last line of its ``stderr.log`` says why when it
 failed (``replica failed: ...``).
+
+A TCP replica (``protocol.serving`` "Where a replica listens") has no ``address`` until it wrote
+its endpoint (``locate``: read from its task directory, shared with its node); the probe connects
+to it as the CURVE client of its ``curve`` keys, as web does.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Replica:
     device: str
     task_dir: Path
     handle: JobHandle | None = None
+    #: A TCP replica's keys (its public key, the client keypair it lets in); None: IPC.
+    curve: sv.ReplicaCurve | None = None
     state: str = STARTING
     started_at: float = field(default_factory=time.time)
     ready_at: float | None = None
@@ -68,12 +74,40 @@ class Replica:
             "version": self.version,
         }
 
+    def locate(self) -> bool:
+        """Whether the replica's address is known (a TCP replica's: once it wrote its endpoint)."""
+        if not self.address:
+            try:
+                endpoint = (self.task_dir / sv.ENDPOINT_FILE).read_text().strip()
+            except OSError:
+                return False
+            if not endpoint.startswith("tcp://"):
+                log.warning("replica %s: ignoring endpoint %r", self.replica_id, endpoint[:100])
+                return False
+            self.address = endpoint
+        return True
+
+    def route(self) -> dict[str, Any]:
+        """This replica's entry in the routing table (``curve`` only for a TCP replica)."""
+        entry: dict[str, Any] = {"id": self.replica_id, "address": self.address}
+        if self.curve is not None:
+            entry["curve"] = {"server": self.curve.server, "public": self.curve.public, "secret": self.curve.secret}
+        return entry
+
     async def probe(self, ctx: zmq.asyncio.Context) -> sv.ReplicaStatus | None:
-        """Ask the replica for its ``status``; None when it does not answer in time."""
+        """Ask the replica for its ``status``; None when it does not answer in time (or a TCP
+        replica did not say where it listens yet)."""
         if self._probe is None:
+            if not self.locate():
+                return None
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if self.curve is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server.encode())
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public.encode())
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret.encode())
+                sock.setsockopt(zmq.IPV6, 1)  # a node's address may be IPv6 (IPv4 works as well)
             sock.connect(self.address)
             self._probe = sock
         sock = self._probe

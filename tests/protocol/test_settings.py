@@ -52,7 +52,7 @@ def test_every_variable_is_read(f: dataclasses.Field[object], tmp_path: Path) ->
            "data_roots": "/a:/b", "url_allow_hosts": "h1,h2", "job_memory_mb": "777",
            "job_cpu_weight": "30", "cors_origins": "https://ui.example", "supported_models": "resnet18",
            "default_train_priority": "7", "default_inference_priority": "7", "executor": "ray",
-           "ray_events": "direct"}.get(f.name) or _SAMPLES[str(f.type)]  # fmt: skip
+           "ray_events": "direct", "ray_admission": "ray"}.get(f.name) or _SAMPLES[str(f.type)]  # fmt: skip
     assert getattr(_from({f.metadata["env"]: raw}, tmp_path), f.name) != getattr(_from({}, tmp_path), f.name)
 
 
@@ -87,9 +87,15 @@ def test_derived_defaults_and_checks(tmp_path: Path) -> None:
         ({"RFUAV_DIAGNOSTIC": "maybe"}, "RFUAV_DIAGNOSTIC='maybe': must be 1 or 0"),
         ({"RFUAV_JOB_MEMORY_MB": "lots"}, "RFUAV_JOB_MEMORY_MB='lots'"),
         ({"RFUAV_PORT": "-1"}, "RFUAV_PORT='-1': must be >= 0"),
+        ({"RFUAV_RAY_ADMISSION": "all"}, "RFUAV_RAY_ADMISSION='all': must be 'free' or 'ray'"),
+        ({"RFUAV_RAY_EVENTS": "tcp"}, "RFUAV_EVENTS_TCP='': RFUAV_RAY_EVENTS=tcp needs host:port"),
+        ({"RFUAV_RAY_EVENTS": "tcp", "RFUAV_EVENTS_TCP": "10.0.0.5"}, "RFUAV_EVENTS_TCP='10.0.0.5'"),
+        ({"RFUAV_RAY_EVENTS": "tcp", "RFUAV_EVENTS_TCP": "10.0.0.5:70000"}, "needs host:port"),
     ]:
         with pytest.raises(ValueError, match=fragment):
             _from(env, tmp_path)
+    tcp = _from({"RFUAV_RAY_EVENTS": "tcp", "RFUAV_EVENTS_TCP": "10.0.0.5:5557"}, tmp_path)
+    assert (tcp.ray_events, tcp.events_tcp) == ("tcp", "10.0.0.5:5557")
 
 
 # -- the original service's names ------------------------------------------------------------------

@@ -18,6 +18,7 @@ import zmq
 
 from protocol import events as ev
 from protocol.jobs import JobSpec
+from runner import publisher as publisher_module
 from runner.publisher import Publisher
 
 FINAL = {"completed", "failed", "cancelled"}
@@ -79,6 +80,47 @@ def test_waits_for_subscriber_and_delivers_every_event_in_order(
     assert events[0]["task_id"] == "t1" and events[-1]["i"] == count - 1
     journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
     assert [e["rseq"] for e in journal] == list(range(1, count + 1))
+
+
+@pytest.mark.parametrize("lone_gap", [0.0, publisher_module.LONE_GAP], ids=["every-event-lone", "default"])
+def test_lone_events_and_bursts_from_many_threads_stay_in_order(
+    sub: tuple[zmq.Socket[bytes], str], short_dir: Path, monkeypatch: pytest.MonkeyPatch, lone_gap: float
+) -> None:
+    """An event written by its emitting thread (lone) and events batched by the sender thread
+    never overtake each other, on the socket and in the journal; a burst still batches."""
+    monkeypatch.setattr(publisher_module, "LONE_GAP", lone_gap)
+    sock, endpoint = sub
+    publisher = Publisher("t4", endpoint, short_dir / "j.jsonl")
+    per_thread, threads = 2_000, 4
+    count = per_thread * threads
+
+    def produce() -> None:
+        publisher.wait_for_subscriber(10.0)
+        emitters = [
+            threading.Thread(target=lambda: [publisher.emit("log", "x") for _ in range(per_thread)])
+            for _ in range(threads)
+        ]
+        for emitter in emitters:
+            emitter.start()
+        for emitter in emitters:
+            emitter.join()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    messages = 0
+    rseqs: list[int] = []
+    while len(rseqs) < count:
+        assert sock.poll(30_000), f"no event within 30 s after {len(rseqs)} events"
+        frames = sock.recv_multipart()
+        messages += 1
+        rseqs += [orjson.loads(frame)["rseq"] for frame in frames[1:]]
+    producer.join()
+    publisher.close()
+    assert rseqs == list(range(1, count + 1))
+    journal = [orjson.loads(line)["rseq"] for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
+    assert journal == rseqs
+    if lone_gap > 0:  # four threads emitting as fast as they can: batched, not one message each
+        assert messages < count // 2, messages
 
 
 def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> None:

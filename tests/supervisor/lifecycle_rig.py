@@ -17,7 +17,7 @@ import orjson
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from protocol.tasks import PENDING, TaskRecord, now_iso
-from supervisor.executor import ExitInfo
+from supervisor.executor import ExitInfo, StartAborted
 from supervisor.job_cgroup import JobLimits
 from supervisor.lifecycle import Lifecycle
 from supervisor.pipeline import Pipeline
@@ -76,7 +76,9 @@ class FakeHandle:
 
 
 class FakeExecutor:
-    """Starts ``FakeHandle``\\ s; ``gate`` holds starts back, ``fail_next`` fails one."""
+    """Starts ``FakeHandle``\\ s; ``gate`` holds starts back, ``fail_next`` fails one. With
+    ``abort_ends_start``, ``abort`` ends a start held by ``gate`` (``StartAborted``), as a
+    runner host still waiting for Ray to place it; otherwise it is a no-op, as locally."""
 
     mode = "fake"
 
@@ -91,6 +93,10 @@ class FakeExecutor:
         self.kept: set[str] | None = None
         #: Jobs the executor still has room for (None: no bound, like the local executor).
         self.room: int | None = None
+        self.abort_ends_start = False
+        #: Task ids ``abort`` was called for, in order.
+        self.aborted: list[str] = []
+        self._aborts: dict[str, asyncio.Event] = {}
         self._pid = 100
 
     def open(self) -> None:
@@ -101,7 +107,13 @@ class FakeExecutor:
 
     async def start(self, spec: JobSpec, limits: JobLimits) -> FakeHandle:
         if self.gate is not None:
-            await self.gate.wait()
+            aborted = self._aborts.setdefault(spec.task_id, asyncio.Event())
+            waits = [asyncio.ensure_future(self.gate.wait()), asyncio.ensure_future(aborted.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if aborted.is_set():
+                raise StartAborted("aborted before its process existed")
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
@@ -111,6 +123,11 @@ class FakeExecutor:
         self.handles[spec.task_id] = handle
         self.order.append(spec.task_id)
         return handle
+
+    def abort(self, task_id: str) -> None:
+        self.aborted.append(task_id)
+        if self.abort_ends_start:
+            self._aborts.setdefault(task_id, asyncio.Event()).set()
 
     def admit(self, device: str, limits: JobLimits) -> bool:
         if self.room is None:

@@ -218,6 +218,27 @@ async def test_cancel_while_starting_stops_it_once_started(rig: Rig) -> None:
     await rig.until(lambda: handle.signals == ["TERM"], "SIGTERM sent once started")
     handle.exit(0)
     assert (await rig.final("a")).status == CANCELLED
+    assert rig.executor.aborted == ["a"]  # asked; a no-op for this executor (as locally)
+
+
+async def test_cancel_while_a_start_waits_ends_cancelled_once_the_executor_aborts_it(tmp_path: Path) -> None:
+    # As a runner host Ray has not placed yet: the start waits until the cancel aborts it.
+    rig = Rig(tmp_path, limit=1)
+    rig.executor.gate = asyncio.Event()
+    rig.executor.abort_ends_start = True
+    rig.submit("a")
+    rig.submit("b")  # waits for a's slot
+    await rig.until(lambda: "a" in rig.lifecycle.running, "a placed")
+    rig.lifecycle.cancel("a", "cancelled on request")
+    task = await rig.final("a")
+    assert (task.status, task.message) == (CANCELLED, "cancelled on request (aborted before its process existed)")
+    assert rig.events("a")[-1]["status"] == CANCELLED and rig.executor.order == []
+    assert rig.executor.aborted == ["a"]
+    rig.executor.gate.set()  # the slot went to the next task
+    handle = await rig.started("b")
+    assert rig.executor.order == ["b"]
+    handle.exit(0)
+    await rig.final("b")
 
 
 async def test_a_failure_reported_while_cancelling_ends_cancelled_with_it(rig: Rig) -> None:

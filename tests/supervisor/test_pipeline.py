@@ -163,3 +163,31 @@ def test_final_before_cancel_request_stays_final(rig: Rig) -> None:
     assert orjson.loads(rig.published[-1][1])["status"] == "failed"
     assert rig.store.get_task("t1").status == "failed"  # type: ignore[union-attr]
     assert not rig.pipeline.release_final(rig.task)
+
+
+def test_log_lines_are_checked_on_the_fast_path_too(rig: Rig) -> None:
+    """A plain log line is numbered without re-encoding only when it is well-formed: a bad one
+    is dropped exactly as ``check_event`` would drop it."""
+    bad = [
+        {**_event(1), "level": "DEBUG"},
+        {**_event(1), "message": 7},
+        {**_event(1), "timestamp": None},
+        {**_event(1), "rseq": True},
+        {**_event(1), "metrics": "not an object"},
+        {**_event(1), "step": "7"},
+    ]
+    assert rig.send(*(orjson.dumps(e) for e in bad)) == 0
+    assert rig.pipeline.dropped == len(bad)
+    raw = orjson.dumps(_event(1, i=1))
+    assert rig.send(raw) == 1
+    (stored,) = rig.store.events_after("t1", 0, 10)
+    assert stored == b'{"seq":1,' + raw[1:]  # the runner's bytes, seq prepended
+
+
+def test_events_update_the_stored_task_without_touching_its_status(rig: Rig) -> None:
+    rig.store.update_task(rig.task)  # stored as running, as the lifecycle stores it
+    rig.send(orjson.dumps(_event(1)), orjson.dumps(_event(2, "progress", progress=30)))
+    stored = rig.store.get_task("t1")
+    assert stored is not None
+    assert (stored.status, stored.last_seq, stored.last_rseq, stored.progress) == (RUNNING, 2, 2, 30)
+    assert rig.store.counts() == {"training": {RUNNING: 1}}

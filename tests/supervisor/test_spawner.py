@@ -9,6 +9,7 @@ module, so every test here shares the module's event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from supervisor.cgroups import Cgroups, JobLimits, instance_key
 from supervisor.executor import ExitInfo
 from supervisor.handle import RunnerHandle
 from supervisor.spawner import Spawner
-from tests.support.cgroups import why_no_cgroups
+from tests.support.cgroups import assert_cpu_weight, why_no_cgroups
 from tests.support.processes import (
     EventSink,
     diagnostic_spec,
@@ -168,6 +169,30 @@ async def test_job_is_in_its_own_cgroups_below_ours_with_limits(env: Env, mode: 
     assert info.code == 0  # cooperative: the runner stopped at its safe point
     assert await env.sink.until(spec.task_id, lambda e: e.get("status") == "cancelled")
     assert not any(Path(p).exists() for p in handle.cgroup.values())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+async def test_job_runs_nicer_than_us_with_its_cpu_weight(env: Env, mode: str) -> None:
+    """The daemon ahead of its jobs: the runner lowered its own priority (every thread, its
+    autogroup) before any work, and its CPU cgroup carries the weight."""
+    limits = dataclasses.replace(LIMITS, cpu_weight=30)
+    spec, handle = await spawn(env, mode, {"report": True, "sleep": 30}, limits, nice=7)
+    report = (await env.sink.until(spec.task_id, lambda e: "process" in e))["process"]
+    # Our nice + 7: the fork server and the cold runner both start at ours.
+    wanted = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    assert report["nice"] == wanted
+    assert set(report["thread_nice"].values()) == {wanted}, report["thread_nice"]
+    # Seen from outside: every thread, those started after the runner lowered itself too (zmq's).
+    threads = os.listdir(f"/proc/{handle.pid}/task")
+    assert len(threads) > 1 and {os.getpriority(os.PRIO_PROCESS, int(t)) for t in threads} == {wanted}
+    if report["autogroup"] is not None:  # its own session's group, as nice as the runner
+        assert report["autogroup"].endswith(f" nice {wanted}"), report["autogroup"]
+    if not assert_cpu_weight(handle.pid, 30) and HAS_CGROUPS:
+        # No CPU controller here: said in the task, never a reason to refuse it.
+        assert handle.warning is not None and "weight: this host offers no cpu controller" in handle.warning
+    handle.terminate()
+    assert (await finish(handle)).code == 0
 
 
 # -- exit codes ---------------------------------------------------------------------------------

@@ -94,3 +94,37 @@ def test_every_listing_is_served_by_an_index(store: Store, task_type: str | None
     sql = f"EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY ord DESC LIMIT ?"
     plan = " | ".join(row[3] for row in store._db.execute(sql, [*args, 10]))
     assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_each_commit_reports_its_changes_once_they_are_stored(tmp_path: Path) -> None:
+    """``on_commit`` (what ``supervisor.records`` publishes) runs after the commit: another
+    connection already reads every change it reports; counts and order are current."""
+    import sqlite3
+
+    store = Store(tmp_path / "fresh.sqlite3")
+    seen: list[tuple[list[tuple[str, str | None, int]], dict[str, dict[str, int]], list[str]]] = []
+    reader = sqlite3.connect(str(store.path))
+
+    def on_commit(changes: list[tuple[str, TaskRecord | None, int]]) -> None:
+        stored = [row[0] for row in reader.execute("SELECT task_id FROM tasks ORDER BY ord")]
+        seen.append(([(i, t.status if t else None, o) for i, t, o in changes], store.counts(), stored))
+
+    store.on_commit = on_commit
+    a, b = _task(1, "training", PENDING), _task(2, "inference", PENDING)
+    store.insert_tasks([a, b])
+    a.status = RUNNING
+    store.update_task(a, commit=False)
+    b.status = FAILED
+    store.update_task(b, commit=False)
+    assert len(seen) == 1  # nothing reported before the commit
+    store.commit()
+    store.delete_task(b.task_id)
+    store.commit()  # nothing left to report: no call
+    assert seen == [
+        ([("t00001", PENDING, 1), ("t00002", PENDING, 2)], {"training": {"pending": 1}, "inference": {"pending": 1}},
+         ["t00001", "t00002"]),
+        ([("t00001", RUNNING, 1), ("t00002", FAILED, 2)], {"training": {"running": 1}, "inference": {"failed": 1}},
+         ["t00001", "t00002"]),
+        ([("t00002", None, 0)], {"training": {"running": 1}}, ["t00001"]),
+    ]  # fmt: skip
+    reader.close()

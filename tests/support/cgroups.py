@@ -11,6 +11,8 @@ whether this host can enforce job limits at all, and what a running job's cgroup
 - ``assert_job_cgroup(pid, memory_mb=, pids=, cpus=)``: the running job ``pid`` is in a job
   cgroup of its own (``rfuav-…``) below ours, and the kernel files of that cgroup hold exactly
   the limits given (0 = unlimited). Returns the job's cgroup directories.
+- ``assert_cpu_weight(pid, weight)``: the running job ``pid``'s CPU cgroup holds that weight
+  (False where the host offers no CPU controller: nothing to check).
 - ``assert_confined(pid, settings)``: the same with a supervisor's job limits, on a host that
   has cgroups (nothing to check, and {} returned, on one that has none).
 - ``assert_every_task_was_confined(sup)``: every task a test daemon started is stored as run
@@ -139,6 +141,27 @@ def assert_job_cgroup(pid: int, *, memory_mb: int, pids: int, cpus: float = 0) -
         period = int(_read(dirs["cpu"] / "cpu.cfs_period_us"))
         assert quota == (int(cpus * period) if cpus else -1), f"cpu.cfs_quota_us {quota} (period {period})"
     return {name: dirs[name] for name in dirs if dirs[name].name.startswith("rfuav-")}
+
+
+def assert_cpu_weight(pid: int, weight: int) -> bool:
+    """Assert that the live job ``pid``'s CPU cgroup (its own, ``rfuav-…``) holds ``weight``
+    (v2 ``cpu.weight``; v1 ``cpu.shares``, the weight scaled from 100 to 1024). Returns False,
+    asserting nothing, where this host has no job cgroups or no CPU controller."""
+    if why_no_cgroups() is not None:
+        return False
+    dirs = cgroup_dirs(pid)
+    unified = dirs.get(UNIFIED)
+    if unified is not None and "cpu" in _v2_controllers(unified):
+        cpu, name, value = unified, "cpu.weight", str(weight)
+    elif "cpu" in dirs:
+        cpu, name, value = dirs["cpu"], "cpu.shares", str(max(2, weight * 1024 // 100))
+    else:
+        return False
+    assert cpu.name.startswith("rfuav-"), f"pid {pid}'s cpu cgroup {cpu} is not a job cgroup"
+    assert pid in {int(p) for p in _read(cpu / "cgroup.procs").split()}, f"pid {pid} not in {cpu}"
+    got = _read(cpu / name)
+    assert got == value, f"{cpu / name} holds {got}, wanted {value} (weight {weight})"
+    return True
 
 
 def assert_confined(pid: int, settings: Any) -> dict[str, Path]:

@@ -32,6 +32,7 @@ What it does:
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -70,6 +71,8 @@ class Service:
         extra = {"RFUAV_START_MODE": "cold", **(env or {})}
         self.port = free_port()
         extra.setdefault("RFUAV_HOST", "127.0.0.1")
+        # ``TEST_WEB_WORKERS=2 pytest tests/web``: the web layer's tests against several workers.
+        extra.setdefault("RFUAV_WEB_WORKERS", os.environ.get("TEST_WEB_WORKERS", "1"))
         extra["RFUAV_PORT"] = str(self.port)
         self.supervisor = SupervisorProcess(home=home, env=extra, start_timeout=start_timeout, cwd=cwd)
         self.env: dict[str, str] = self.supervisor.env

@@ -78,14 +78,20 @@ class EventSubscriber:
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if monitor else None
         self.sock.connect(endpoint)
         self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        #: Topics that are not task ids (task records, routes) start with a NUL: skipped unless
+        #: asked for by name.
+        self._other_topics = topic.startswith(b"\x00")
 
     def recv(self, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
         """The next ``(task_id, event)``; raises ``TimeoutError`` after ``timeout`` seconds."""
-        if not self._pending:
-            if not self.sock.poll(int(timeout * 1000)):
+        deadline = time.monotonic() + timeout
+        while not self._pending:
+            if not self.sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
                 raise TimeoutError(f"no event within {timeout} s")
             # [task_id, event, event, ...] (protocol.events)
             topic, *payloads = self.sock.recv_multipart()
+            if topic.startswith(b"\x00") and not self._other_topics:
+                continue
             self._pending.extend((topic.decode(), orjson.loads(data)) for data in payloads)
         return self._pending.popleft()
 

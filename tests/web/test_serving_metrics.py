@@ -35,16 +35,16 @@ def _view(name: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture()
 def metrics() -> Metrics:
     m = Metrics()
-    m.replicas = Replicas(timeout=1.0)
+    m.figures.replicas = Replicas(timeout=1.0)
     return m
 
 
 def test_answers_and_latency_as_web_gave_them(metrics: Metrics) -> None:
-    assert metrics.replicas is not None
-    metrics.replicas.answers[("uav", 200)] += 3
-    metrics.replicas.answers[("uav", 503)] += 1
+    assert metrics.figures.replicas is not None
+    metrics.figures.replicas.answers[("uav", 200)] += 3
+    metrics.figures.replicas.answers[("uav", 503)] += 1
     for seconds in (0.0005, 0.004, 0.004, 30.0):  # buckets 1 ms, 5 ms, 5 ms, overflow
-        metrics.replicas.observe("uav", seconds)
+        metrics.figures.replicas.observe("uav", seconds)
     got = _samples(metrics.render(None, None))
     assert got[("rfuav_serving_requests_total", (("deployment", "uav"), ("status", "200")))] == 3
     assert got[("rfuav_serving_requests_total", (("deployment", "uav"), ("status", "503")))] == 1

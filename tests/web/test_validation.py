@@ -174,3 +174,24 @@ def test_urls_and_schemes(roots: tuple[Confinement, Path, Path]) -> None:
         paths.resolve("train_path", "sets/missing", must_exist=True)
     with pytest.raises(PathRefused, match="must not be empty"):
         paths.resolve("train_path", "  ")
+
+
+def test_the_fast_resolution_agrees_with_realpath(tmp_path: Path) -> None:
+    """``web.paths._realpath`` (one ``O_PATH`` open) gives ``os.path.realpath``'s answer for
+    every kind of path: plain, through links and link chains, ``..`` after a link, a missing
+    tail, a dangling link, a loop, a file."""
+    from web.paths import _realpath
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f.png").write_bytes(b"x")
+    os.symlink(tmp_path / "a" / "b", tmp_path / "ln")
+    os.symlink(tmp_path / "ln", tmp_path / "chain")
+    os.symlink("b", tmp_path / "a" / "rel")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    cases = ["a", "a/b/f.png", "ln", "chain/f.png", "ln/..", "chain/../b", "a/rel/f.png", "a/b/missing/deeper",
+             "ln/missing", "dangling", "dangling/x", "loop1", "a/./b//f.png", "a/b/../../a"]  # fmt: skip
+    for case in cases:
+        path = str(tmp_path / case)
+        assert _realpath(path) == os.path.realpath(path), case

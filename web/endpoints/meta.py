@@ -32,7 +32,7 @@ def _active(tasks: dict[str, dict[str, int]], task_type: str) -> int:
 async def health(request: Request[State]) -> Response:
     st = state(request)
     version = st["settings"].version
-    streams = st["hub"].active
+    streams = int(st["metrics"].figures.total().get("streams", 0))  # every worker's
     try:
         h = await st["control"].call(cmd.Health(), timeout=_SNAPSHOT_TIMEOUT)
     except Unavailable as exc:

@@ -23,6 +23,7 @@ from web.hub import Hub
 from web.metrics import Metrics
 from web.paths import Confinement, PathRefused
 from web.validation import path_error, validation_errors
+from web.view import View
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 #: The largest integer a query parameter or header may carry: JavaScript's largest exact integer
@@ -38,6 +39,8 @@ class State(TypedDict):
     settings: Settings
     control: ControlClient
     hub: Hub
+    #: The read view of task records (None: ``RFUAV_WEB_VIEW_TASKS=0``, every read asks).
+    view: View | None
     paths: Confinement
     metrics: Metrics
 

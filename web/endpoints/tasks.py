@@ -1,4 +1,8 @@
-"""Tasks after submission: one task's record, cancel/stop, delete, the paged list, the stored log."""
+"""Tasks after submission: one task's record, cancel/stop, delete, the paged list, the stored log.
+
+A task's record and the list are answered from the process's read view (``web.view``) when it
+can; otherwise, and for everything else, the supervisor answers.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from starlette.responses import Response
 from protocol import commands as cmd
 from protocol.events import sse_view
 from protocol.replies import CommandError
-from web.endpoints.request import State, call, int_query, parse_int, task_id
-from web.errors import envelope
+from web.endpoints.request import State, call, int_query, parse_int, state, task_id
+from web.errors import envelope, envelope_bytes
 
 #: ``GET /api/v2/tasks``: tasks per page by default, and at most.
 LIST_PAGE = 100
@@ -24,7 +28,15 @@ _LOGS_PAGE = 5000
 # -- one task -----------------------------------------------------------------------------------
 async def _get(request: Request[State], task_type: str | None) -> Response:
     """The task's record; 404 for an unknown id or (``task_type`` given) a task of another type."""
-    data = await call(request, cmd.Get(task_id=task_id(request), task_type=task_type))
+    tid = task_id(request)
+    view = state(request)["view"]
+    if view is None:
+        return envelope((await call(request, cmd.Get(task_id=tid, task_type=task_type)))["task"])
+    held = view.encoded(tid, task_type, envelope_bytes)
+    if held is not None:
+        return Response(held, media_type="application/json")
+    data = await call(request, cmd.Get(task_id=tid, task_type=task_type, record=True))
+    view.remember(data["record"])
     return envelope(data["task"])
 
 
@@ -85,7 +97,10 @@ async def list_tasks(request: Request[State]) -> Response:
     limit = int_query(request, "limit", LIST_PAGE, minimum=1, maximum=LIST_PAGE_MAX)
     raw_cursor = request.query_params.get("cursor")
     cursor = parse_int(raw_cursor, "cursor") if raw_cursor else None
-    data = await call(request, cmd.List(task_type=task_type, status=status, limit=limit, cursor=cursor))
+    view = state(request)["view"]
+    data = view.list(task_type, status, limit, cursor) if view is not None else None
+    if data is None:
+        data = await call(request, cmd.List(task_type=task_type, status=status, limit=limit, cursor=cursor))
     groups: dict[str, list[dict[str, Any]]] = {t: [] for t in data["totals"]}
     for task in data["tasks"]:
         groups.setdefault(task["task_type"], []).append(task)
