@@ -139,6 +139,8 @@ def _check(value: Any, tp: Any, path: str, where: str) -> Any:
         key_tp, value_tp = args or (Any, Any)
         if key_tp is Any and value_tp is Any:
             return value
+        if value_tp is Any and key_tp is str and all(type(k) is str for k in value):
+            return value  # the commonest dict (a job's params): keys checked without a copy
         out: dict[Any, Any] = {}
         for k, v in value.items():
             out[_check(k, key_tp, f"{path}[{k!r}] (key)", where)] = _check(v, value_tp, f"{path}[{k!r}]", where)

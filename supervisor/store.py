@@ -259,10 +259,18 @@ class Store:
         self.commit()
 
     def update_task(self, task: TaskRecord, *, commit: bool = True) -> None:
+        """Store ``task``'s row. While its type and status are as stored, only the columns no
+        index holds are written (``update_progress``): the commit rewrites the row's page, not
+        also three index pages."""
+        old = self._open.get(task.task_id)
+        if old is not None and old[0] == task.task_type and old[1] == task.status:
+            self.update_progress(task)
+            if commit:
+                self.commit()
+            return
         self._begin()
         row = _to_row(task)
         self._db.execute(self._update_sql, [*row[1:], row[0]])
-        old = self._open.get(task.task_id)
         ord_ = old[2] if old is not None else self.ord_of(task.task_id)
         if old is not None and old[1] != task.status:
             self._counts[old[:2]] -= 1
