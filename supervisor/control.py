@@ -1,6 +1,7 @@
 """The control commands (``protocol.commands``): parse, validate, answer — never wait on a job.
 
-``Control.handle(request_bytes) -> reply_bytes`` is the whole surface: every reply is the
+``Control.handle(request_bytes) -> reply_bytes`` is the whole surface (``handle_all`` answers
+several with one commit): every reply is the
 ``protocol.replies`` envelope; a bad request (malformed JSON, unknown kind, wrong types,
 oversized, unknown task) gets an error reply and nothing else happens. (A message over
 ``daemon.CONTROL_MAX_BYTES``, 16 MiB, never reaches here: ZeroMQ drops the connection.) The
@@ -104,6 +105,13 @@ def _not_found(task_id: str) -> CommandError:
     return CommandError(ErrorCode.NOT_FOUND, f"task {task_id!r} not found")
 
 
+def _request_id(data: bytes) -> str | None:
+    try:
+        return cmd.parse_command(data)[0]
+    except Exception as exc:
+        return getattr(exc, "request_id", None)
+
+
 def _bad(message: str) -> CommandError:
     return CommandError(ErrorCode.BAD_REQUEST, message)
 
@@ -135,23 +143,43 @@ class Control:
 
     def handle(self, data: bytes) -> bytes:
         """One request in, one encoded reply out. Never raises."""
+        return self._stamped([self._answer(data)])[0]
+
+    def handle_all(self, requests: list[bytes]) -> list[bytes]:
+        """Answer ``requests`` in order with one commit for all they write (group commit: under
+        load, the requests queued together share the transaction's cost instead of one commit
+        each). What they wrote is stored, and published, before any reply is made; when that
+        commit fails, every one of them is answered with the internal error. Never raises."""
+        try:
+            with self.service.store.batch():
+                replies = [self._answer(data) for data in requests]
+        except Exception as exc:
+            log.exception("commit of %d control requests failed", len(requests))
+            message = f"internal error: the commit failed: {type(exc).__name__}: {exc}"
+            replies = [error(_request_id(data), ErrorCode.INTERNAL, message) for data in requests]
+        return self._stamped(replies)
+
+    def _answer(self, data: bytes) -> dict[str, Any]:
         request_id: str | None = None
         try:
             request_id, command = cmd.parse_command(data)
-            reply = ok(request_id, self._handlers[command.kind](command))
+            return ok(request_id, self._handlers[command.kind](command))
         except ProtocolError as exc:
-            request_id = getattr(exc, "request_id", request_id)
-            reply = error(request_id, exc.code, str(exc))
+            return error(getattr(exc, "request_id", request_id), exc.code, str(exc))
         except CommandError as exc:
-            reply = error(request_id, exc.code, exc.message)
+            return error(request_id, exc.code, exc.message)
         except Exception as exc:
             log.exception("command failed: %.200r", _TOKEN_MEMBER.sub(rb'\1"***"', data))
-            reply = error(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        # Where this answer stands among the published record changes: what it changed is
-        # published before the reply leaves (``supervisor.records``).
+            return error(request_id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _stamped(self, replies: list[dict[str, Any]]) -> list[bytes]:
+        # Where these answers stand among the published record changes: what they changed is
+        # published before they leave (``supervisor.records``).
         if self.records is not None:
-            reply["at"] = list(self.records.position())
-        return encode(reply)
+            at = list(self.records.position())
+            for reply in replies:
+                reply["at"] = at
+        return [encode(reply) for reply in replies]
 
     # -- lookups -------------------------------------------------------------------------
     def _task(self, task_id: str, task_type: str | None = None) -> TaskRecord:

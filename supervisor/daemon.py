@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import gc
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from protocol import collector
 from protocol.addresses import ensure_runtime_dir
 from protocol.records import HEARTBEAT_SECONDS
 from protocol.settings import Settings
@@ -194,16 +194,17 @@ class Daemon:
                 self.settings.addresses.control,
             )
             self._last_status = self._status_text()
-            # What start-up made lives as long as the daemon: frozen out of the collector's
-            # sight, a full collection no longer walks it between two events or requests.
-            gc.collect()
-            gc.freeze()
+            # What start-up made lives as long as the daemon, and full collections walk only
+            # what is new (``protocol.collector``): no pause of tens of milliseconds between
+            # two events or requests.
+            collector.install()
             self._ready = True
             notify.ready(self._last_status)
             await self._stopping.wait()
             notify.stopping(f"stopping: cancelling {len(self.lifecycle.running)} running job(s)")
             await asyncio.gather(self.lifecycle.stop_jobs(SHUTDOWN_REASON), self.serving.stop())
         finally:
+            collector.uninstall()
             notify.stopping("stopping")
             for w in workers:
                 w.cancel()
@@ -278,25 +279,32 @@ class Daemon:
 
     # -- loops ---------------------------------------------------------------------------
     async def _control_loop(self, router: zmq.Socket[bytes]) -> None:
-        """Control requests, read by a reader callback like ``_events_loop``: each call answers
-        up to ``CONTROL_BATCH`` requests, each reply sent at once (a ROUTER never blocks: a
-        reply to a client that went away is dropped). No future per request and per reply:
-        with ``zmq.asyncio`` those cost about as much as a status answer itself. Runs until
-        cancelled."""
+        """Control requests, read by a reader callback like ``_events_loop``: each call reads
+        what is queued, up to ``CONTROL_BATCH`` requests, answers them with one commit, then
+        sends the replies (a ROUTER never blocks: a reply to a client that went away is
+        dropped). No future per request and per reply: with ``zmq.asyncio`` those cost about
+        as much as a status answer itself. Runs until cancelled."""
 
         def drain(more: Callable[[], None]) -> None:
+            queued: list[list[bytes]] = []
             for _ in range(CONTROL_BATCH):
                 if not int(router.get(_EVENTS)) & _POLLIN:
-                    return  # read until nothing is queued: only then does the descriptor signal
+                    break  # read until nothing is queued: only then does the descriptor signal
                 frames = _recv_message(router)
-                if len(frames) < 2:
-                    continue
-                reply = self.control.handle(frames[-1])
+                if len(frames) >= 2:
+                    queued.append(frames)
+            if not queued:
+                return
+            # One commit for what arrived together (``Control.handle_all``).
+            for frames, reply in zip(queued, self.control.handle_all([frames[-1] for frames in queued])):
                 try:
                     router.send_multipart([*frames[:-1], reply], _NOWAIT)
                 except zmq.ZMQError as exc:  # the client went away
                     log.warning("control reply not sent: %s", exc)
-            more()  # more may be queued: after the events' turn
+            # What arrived meanwhile: the sends may have taken the descriptor's signal (it is
+            # edge-triggered, and ZMQ_EVENTS must be read after a send), so look now.
+            if int(router.get(_EVENTS)) & _POLLIN:
+                more()  # after the events' turn
 
         await _read_when_ready(router, drain)
 

@@ -51,23 +51,49 @@ def url_problem(value: str) -> str | None:
     return None
 
 
-def _realpath(path: str) -> str:
-    """``os.path.realpath(path)``, in one system call when ``path`` exists: the kernel resolves
-    it (``O_PATH`` opens without reading or needing permission on the file; ``/proc/self/fd``
-    names what was opened). realpath's own walk costs an ``lstat`` per component in Python, and
-    every submission resolves several paths. Anything else (a path that does not exist yet, a
-    loop, no ``/proc``): realpath, which resolves what exists and appends the rest."""
+def _opened(path: str) -> str | None:
+    """What ``path`` names, absolute and symlink-free, in one system call (``O_PATH`` opens
+    without reading or needing permission on the file; ``/proc/self/fd`` names what was
+    opened); None when it does not exist. ``OSError`` for anything else (a loop, no ``/proc``)."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return os.path.realpath(path)
+    except FileNotFoundError:
+        return None
     try:
         resolved = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return os.path.realpath(path)
     finally:
         os.close(fd)
-    return resolved if resolved.startswith("/") and not resolved.endswith(" (deleted)") else os.path.realpath(path)
+    if not resolved.startswith("/") or resolved.endswith(" (deleted)"):
+        raise OSError(f"cannot name {path!r} through /proc")
+    return resolved
+
+
+def _realpath(path: str) -> tuple[str, bool]:
+    """``(os.path.realpath(path), whether it exists)`` for an absolute ``path``, the kernel
+    resolving it: realpath's own walk costs an ``lstat`` per component in Python, and every
+    submission resolves several paths. A missing path: its deepest existing ancestor, resolved,
+    and the rest of the names as they are (below a missing name nothing exists, so nothing is a
+    link) — unless the first missing name is a dangling link or ``..`` follows, which realpath
+    itself resolves, as it does anything unusual (a loop, no ``/proc``)."""
+    try:
+        found = _opened(path)
+        if found is not None:
+            return found, True
+        parts = path.split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            rest = [name for name in parts[cut:] if name not in ("", ".")]
+            if ".." in rest:
+                break
+            found = _opened("/".join(parts[:cut]) or "/")
+            if found is None:
+                continue
+            if rest and os.path.islink(os.path.join(found, rest[0])):
+                break
+            return os.path.join(found, *rest), False
+    except OSError:
+        pass
+    resolved = os.path.realpath(path)
+    return resolved, os.path.exists(resolved)
 
 
 class Confinement:
@@ -97,10 +123,10 @@ class Confinement:
             raise PathRefused(field, "must not contain NUL characters")
         # No "~" expansion: the service user's home directory is nobody's business.
         candidate = value if os.path.isabs(value) else os.path.join(self._home, value)
-        resolved = _realpath(candidate)
+        resolved, exists = _realpath(candidate)
         if not any(resolved == root or resolved.startswith(prefix) for root, prefix in self._roots):
             roots = ", ".join(root for root, _ in self._roots)
             raise PathRefused(field, f"path '{value}' resolves outside the data roots ({roots})")
-        if must_exist and not os.path.exists(resolved):
+        if must_exist and not exists:
             raise PathRefused(field, f"path '{value}' does not exist")
         return resolved

@@ -177,9 +177,10 @@ def test_urls_and_schemes(roots: tuple[Confinement, Path, Path]) -> None:
 
 
 def test_the_fast_resolution_agrees_with_realpath(tmp_path: Path) -> None:
-    """``web.paths._realpath`` (one ``O_PATH`` open) gives ``os.path.realpath``'s answer for
-    every kind of path: plain, through links and link chains, ``..`` after a link, a missing
-    tail, a dangling link, a loop, a file."""
+    """``web.paths._realpath`` (``O_PATH`` opens) gives ``os.path.realpath``'s answer, and
+    whether the path exists, for every kind of path: plain, through links and link chains,
+    ``..`` after a link, a missing tail (under a directory, a link, a file), ``..`` after a
+    missing name, a dangling link, a loop, a file, the root."""
     from web.paths import _realpath
 
     (tmp_path / "a" / "b").mkdir(parents=True)
@@ -191,7 +192,11 @@ def test_the_fast_resolution_agrees_with_realpath(tmp_path: Path) -> None:
     os.symlink(tmp_path / "loop2", tmp_path / "loop1")
     os.symlink(tmp_path / "loop1", tmp_path / "loop2")
     cases = ["a", "a/b/f.png", "ln", "chain/f.png", "ln/..", "chain/../b", "a/rel/f.png", "a/b/missing/deeper",
-             "ln/missing", "dangling", "dangling/x", "loop1", "a/./b//f.png", "a/b/../../a"]  # fmt: skip
+             "ln/missing", "chain/missing/./x/", "a/b/f.png/x", "a/missing/../b", "ln/missing/../../a", "dangling",
+             "dangling/x", "loop1", "loop1/x", "a/./b//f.png", "a/b/../../a", "a/b/"]  # fmt: skip
     for case in cases:
         path = str(tmp_path / case)
-        assert _realpath(path) == os.path.realpath(path), case
+        resolved = os.path.realpath(path)
+        assert _realpath(path) == (resolved, os.path.exists(resolved)), case
+    assert _realpath("/") == ("/", True)
+    assert _realpath("/no-such-dir-here/x") == ("/no-such-dir-here/x", False)
