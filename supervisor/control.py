@@ -69,6 +69,7 @@ class Figures:
     pid: int
     uptime: float
     subscriptions: int
+    subscribed: int
     events_received: int
     events_dropped: int
     loop_lag: float
@@ -386,6 +387,7 @@ class Control:
             # Additions.
             "pid": figures.pid,
             "subscriptions": figures.subscriptions,
+            "subscriptions_seen": figures.subscribed,
             "events_received": figures.events_received,
             "events_dropped": figures.events_dropped,
             "loop_lag_seconds": round(figures.loop_lag, 6),

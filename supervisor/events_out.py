@@ -40,6 +40,9 @@ class EventsOut:
         self._pub: zmq.Socket[bytes] = zmq.Socket.shadow(self._xpub.underlying)
         #: Subscriptions live now (web's SUB sockets, test subscribers).
         self.subscriptions = 0
+        #: Every subscription seen since start (a client waits for this to pass what it saw
+        #: before subscribing: the live count can stand still while another one leaves).
+        self.subscribed = 0
 
     def publish(self, out: list[tuple[bytes, bytes]]) -> None:
         """Send ``[(topic, event_json), ...]`` in order, never blocking."""
@@ -71,6 +74,7 @@ class EventsOut:
             msg = await self._xpub.recv()
             if msg[:1] == b"\x01":
                 self.subscriptions += 1
+                self.subscribed += 1
             elif msg[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
 

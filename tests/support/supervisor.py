@@ -363,14 +363,15 @@ class SupervisorProcess:
 
     def subscribe(self, topic: bytes = b"", timeout: float = 10.0) -> EventSubscriber:
         """A subscriber on events-out whose subscription the supervisor has already counted."""
-        before = self.call("health")["subscriptions"]
+        before = self.call("health")["subscriptions_seen"]
         sub = EventSubscriber(self._ctx, self.settings.addresses.events_out, topic, monitor=True)
         self._subs.append(sub)
         deadline = time.monotonic() + timeout
         sub.wait_connected(timeout)
         # The subscription has been sent; the daemon counts it when its loop reads it. Each
         # health question is a round trip through that loop: a question or two at most.
-        while self.call("health", timeout=max(0.1, deadline - time.monotonic()))["subscriptions"] <= before:
+        # (Counted as seen, not as live: another subscriber leaving meanwhile would hide it.)
+        while self.call("health", timeout=max(0.1, deadline - time.monotonic()))["subscriptions_seen"] <= before:
             if time.monotonic() > deadline:
                 raise TimeoutError("the supervisor did not see the subscription")
         return sub
