@@ -4,17 +4,18 @@ lock, binds the sockets, wires the parts together, runs the loops and handles th
 Sockets (``protocol.addresses``, runtime dir 0700):
 
 - control ROUTER: one request → one immediate reply (``supervisor.control``); never waits on
-  a job.
-- events-in SUB (subscribed to everything): runners' XPUBs connect here. Drained by a reader
-  callback in batches (what is queued, up to ``BATCH`` events; a runner sends
-  ``[task_id, event, event, …]``), each batch stored in one transaction and then published
-  (``supervisor.pipeline``).
+  a job. Read by ``supervisor.readers.serve_control``: the requests queued together are
+  answered with one commit.
+- events-in SUB (subscribed to everything): runners' XPUBs connect here. Drained by
+  ``supervisor.readers.serve_events`` in batches (a runner sends ``[task_id, event, event,
+  …]``), each batch stored in one transaction and then published (``supervisor.pipeline``).
 - events-out XPUB (``supervisor.events_out``): web's SUB connects here.
 
 The parts: ``lifecycle`` (tasks and their processes: queue, start, cancel, reap, recover),
 ``executor`` (how a task gets its process: ``supervisor.local`` on this host), ``pipeline``
 (runner events numbered, stored, published), ``scheduler``, ``store``, ``control`` (the
-commands, through the ``control.Service`` this daemon implements), ``ps``, ``notify`` (systemd).
+commands, through the ``control.Service`` this daemon implements), ``ps``, ``notify`` (systemd),
+``upkeep`` (WAL checkpoints).
 
 Stopping is one path, ``shutdown``: the SIGTERM/SIGINT handler calls it, as any other request
 to stop must. The first call starts no more tasks and cancels the running ones with the grace
@@ -29,12 +30,8 @@ import fcntl
 import logging
 import os
 import signal
-import sqlite3
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,20 +52,17 @@ from supervisor.lifecycle import Lifecycle
 from supervisor.local import LocalExecutor
 from supervisor.pipeline import Pipeline
 from supervisor.ps import Ps
+from supervisor.readers import serve_control, serve_events
 from supervisor.records import Records
 from supervisor.scheduler import Scheduler
 from supervisor.serving.deployment import Deployment
 from supervisor.serving.manager import Serving
 from supervisor.serving.replica import Replica
 from supervisor.store import Store
+from supervisor.upkeep import checkpoints
 
 log = logging.getLogger(__name__)
 
-#: Runner events processed (and committed) per batch, at most (a longer message is split). Control
-#: requests are answered between batches, so this bounds how long a flood delays them: 500
-#: events kept the worst control answer at ~70 ms under benchmarks.control (2000: ~130 ms),
-#: at the same events/s.
-BATCH = 500
 #: Inbound queue length, in messages. A runner's message may carry up to a thousand events, so
 #: the queue stays short (bounded memory); runners block (XPUB_NODROP) when it is full, which
 #: is the back-pressure we want.
@@ -76,19 +70,12 @@ EVENTS_IN_HWM = 1_000
 #: A control message this much over ``MAX_MESSAGE_BYTES`` is cut off by ZeroMQ (the peer is
 #: disconnected) instead of being read into memory; up to it, the client gets ``too_large``.
 CONTROL_MAX_BYTES = 16 * 1024 * 1024
-#: Seconds between WAL checkpoints while events arrive.
-CHECKPOINT_SECONDS = 1.0
 #: The loop-lag probe: its period, and how many periods ``loop_lag_max`` looks back over.
 LAG_PROBE_SECONDS = 0.25
 LAG_WINDOW = 240
 #: Why running jobs end when the supervisor stops.
 SHUTDOWN_REASON = "cancelled: the supervisor is shutting down"
 _SOCKETS = ("control.sock", "events-in.sock", "events-out.sock")
-_NOWAIT = int(zmq.NOBLOCK)
-#: Control requests answered per reader callback before the loop serves others (events).
-CONTROL_BATCH = 64
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 class AlreadyRunning(RuntimeError):
@@ -171,10 +158,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal, sig)
         loops = [
-            self._control_loop(router),
-            self._events_loop(sub),
+            serve_control(router, self.control),
+            serve_events(sub, self.pipeline),
             self.events_out.watch_subscriptions(),
-            self._checkpoint_loop(),
+            checkpoints(self.store, lambda: self.pipeline.received, self.settings.job_nice),
             self._heartbeat_loop(),
             self._lag_loop(),
             self.serving.run(),
@@ -248,8 +235,7 @@ class Daemon:
                 (self.settings.runtime_dir / path).unlink()
             except FileNotFoundError:
                 pass
-        # Plain sockets: ``_control_loop`` and ``_events_loop`` read them from the loop's own
-        # reader callbacks.
+        # Plain sockets: ``supervisor.readers`` reads them from the loop's own reader callbacks.
         router: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_BYTES)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -280,112 +266,11 @@ class Daemon:
         self.shutdown(signal.Signals(sig).name)
 
     # -- loops ---------------------------------------------------------------------------
-    async def _control_loop(self, router: zmq.Socket[bytes]) -> None:
-        """Control requests, read by a reader callback like ``_events_loop``: each call reads
-        what is queued, up to ``CONTROL_BATCH`` requests, answers them with one commit, then
-        sends the replies (a ROUTER never blocks: a reply to a client that went away is
-        dropped). No future per request and per reply: with ``zmq.asyncio`` those cost about
-        as much as a status answer itself. Runs until cancelled."""
-
-        def drain(more: Callable[[], None]) -> None:
-            queued: list[list[bytes]] = []
-            for _ in range(CONTROL_BATCH):
-                if not int(router.get(_EVENTS)) & _POLLIN:
-                    break  # read until nothing is queued: only then does the descriptor signal
-                frames = _recv_message(router)
-                if len(frames) >= 2:
-                    queued.append(frames)
-            if not queued:
-                return
-            # One commit for what arrived together (``Control.handle_all``).
-            for frames, reply in zip(queued, self.control.handle_all([frames[-1] for frames in queued])):
-                try:
-                    router.send_multipart([*frames[:-1], reply], _NOWAIT)
-                except zmq.ZMQError as exc:  # the client went away
-                    log.warning("control reply not sent: %s", exc)
-            # What arrived meanwhile: the sends may have taken the descriptor's signal (it is
-            # edge-triggered, and ZMQ_EVENTS must be read after a send), so look now.
-            if int(router.get(_EVENTS)) & _POLLIN:
-                more()  # after the events' turn
-
-        await _read_when_ready(router, drain)
-
-    async def _events_loop(self, sub: zmq.Socket[bytes]) -> None:
-        """Runner events, read by a reader callback on the socket's file descriptor: each call
-        takes what is queued, up to ``BATCH`` events (a longer message is split, its rest goes
-        first next time), and ingests it (one transaction, then one burst of sends). No future
-        or task switch per message: at a thousand lone events a second those were a measurable
-        part of every event's trip. A full batch reschedules the drain behind whatever else
-        the loop has due, so a flood of events never keeps control requests, or another job's
-        events, waiting longer than one batch. Runs until cancelled."""
-        rest: list[bytes] | None = None  # the part of a long message past a batch: first next time
-
-        def drain(more: Callable[[], None]) -> None:
-            nonlocal rest
-            batch: list[list[bytes]] = []
-            count = 0
-            while count < BATCH:
-                if rest is not None:
-                    msg, rest = rest, None
-                elif not int(sub.get(_EVENTS)) & _POLLIN:
-                    # Read until nothing is queued: only then does the descriptor signal the
-                    # next message. (Asked, not found out by EAGAIN: raising ``zmq.Again`` costs
-                    # two imports and tens of microseconds, once per drain: per lone event.)
-                    break
-                else:
-                    msg = _recv_message(sub)
-                room = BATCH - count
-                if len(msg) - 1 > room:  # a runner's message carries up to a thousand events
-                    msg, rest = msg[: 1 + room], [msg[0], *msg[1 + room :]]
-                batch.append(msg)
-                count += len(msg) - 1
-            else:
-                # More may be queued: the next drain goes after the others' turn, and is queued
-                # *before* this batch is ingested. Ingesting may queue the reaper's work for a
-                # job that just ended; were the next drain queued after it, the reaper would read
-                # the journal first and the events still on the socket would be dropped as
-                # duplicates (tests/supervisor/test_events.py counts them).
-                more()
-            if batch:
-                try:
-                    self.pipeline.ingest(batch)
-                except Exception:
-                    log.exception("event batch of %d failed", len(batch))
-
-        await _read_when_ready(sub, drain)
-
     async def _heartbeat_loop(self) -> None:
         """The records' position every ``HEARTBEAT_SECONDS``: a lost last change shows."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             self.records.heartbeat()
-
-    async def _checkpoint_loop(self) -> None:
-        """WAL checkpoints in a thread of their own, off the event path (see
-        ``Store.checkpoint``), as much nicer as the jobs are (``RFUAV_JOB_NICE``): copying
-        pages into the database is upkeep, and a flood of events is what gives it work, so it
-        never takes the CPU from that flood's own runner and from the loop (measured: a quarter
-        of the supervisor's CPU in a burst). Where a steady stream of commits keeps checkpoints
-        from finishing and the WAL has grown past ``WAL_RESTART_BYTES``, the rest is
-        checkpointed here, on the loop, right away: only what was committed while the thread
-        ran, so the WAL starts over instead of growing."""
-        loop = asyncio.get_running_loop()
-        nice = self.settings.job_nice
-        thread = ThreadPoolExecutor(1, "checkpoint", initializer=lambda: _upkeep_thread("rfuavd checkpt", nice))
-        stored = -1
-        try:
-            while True:
-                await asyncio.sleep(CHECKPOINT_SECONDS)
-                if self.pipeline.received == stored:
-                    continue  # nothing new since the last one
-                stored = self.pipeline.received
-                try:
-                    if await loop.run_in_executor(thread, self.store.checkpoint):
-                        self.store.finish_checkpoint()
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
-        finally:
-            thread.shutdown(wait=False, cancel_futures=True)
 
     async def _lag_loop(self) -> None:
         """Measure how late the loop runs a timer: anything blocking the loop shows here."""
@@ -463,58 +348,6 @@ class _ReplicaTask:
         assert replica.handle is not None
         task = _ReplicaTask(dep.task.task_id, dep.task.task_type, replica.device, replica.started_at)
         return task, replica.handle
-
-
-async def _read_when_ready(sock: zmq.Socket[bytes], drain: Callable[[Callable[[], None]], None]) -> None:
-    """Call ``drain(more)`` whenever ``sock``'s descriptor signals, and once at the start (for
-    what arrived before), until cancelled. ``drain`` calls ``more()`` when it stops with more
-    queued: it runs again on the next loop turn, behind whatever else is due by then."""
-    loop = asyncio.get_running_loop()
-    fd = int(sock.get(zmq.FD))
-    again: asyncio.Handle | None = None
-
-    def step() -> None:
-        nonlocal again
-        again = None
-        drain(more)
-
-    def more() -> None:
-        nonlocal again
-        again = loop.call_soon(step)
-
-    loop.add_reader(fd, step)
-    try:
-        step()
-        await asyncio.Future()
-    finally:
-        loop.remove_reader(fd)
-        if again is not None:
-            again.cancel()
-
-
-def _upkeep_thread(name: str, nice: int) -> None:
-    """Name the calling thread for ``ps -L``/``top -H`` and make it ``nice`` steps nicer than
-    the daemon (Linux: a thread's name and nice value are its own)."""
-    tid = threading.get_native_id()
-    try:
-        with open(f"/proc/self/task/{tid}/comm", "w") as comm:
-            comm.write(name[:15])
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-    except OSError as exc:
-        log.warning("%s thread: %s", name, exc)
-
-
-def _recv_message(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """``recv_multipart(NOBLOCK)`` without its per-frame socket-option look-up: each frame
-    says itself whether more follow (``Frame.more``), where ``get(RCVMORE)`` converts the
-    option to its enum on every call (measured: 1.9 instead of 3.1 µs of CPU per frame, and a
-    runner's message carries up to a thousand events)."""
-    frame = sock.recv(_NOWAIT, copy=False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = sock.recv(_NOWAIT, copy=False)
-        parts.append(frame.bytes)
-    return parts
 
 
 async def run(settings: Settings) -> int:

@@ -40,7 +40,7 @@ KEY_FILE = "events-curve.key"
 #: Where libzmq asks a socket's context for authentication (RFC 27/ZAP).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"rfuav-events"
-#: Events taken per batch without waiting (as ``supervisor.daemon.BATCH``).
+#: Events taken per batch without waiting (as ``supervisor.readers.BATCH``).
 BATCH = 500
 #: Inbound queue in messages (as the daemon's events-in socket): a full queue blocks runners.
 RCVHWM = 1_000
