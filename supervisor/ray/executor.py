@@ -49,27 +49,19 @@ from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from protocol.tasks import TaskRecord
 from supervisor.cgroups import instance_key
-from supervisor.executor import ExitInfo, RunnerLost, StartAborted
+from supervisor.executor import StartAborted
 from supervisor.job_cgroup import JobLimits
 from supervisor.ray.events_tcp import EventsTcp
+from supervisor.ray.handle import CALL_TIMEOUT, Deliver, RayHandle, lost, remove_and_confirm
 
 log = logging.getLogger(__name__)
 
-#: Seconds one ``events`` long poll of a runner host waits.
-EVENTS_POLL = 1.0
 #: Seconds between two looks at the cluster's available resources.
 RESOURCES_EVERY = 0.5
 #: Seconds an admitted job's resources count as held before Ray's view must show them.
 HOLD_SECONDS = 2.0
 #: Seconds a restarted supervisor gives a runner host to finish starting its runner.
 ADOPT_WAIT = 5.0
-#: Seconds a blocking call to a runner host may take (ps, cleanup).
-CALL_TIMEOUT = 30.0
-#: Seconds an aborted start waits for Ray to free its host's name (pending actors: milliseconds).
-REMOVE_TIMEOUT = 10.0
-
-Deliver = Callable[[list[list[bytes]]], Any]
-
 
 #: Ray's switch between "one machine only" (node address: loopback) and a cluster (node address:
 #: the host's outward one, whatever ``_node_ip_address`` says); read by every Ray process.
@@ -90,176 +82,12 @@ def namespace(settings: Settings) -> str:
     return f"rfuav-{instance_key(settings.home)}"
 
 
-def _lost(exc: BaseException, task_id: str) -> RunnerLost:
-    text = str(exc)
-    if "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower() or "lost" in text.lower()):
-        return RunnerLost(f"node lost: the Ray node running task {task_id}'s runner host died")
-    return RunnerLost(f"runner host died: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
-
-
-def _remove(actor: Any) -> None:
-    import ray
-
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception as exc:  # noqa: BLE001 - already gone
-        log.debug("removing a runner host: %s", exc)
-
-
-def _remove_and_confirm(actor: Any, name: str, namespace: str) -> bool:
-    """``_remove``, then wait until Ray no longer knows the name (the actor is dead: a pending
-    one never gets a process); False if it still does after ``REMOVE_TIMEOUT``. Blocks."""
-    import ray
-
-    _remove(actor)
-    deadline = time.monotonic() + REMOVE_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=namespace)
-        except ValueError:
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @dataclasses.dataclass(eq=False)
 class _Starting:
     """A start under way: whether it was aborted, and the host's ``start`` call once made."""
 
     aborted: bool = False
     call: Any = None
-
-
-class RayHandle:
-    """One job on Ray, through its runner host actor (a ``JobHandle``)."""
-
-    def __init__(
-        self,
-        task_id: str,
-        actor: Any,
-        info: dict[str, Any],
-        deliver: Deliver | None,
-        on_cleanup: Callable[[], None] = lambda: None,
-    ) -> None:
-        """``deliver``: relay the host's events into it; ``on_cleanup``: called once the job's
-        end was dealt with (its TCP events key is forgotten then)."""
-        self.task_id = task_id
-        self._actor = actor
-        self._on_cleanup = on_cleanup
-        self._pid = int(info["pid"])
-        self._create_time = float(info["create_time"])
-        self._cgroup: dict[str, str] = dict(info.get("cgroup") or {})
-        self._enforced = bool(info.get("limits_enforced"))
-        self._warning: str | None = info.get("warning")
-        self.node = str(info.get("node", "?"))
-        self.node_id = str(info.get("node_id", ""))
-        self._deliver = deliver
-        self._pump: asyncio.Task[None] | None = None
-        self._done = False
-        self._gone = False
-        if deliver is not None:
-            self._pump = asyncio.ensure_future(self._relay())
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def create_time(self) -> float:
-        return self._create_time
-
-    @property
-    def cgroup(self) -> dict[str, str]:
-        return self._cgroup
-
-    @property
-    def limits_enforced(self) -> bool:
-        return self._enforced
-
-    @property
-    def warning(self) -> str | None:
-        on = f"on Ray node {self.node}"
-        return f"{self._warning} ({on})" if self._warning else None
-
-    async def _relay(self) -> None:
-        """Take the runner's events from its host as they come (a long poll) into the pipeline."""
-        assert self._deliver is not None
-        while True:
-            try:
-                batch = await self._actor.events.remote(EVENTS_POLL)
-            except Exception as exc:  # noqa: BLE001 - the host is gone: wait() says why
-                log.debug("task %s: event relay ended: %s", self.task_id, exc)
-                return
-            if batch:
-                self._deliver(batch)
-            elif self._done:
-                return
-
-    async def wait(self) -> ExitInfo:
-        try:
-            info = await self._actor.wait.remote()
-        except Exception as exc:
-            self._gone = True  # its processes went with it: nothing left to list or kill
-            raise _lost(exc, self.task_id) from None
-        finally:
-            self._done = True
-        if self._pump is not None:
-            # Not waiting out the pump's long poll (up to EVENTS_POLL): one quick look at what
-            # the host still holds; anything a cancelled poll took is in the journal, which the
-            # reap reads next.
-            self._pump.cancel()
-            try:
-                batch = await self._actor.events.remote(0.0)
-            except Exception as exc:  # noqa: BLE001 - the journal has every event
-                log.debug("task %s: last relay read failed: %s", self.task_id, exc)
-            else:
-                if batch and self._deliver is not None:
-                    self._deliver(batch)
-        return ExitInfo(info["code"], bool(info["oom_killed"]), int(info["memory_limit_mb"]))
-
-    def terminate(self) -> None:
-        self._actor.terminate.remote()
-
-    def kill(self) -> None:
-        self._actor.kill.remote()
-
-    def _call(self, method: str) -> Any:
-        import ray
-
-        try:
-            return ray.get(getattr(self._actor, method).remote(), timeout=CALL_TIMEOUT)
-        except Exception as exc:
-            raise OSError(f"runner host of task {self.task_id}: {type(exc).__name__}: {exc}") from None
-
-    def alive_pids(self) -> list[int]:
-        if self._gone:
-            return []
-        pids: list[int] = self._call("alive_pids")
-        return pids
-
-    def cgroup_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self._call("cgroup_state")
-        return state
-
-    def cleanup(self) -> None:
-        """Kill and verify what is left of the job on its node, free its cgroup, then remove the
-        host (only once nothing of the job is left). Blocks."""
-        import ray
-
-        self._on_cleanup()
-        if self._gone:
-            return
-        try:
-            result = ray.get(self._actor.cleanup.remote(), timeout=CALL_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - a dead host took its job's processes with it
-            log.warning("task %s: runner host cleanup: %s", self.task_id, exc)
-            result = {"left": []}
-        if result["left"]:
-            raise OSError(f"processes {result['left']} of task {self.task_id} survived SIGKILL: runner host kept")
-        try:
-            ray.kill(self._actor, no_restart=True)
-        except Exception as exc:  # noqa: BLE001 - already gone
-            log.debug("task %s: removing the runner host: %s", self.task_id, exc)
 
 
 class RayExecutor:
@@ -479,7 +307,7 @@ class RayExecutor:
                 # Cancelled: Ray dropped the call (the host was not placed yet, or not started
                 # on it), or the host stopped and removed what it had started. Either way no
                 # process of the job is left: the host goes, and its name must be free.
-                gone = await asyncio.to_thread(_remove_and_confirm, actor, spec.task_id, self.namespace)
+                gone = await asyncio.to_thread(remove_and_confirm, actor, spec.task_id, self.namespace)
                 if not gone:
                     log.error("task %s: its runner host is still known to Ray after the kill", spec.task_id)
                 if isinstance(exc, ray.exceptions.RayTaskError):  # the host had the call: it stopped its runner
@@ -489,10 +317,10 @@ class RayExecutor:
             raise
         except ray.exceptions.RayTaskError as exc:  # the host refused (e.g. paths its node cannot see)
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            await asyncio.to_thread(_remove_and_confirm, actor, spec.task_id, self.namespace)
+            await asyncio.to_thread(remove_and_confirm, actor, spec.task_id, self.namespace)
             raise RuntimeError(f"on Ray node: {type(cause).__name__}: {cause}") from None
         except Exception as exc:
-            raise _lost(exc, spec.task_id) from None
+            raise lost(exc, spec.task_id) from None
         return RayHandle(
             spec.task_id, actor, info, self._deliver if self._relay else None, self._forgetter(spec.task_id)
         )

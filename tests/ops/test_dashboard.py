@@ -181,8 +181,8 @@ def test_train_from_the_form_watch_log_and_charts_then_cancel(page, svc: Service
     assert task["task_type"] == "training" and task["params"]["num_epochs"] == 200
     assert task["params"]["pretrained"] is False
 
-    # The task panel opened on the new task, and its row is in the list.
-    assert page.inner_text("#task-title") == task_id
+    # The task panel opens on the new task (once the list is refreshed), and its row is in the list.
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {task_id!r}")
     page.wait_for_selector(f"#tasks tr[data-task-id='{task_id}']")
     # Live: the log fills, and both charts get points (two epochs: train and val each).
     page.wait_for_function("document.querySelectorAll('#task-log li').length > 3", timeout=120_000)
