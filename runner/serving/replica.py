@@ -16,11 +16,8 @@ mean gap between arrivals: a lone client pays no delay, a crowd fills the batch)
 stacked and run in forward passes of at most ``max_batch_size``, each request answered. An
 exception answers 500 to the requests it touched; the loop goes on (no input ends a replica).
 
-A TCP replica (placed by Ray, ``protocol.serving`` "Where a replica listens") binds as a CURVE
-server with its own secret key; a ZAP handler (a thread on the replica's own context, so that a
-handshake is answered while a batch runs) lets in ``curve_client_key`` only; once bound it writes
-the endpoint (its node's address, the port the kernel gave) to ``ENDPOINT_FILE`` in its task
-directory, where the supervisor reads it.
+A TCP replica (placed by Ray) binds as a CURVE server and lets in one client key
+(``runner.serving.curve``).
 
 SIGTERM sets a flag (its wake-up byte ends the poll): the replica answers ``draining``, keeps
 serving until nothing waits and no request came for ``drain_idle_seconds`` (at most
@@ -34,7 +31,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -47,7 +43,6 @@ import numpy as np
 import orjson
 import torch
 import zmq
-import zmq.utils.z85
 
 from protocol import serving as sv
 from protocol.codec import build
@@ -56,6 +51,7 @@ from runner import devices, inference
 from runner.context import StopFlag
 from runner.serving import answers, failure_line, inputs
 from runner.serving.answers import Labels, ResultCache, Row
+from runner.serving.curve import ZAP_DOMAIN, Zap, write_endpoint
 
 #: Messages received per pass before the loop looks at its batch again (a flood cannot starve it).
 RECEIVE_BURST = 4096
@@ -65,9 +61,6 @@ CLOSE_LINGER_MS = 500
 GAP_WEIGHT = 0.2
 #: The longest an idle poll waits: a late signal handler is noticed within this (ms).
 IDLE_POLL_MS = 1000
-#: Where libzmq asks a socket's context for authentication (RFC 27/ZAP), and this socket's domain.
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-ZAP_DOMAIN = b"rfuav-replica"
 
 
 @dataclass(slots=True)
@@ -175,7 +168,7 @@ class Replica:
         sock.bind(p.address)
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if endpoint.startswith("tcp://"):
-            _write_endpoint(self.task_dir / sv.ENDPOINT_FILE, endpoint)
+            write_endpoint(self.task_dir / sv.ENDPOINT_FILE, endpoint)
         print(f"replica {p.name} v{p.version} ready on {endpoint}", flush=True)
 
     @property
@@ -388,52 +381,6 @@ class Replica:
         traceback.print_exc()
         for req in reqs:
             self._error(req, 500, f"internal error: {_describe(exc)}")
-
-
-class Zap:
-    """The ZAP handler of a TCP replica's context: a CURVE client with the key ``allowed`` (Z85)
-    gets in, any other is refused (its handshake fails: nothing it sends arrives). A daemon
-    thread; it ends when the context is terminated."""
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], allowed: str) -> None:
-        self._allowed = zmq.utils.z85.decode(allowed.encode())
-        self._sock = ctx.socket(zmq.REP)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(ZAP_ENDPOINT)
-        self.refused = 0
-        self._thread = threading.Thread(target=self._run, name="rfuav-replica-zap", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        sock = self._sock
-        try:
-            while True:
-                msg = sock.recv_multipart()
-                request_id = msg[1] if len(msg) > 1 else b""
-                ok = (
-                    len(msg) == 7 and msg[0] == b"1.0" and msg[2] == ZAP_DOMAIN and msg[5] == b"CURVE"
-                    and msg[6] == self._allowed
-                )  # fmt: skip
-                if not ok:
-                    self.refused += 1
-                sock.send_multipart(
-                    [b"1.0", request_id, b"200", b"OK", b"", b""] if ok
-                    else [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
-                )  # fmt: skip
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            sock.close(linger=0)
-
-    def join(self) -> None:
-        self._thread.join(timeout=5)
-
-
-def _write_endpoint(path: Path, endpoint: str) -> None:
-    """``endpoint`` into ``path``, atomically (a reader sees all of it or no file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(endpoint + "\n")
-    os.replace(tmp, path)
 
 
 def _describe(exc: BaseException) -> str:
