@@ -16,13 +16,11 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-import protocol
 from protocol import commands as cmd
 from protocol.codec import ProtocolError, build, encode
 from protocol.records import totals
@@ -38,8 +36,8 @@ from protocol.tasks import (
     TaskSpec,
 )
 from supervisor import jobs
-from supervisor.executor import Executor
-from supervisor.gpu import Gpus
+from supervisor.daemon_commands import DaemonCommands
+from supervisor.daemon_commands import Service as DaemonService
 from supervisor.records import Records
 from supervisor.serving.commands import Service as ServingService
 from supervisor.serving.commands import ServingCommands
@@ -62,44 +60,14 @@ MAX_VIEW = 10_000
 LOGS_REPLY_BYTES = 3 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """The daemon's own figures in ``health``."""
-
-    pid: int
-    uptime: float
-    subscriptions: int
-    subscribed: int
-    events_received: int
-    events_dropped: int
-    loop_lag: float
-    loop_lag_max: float
-
-
-class Service(ServingService, Protocol):
+class Service(ServingService, DaemonService, Protocol):
     """What the control handlers need of the supervisor (``supervisor.daemon.Daemon``): what the
-    serving commands need (settings, store, scheduler, deployments, live tasks), and more."""
-
-    @property
-    def gpus(self) -> Gpus: ...
-
-    @property
-    def executor(self) -> Executor: ...
+    serving commands and the daemon's own commands need, and more."""
 
     def enqueue(self, tasks: list[TaskRecord]) -> None:
         """Queue tasks just stored."""
 
     def cancel(self, task_id: str, reason: str) -> None: ...
-
-    def schedule(self) -> None:
-        """Start what may start now (after a limit changed)."""
-
-    def runner_views(self) -> list[dict[str, Any]]: ...
-
-    def figures(self) -> Figures: ...
-
-    def shutdown(self, reason: str) -> None:
-        """Stop serving, as SIGTERM does (asked again: kill the running jobs)."""
 
 
 def _not_found(task_id: str) -> CommandError:
@@ -132,13 +100,8 @@ class Control:
             "cancel": self.cancel,
             "delete": self.delete,
             "logs": self.logs,
-            "resources": self.resources,
-            "gpu": self.gpu,
-            "set_limits": self.set_limits,
-            "ps": self.ps,
-            "health": self.health,
             "view": self.view,
-            "shutdown": self.shutdown,
+            **DaemonCommands(service).handlers(),
             **ServingCommands(service).handlers(),
         }
 
@@ -340,61 +303,6 @@ class Control:
         final = task.status in FINAL_STATUSES and last >= task.last_seq
         return {"events": events, "final": final, "status": task.status, "last_seq": task.last_seq}
 
-    # -- resources -----------------------------------------------------------------------
-    def resources(self, c: cmd.Resources) -> dict[str, Any]:
-        scheduler = self.service.scheduler
-        usage = scheduler.usage()
-        return {
-            "device_usage": usage,
-            "active_tasks": scheduler.active(),
-            "limits": scheduler.limits(),
-            "gpu_info": self.service.gpus.info(usage),
-            "queue_length": scheduler.queue_length,
-            "running": scheduler.running_count,
-        }
-
-    def gpu(self, c: cmd.Gpu) -> dict[str, Any]:
-        info: dict[str, Any] = self.service.gpus.info(self.service.scheduler.usage())
-        return info
-
-    def set_limits(self, c: cmd.SetLimits) -> dict[str, Any]:
-        scheduler = self.service.scheduler
-        why = scheduler.validate_limits(c.limits)
-        if why is not None:
-            raise _bad(why)
-        scheduler.set_limits(c.limits)
-        log.info("limits changed: %s", c.limits)
-        self.service.schedule()
-        return {"limits": scheduler.limits(), "config": scheduler.raw_limits()}
-
-    # -- the daemon ----------------------------------------------------------------------
-    def ps(self, c: cmd.Ps) -> dict[str, Any]:
-        return {"runners": self.service.runner_views()}
-
-    def health(self, c: cmd.Health) -> dict[str, Any]:
-        service, scheduler, store = self.service, self.service.scheduler, self.service.store
-        figures = service.figures()
-        return {
-            "version": protocol.__version__,
-            "running": scheduler.running_count,
-            "queued": scheduler.queue_length,
-            "tasks": store.counts(),
-            "gpu_available": service.gpus.count > 0,
-            "gpu_count": service.gpus.count,
-            "start_mode": service.settings.start_mode,
-            "uptime": round(figures.uptime, 3),
-            "events_stored": store.events_total(),
-            # Additions.
-            "pid": figures.pid,
-            "subscriptions": figures.subscriptions,
-            "subscriptions_seen": figures.subscribed,
-            "events_received": figures.events_received,
-            "events_dropped": figures.events_dropped,
-            "loop_lag_seconds": round(figures.loop_lag, 6),
-            "loop_lag_max_seconds": round(figures.loop_lag_max, 6),
-            "executor": service.executor.describe(),
-        }
-
     def view(self, c: cmd.View) -> dict[str, Any]:
         if not 0 <= c.limit <= MAX_VIEW:
             raise _bad(f"limit must be between 0 and {MAX_VIEW}, got {c.limit}")
@@ -404,8 +312,3 @@ class Control:
         if self.records is None:
             raise CommandError(ErrorCode.UNAVAILABLE, "this supervisor publishes no task records")
         return self.records
-
-    def shutdown(self, c: cmd.Shutdown) -> dict[str, Any]:
-        # Answered first: the daemon stops after this reply, serving while jobs wind down.
-        self.service.shutdown("shutdown requested")
-        return {"stopping": True}

@@ -44,7 +44,8 @@ from protocol.records import HEARTBEAT_SECONDS
 from protocol.settings import Settings
 from protocol.tasks import RUNNING, TaskRecord
 from supervisor import notify
-from supervisor.control import Control, Figures
+from supervisor.control import Control
+from supervisor.daemon_commands import Figures
 from supervisor.events_out import EventsOut
 from supervisor.executor import Executor, JobHandle
 from supervisor.gpu import Gpus
