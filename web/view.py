@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds without a message (changes or heartbeat) after which the view is not trusted.
 LEASE = 3 * HEARTBEAT_SECONDS
-#: Seconds between two looks at the feed's connection from ``live`` (the loop also runs the
-#: disconnect callback as soon as it sees the event).
-CONNECTION_CHECK = 0.001
 #: Seconds a reply's caller waits for the view to reach the reply's position.
 CATCH_UP_WAIT = 1.0
 #: Messages buffered while a snapshot is on its way (more: take the snapshot again).
@@ -105,7 +102,6 @@ class View:
         self._extra: OrderedDict[str, None] = OrderedDict()
         self._deleted: OrderedDict[str, int] = OrderedDict()
         self._heard = 0.0
-        self._checked = 0.0  # when ``live`` last asked the feed about its connection
         #: Messages received while a snapshot is on its way (None: not synchronising).
         self._buffer: list[dict[str, Any]] | None = None
         self._sync: asyncio.Task[None] | None = None
@@ -311,14 +307,10 @@ class View:
     def live(self) -> bool:
         """Whether reads may be answered from the view now. A disconnect the feed has seen but
         the loop has not handled yet counts (a read right after the supervisor died is a 503,
-        never an answer from a view nobody keeps current): looked at once per
-        ``CONNECTION_CHECK`` at most (asking the socket is a system call, measured at a sixth
-        of a status read's CPU when done for each one)."""
-        now = time.monotonic()
-        if self._feed is not None and self.ready and now - self._checked >= CONNECTION_CHECK:
-            self._checked = now
+        never an answer from a view nobody keeps current)."""
+        if self._feed is not None and self.ready:
             self._feed.check_connection()
-        return self.ready and now - self._heard <= LEASE
+        return self.ready and time.monotonic() - self._heard <= LEASE
 
     def get(self, task_id: str, task_type: str | None) -> dict[str, Any] | None:
         """The task's ``TaskResponse``; None when the view cannot answer (ask the supervisor).
