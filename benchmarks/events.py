@@ -15,9 +15,13 @@ the jobs' priority exactly as in production, and runs beside both paths alike. P
 each: events/s and events lost for a burst of ``--events`` events, p50/p99 end-to-end latency
 at 1,000 events/s (the diagnostic job stamps ``sent_ns`` in each event), each service figure
 beside its bare one with their ratio, the supervisor's CPU per event and loop lag, and the load
-average. Goals: events/s ≥ 0.9 × bare, 0 lost, p99 ≤ 5 ms quiet and loaded.
+average. Each half runs ``--rounds`` rounds (bare, service, bare, service, ...: both paths
+see the same moments of a noisy machine); the figures are the rounds' medians, events lost their
+sum, and the range of the rounds' throughput ratios is printed beside the median's. Goals:
+events/s ≥ 0.9 × bare, 0 lost, p99 ≤ 5 ms quiet and loaded.
 
     python -m benchmarks.events [--events 100000] [--size 1024] [--latency-events 5000] [--load N]
+                                [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import itertools
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +42,7 @@ import orjson
 import psutil
 import zmq
 
-from protocol.events import is_final
+from protocol import events as ev
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from supervisor.cgroups import CgroupError, Cgroups, JobCgroup, JobLimits, instance_key
@@ -62,8 +67,8 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
     while True:
         if not sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
             break
-        # [task_id, event, event, ...] on both paths.
-        frames = sock.recv_multipart()
+        # [task_id, events, ...], packed, on both paths.
+        frames = ev.unpack(sock.recv_multipart())
         now = time.time_ns()
         final = False
         for data in frames[1:]:
@@ -74,7 +79,7 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
                 if first == 0.0:
                     first = time.perf_counter()
                 last = time.perf_counter()
-            final = final or is_final(event)
+            final = final or ev.is_final(event)
         if final:
             break
     return events, first, last
@@ -195,15 +200,31 @@ def stop_load(sup: SupervisorProcess, ids: list[str]) -> None:
         sup.wait_final(task_id, timeout=60)
 
 
-def measure(sup: SupervisorProcess, bare: Bare, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Throughput then latency, bare then service, under whatever runs beside them now."""
-    out = {
-        "bare_rate": bare.run(args.events, args.size, 0),
-        "svc_rate": service(sup, args.events, args.size, 0),
-        "bare_lat": bare.run(args.latency_events, args.size, 1000),
-        "svc_lat": service(sup, args.latency_events, args.size, 1000),
-    }
+def measure(sup: SupervisorProcess, bare: Bare, args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput then latency, bare then service, under whatever runs beside them now:
+    ``args.rounds`` times, combined (``_combine``)."""
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append(
+            {
+                "bare_rate": bare.run(args.events, args.size, 0),
+                "svc_rate": service(sup, args.events, args.size, 0),
+                "bare_lat": bare.run(args.latency_events, args.size, 1000),
+                "svc_lat": service(sup, args.latency_events, args.size, 1000),
+            }
+        )
+    out: dict[str, Any] = {key: _combine([r[key] for r in rounds]) for key in rounds[0]}
+    out["ratios"] = [r["svc_rate"]["rate"] / r["bare_rate"]["rate"] for r in rounds if r["bare_rate"]["rate"]]
     out["loadavg"] = {"1min": os.getloadavg()[0]}
+    return out
+
+
+def _combine(figures: list[dict[str, float]]) -> dict[str, float]:
+    """The rounds' medians; events lost and the loop lag: their sum and their worst."""
+    out = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
+    out["lost"] = sum(f["lost"] for f in figures)
+    if "lag_ms" in out:
+        out["lag_ms"] = max(f["lag_ms"] for f in figures)
     return out
 
 
@@ -211,7 +232,7 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
-def report(title: str, m: dict[str, dict[str, float]]) -> None:
+def report(title: str, m: dict[str, Any]) -> None:
     br, sr, bl, sl = m["bare_rate"], m["svc_rate"], m["bare_lat"], m["svc_lat"]
     print(f"{title}  (load average {m['loadavg']['1min']:.1f} on {os.cpu_count()} cores)")
     print(f"  {'':26}{'events/s':>10} {'lost':>5}   {'p50 ms':>7} {'p99 ms':>7} {'lost':>5}")
@@ -223,6 +244,8 @@ def report(title: str, m: dict[str, dict[str, float]]) -> None:
         f"  {'ratio service/bare':26}{_ratio(sr['rate'], br['rate']):>10} {'':5}   "
         f"{_ratio(sl['p50'], bl['p50']):>7} {_ratio(sl['p99'], bl['p99']):>7}"
     )
+    if len(m["ratios"]) > 1:
+        print(f"  events/s ratio of each round: {', '.join(f'{r:.2f}' for r in m['ratios'])}")
     # The machine is shared: the supervisor's own CPU per event says what one free core would
     # sustain, whatever else runs.
     print(
@@ -239,10 +262,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024, help="bytes per event message")
     parser.add_argument("--latency-events", type=int, default=5_000, help="events sent at 1,000/s")
     parser.add_argument("--load", type=int, default=cores(), help="CPU-bound jobs beside the loaded half")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/service rounds per half")
     args = parser.parse_args()
     print(
         f"{args.events} events of {args.size} B as fast as the runner sends; "
-        f"{args.latency_events} at 1,000 events/s; load: {args.load} CPU-bound job(s)",
+        f"{args.latency_events} at 1,000 events/s; load: {args.load} CPU-bound job(s); "
+        f"medians of {args.rounds} round(s)",
         flush=True,
     )
     with SupervisorProcess(env={"RFUAV_START_MODE": "cold"}) as sup:

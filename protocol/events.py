@@ -1,14 +1,18 @@
 """Runner events: the one record (``Event``), its names, and the wire shape.
 
-Wire shape, on both hops: one ZeroMQ multipart message is ``[task_id, event, event, …]`` —
-the topic frame, then ONE OR MORE event frames (JSON objects) of that task in order. Batching
-several events per message is what makes 50,000 events/s possible (a message costs several
-microseconds whatever its size); at low rates a message carries one event.
+Wire shape, on both hops: one ZeroMQ multipart message is ``[task_id, events, …]`` — the topic
+frame, then one or more frames, each holding ONE OR MORE events of that task (JSON objects, one
+per line: ``pack``), all in order. Batching several events per message, and packing them into
+one frame, is what makes 50,000 events/s possible: a message, and each frame of it, costs
+microseconds whatever its size, on the sender, in both ZeroMQ I/O threads and on the receiver
+(measured over ipc: 4-6 µs of CPU per event sent and received one frame each, 1.5-2.5 µs
+packed). At low rates a message carries one event. Readers take the events out with
+``unpack``, which also reads one event per frame (what this service sent before it packed).
 
 A runner's events carry ``rseq``, the runner's own gap-free counter (1, 2, 3, …), so the
 supervisor can tell a lost event from a late one. The supervisor stores each event under the
 task's gap-free ``seq`` (which also numbers events the supervisor itself adds, such as "queued"
-or "killed by signal") and republishes ``[task_id, event, …]`` with ``seq`` set (events-out).
+or "killed by signal") and republishes them, packed again, with ``seq`` set (events-out).
 ``seq`` is the SSE ``id:``.
 
 Everything an event is used for is defined here once, as module functions over the ``Event``
@@ -166,6 +170,26 @@ encode: Callable[[Event], bytes] = orjson.dumps
 
 #: How a runner's encoded event starts (``runner_event`` puts ``rseq`` first).
 RUNNER_PREFIX = b'{"rseq":'
+
+
+def pack(events: list[bytes]) -> bytes:
+    """Encoded events of one task as one frame, newline-separated (``encode`` never writes a
+    raw newline: JSON escapes it inside strings). The journal's lines are the same bytes."""
+    return b"\n".join(events)
+
+
+def unpack(message: list[bytes]) -> list[bytes]:
+    """``[task_id, event, event, …]``, one event per item, from a message of packed frames
+    (``pack``); ``message`` itself when each frame holds one event."""
+    for frame in message[1:]:
+        if b"\n" in frame:
+            break
+    else:
+        return message
+    out = [message[0]]
+    for frame in message[1:]:
+        out.extend(frame.split(b"\n"))
+    return out
 
 
 def decode(data: bytes) -> Event:

@@ -6,11 +6,12 @@ mark. So: an XPUB socket that waits for the supervisor's subscription before the
 numbered.
 
 ``emit`` serialises the event and queues it; one sender thread appends everything queued to
-``events.jsonl`` in the task directory and then sends it as one multipart message
-``[task_id, event, event, …]``. At a low rate each event goes out alone at once, written by
-the emitting thread itself when nothing is queued (no hop to the sender thread); at a high
-rate events coalesce into batches, which is what makes 50,000 events/s possible (a ZeroMQ
-message costs several microseconds whatever its size). The journal is
+``events.jsonl`` in the task directory and then sends it as one message ``[task_id, events]``,
+the events packed into one frame (``protocol.events.pack``: the journal's lines). At a low rate
+each event goes out alone at once, written by the emitting thread itself when nothing is queued
+(no hop to the sender thread); at a high rate events coalesce into batches, which is what makes
+50,000 events/s possible (a ZeroMQ message, and each frame, costs microseconds whatever its
+size). The journal is
 written *before* the send: when the supervisor is away (restarted, slow) the journal is how it
 catches up, so no event is ever lost.
 """
@@ -181,10 +182,11 @@ class Publisher:
     def _write(self, batch: list[bytes]) -> None:
         if not batch:
             return
-        os.write(self._journal_fd, b"\n".join(batch) + b"\n")
-        for start in range(0, len(batch), MAX_BATCH):
+        chunks = [ev.pack(batch[start : start + MAX_BATCH]) for start in range(0, len(batch), MAX_BATCH)]
+        os.write(self._journal_fd, b"\n".join(chunks) + b"\n")
+        for chunk in chunks:
             try:
-                self._sock.send_multipart([self._topic, *batch[start : start + MAX_BATCH]])
+                self._sock.send_multipart([self._topic, chunk])
             except zmq.Again:
                 # The supervisor is not reading; it catches up from the journal.
                 log.warning("events not sent in %d ms; left in the journal", SNDTIMEO_MS)

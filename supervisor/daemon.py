@@ -7,8 +7,9 @@ Sockets (``protocol.addresses``, runtime dir 0700):
   a job. Read by ``supervisor.readers.serve_control``: the requests queued together are
   answered with one commit.
 - events-in SUB (subscribed to everything): runners' XPUBs connect here. Drained by
-  ``supervisor.readers.serve_events`` in batches (a runner sends ``[task_id, event, event,
-  …]``), each batch stored in one transaction and then published (``supervisor.pipeline``).
+  ``supervisor.readers.serve_events`` in batches (a runner sends ``[task_id, events]``, its
+  events packed into one frame: ``protocol.events``), each batch stored in one transaction and
+  then published (``supervisor.pipeline``).
 - events-out XPUB (``supervisor.events_out``): web's SUB connects here.
 
 The parts: ``lifecycle`` (tasks and their processes: queue, start, cancel, reap, recover),
@@ -39,6 +40,7 @@ import zmq
 import zmq.asyncio
 
 from protocol import collector
+from protocol import events as ev
 from protocol.addresses import ensure_runtime_dir
 from protocol.records import HEARTBEAT_SECONDS
 from protocol.settings import Settings
@@ -53,7 +55,7 @@ from supervisor.lifecycle import Lifecycle
 from supervisor.local import LocalExecutor
 from supervisor.pipeline import Pipeline
 from supervisor.ps import Ps
-from supervisor.readers import serve_control, serve_events
+from supervisor.readers import Drained, serve_control, serve_events
 from supervisor.records import Records
 from supervisor.scheduler import Scheduler
 from supervisor.serving.deployment import Deployment
@@ -116,7 +118,9 @@ class Daemon:
 
             # A runner host's relayed events join the same pipeline as local runners'.
             return RayExecutor(
-                settings, deliver=lambda frames: self.pipeline.ingest(frames), on_room=lambda: self.lifecycle.schedule()
+                settings,
+                deliver=lambda messages: self.pipeline.ingest([ev.unpack(m) for m in messages]),
+                on_room=lambda: self.lifecycle.schedule(),
             )
         return LocalExecutor(settings)
 
@@ -135,6 +139,7 @@ class Daemon:
         tasks: dict[str, TaskRecord] = {}
         self.records.attach(self.store, self.events_out.publish, tasks.get)
         self.pipeline = Pipeline(self.store, self.events_out.publish, tasks)
+        drained = Drained()
         self.lifecycle = Lifecycle(
             self.settings,
             self.store,
@@ -143,6 +148,7 @@ class Daemon:
             self.executor,
             tasks,
             on_change=self._status_changed,
+            drained=drained.wait,
         )
         self.serving = Serving(
             self.settings,
@@ -160,7 +166,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.handle_signal, sig)
         loops = [
             serve_control(router, self.control),
-            serve_events(sub, self.pipeline),
+            serve_events(sub, self.pipeline, drained),
             self.events_out.watch_subscriptions(),
             checkpoints(self.store, lambda: self.pipeline.received, self.settings.job_nice),
             self._heartbeat_loop(),

@@ -2,8 +2,8 @@
 
 An XPUB bound on ``addresses.events_out``: topic = task id, payload = the stored event JSON
 with ``seq`` (``supervisor.pipeline`` stores first, then hands the batch to ``publish``).
-Consecutive events of one task go out as one message ``[task_id, event, event, …]``
-(``protocol.events``) of at most ``MAX_BATCH`` events. An XPUB rather than a PUB so the daemon
+Consecutive events of one task go out as one message ``[task_id, events]``, packed into one
+frame (``protocol.events.pack``), of at most ``MAX_BATCH`` events. An XPUB rather than a PUB so the daemon
 can count subscriptions (``health``), which lets a client know its subscription is live before
 it relies on it.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import zmq
 import zmq.asyncio
 import zmq.backend
+
+from protocol import events as ev
 
 #: Outbound queue per subscriber, in messages (up to ~100 MB of 1 KiB events).
 HWM = 100_000
@@ -59,9 +61,7 @@ class EventsOut:
                 j += 1
             try:
                 send(pub, topic, _MORE_NOWAIT)
-                for k in range(i, j - 1):
-                    send(pub, out[k][1], _MORE_NOWAIT)
-                send(pub, out[j - 1][1], _NOWAIT)
+                send(pub, out[i][1] if j == i + 1 else ev.pack([data for _, data in out[i:j]]), _NOWAIT)
             except zmq.Again:
                 # No room (XPUB drops whole messages at the high-water mark, so a topic frame
                 # is never left alone); the subscriber fetches the rest through ``logs``.

@@ -333,18 +333,19 @@ class Hub(LoopSocket):
             if self.on_streams_change is not None:
                 self.on_streams_change()
 
-    def _receive(self, frames: list[bytes]) -> None:
-        # [task_id, event, event, ...]: one or more events of one task (protocol.events).
-        if len(frames) < 2:
-            log.warning("dropping an events-out message of %d frame(s)", len(frames))
+    def _receive(self, message: list[bytes]) -> None:
+        # [task_id, events, ...]: one or more events of one task, packed (protocol.events).
+        if len(message) < 2:
+            log.warning("dropping an events-out message of %d frame(s)", len(message))
             return
-        topic = frames[0]
-        if topic not in self._subs:
+        topic = message[0]
+        if topic not in self._subs:  # (a task nobody here watches: not even unpacked)
             if topic[:1] == b"\x00" and topic in self.topics:
                 handler = self.topics[topic]
-                for payload in frames[1:]:
+                for payload in ev.unpack(message)[1:]:
                     handler(payload)
             return
+        frames = ev.unpack(message)
         batch = self._batches.get(topic)
         if batch is None:
             batch = self._batches[topic] = []

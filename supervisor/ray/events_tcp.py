@@ -14,7 +14,7 @@ names each connection by its task id; a message whose topic is another task's is
 another server key or with a key of no live job never completes its handshake: nothing of it
 arrives.
 
-Messages (``[task_id, event, event, …]``) are taken in batches as in the daemon's events loop
+Messages (``[task_id, events]``, packed: ``protocol.events``) are taken in batches as in the daemon's events loop
 and handed to ``deliver`` (the pipeline): same ``seq``, store and SSE.
 """
 
@@ -32,6 +32,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 import zmq.utils.z85
+
+from protocol import events as ev
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,7 @@ class EventsTcp:
                 log.warning("events over TCP: dropped messages naming task %r sent with the key of task %s",
                             parts[0][:64], owner)  # fmt: skip
             return 0
+        parts = ev.unpack(parts)  # one event per item
         batch.append(parts)
         self.events += len(parts) - 1
         return len(parts) - 1

@@ -68,3 +68,16 @@ def test_epoch_summaries_use_the_original_keys_and_are_not_steps() -> None:
     summary = {"kind": "metrics", "stage": "training", "epoch": 1, "metrics": {"epoch": 1, "train_loss": 0.5}}
     end = {"kind": "metrics", "stage": "epoch_end", "step": 7, "metrics": {"train_loss": 0.5}}
     assert [ev.is_step(e) for e in (step, summary, end)] == [True, False, False]
+
+
+def test_pack_and_unpack_one_event_per_line_and_read_one_per_frame_too() -> None:
+    a, b, c = (ev.encode(ev.runner_event(i, "t1", "now", "log", "INFO", f"line\n{i}", {})) for i in (1, 2, 3))
+    assert b"\n" not in a  # a newline inside a message is escaped: one event is one line
+    packed = ev.pack([a, b, c])
+    assert packed.split(b"\n") == [a, b, c]
+    assert ev.unpack([b"t1", packed]) == [b"t1", a, b, c]
+    assert ev.unpack([b"t1", ev.pack([a]), ev.pack([b, c])]) == [b"t1", a, b, c]
+    # One event per frame (what the service sent before it packed): read as it is.
+    message = [b"t1", a, b, c]
+    assert ev.unpack(message) is message
+    assert [ev.decode(x)["rseq"] for x in ev.unpack([b"t1", packed])[1:]] == [1, 2, 3]

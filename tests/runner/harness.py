@@ -30,6 +30,7 @@ from typing import Any, Self
 import orjson
 import zmq
 
+from protocol import events as ev
 from protocol.codec import build
 from protocol.events import is_step
 from protocol.jobs import JobConfig, JobSpec
@@ -157,11 +158,11 @@ class RunnerProcess:
     def next_event(self, timeout: float) -> dict[str, Any] | None:
         """The next event, or None when nothing arrives within ``timeout`` seconds.
 
-        A message is ``[task_id, event, event, ...]`` (the publisher batches at high rates)."""
+        A message is ``[task_id, events]``, packed (the publisher batches at high rates)."""
         if not self._pending:
             if not self._sub.poll(int(timeout * 1000)):
                 return None
-            topic, *payloads = self._sub.recv_multipart()
+            topic, *payloads = ev.unpack(self._sub.recv_multipart())
             assert topic.decode() == self.task_id
             self._pending.extend(orjson.loads(p) for p in payloads)
         event: dict[str, Any] = self._pending.pop(0)

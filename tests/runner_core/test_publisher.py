@@ -48,7 +48,7 @@ def _collect(sock: zmq.Socket[bytes], until: Any, timeout_ms: int = 30_000) -> l
     events: list[dict[str, Any]] = []
     while True:
         assert sock.poll(timeout_ms), f"no event within {timeout_ms} ms after {len(events)} events"
-        frames = sock.recv_multipart()
+        frames = ev.unpack(sock.recv_multipart())
         for frame in frames[1:]:
             events.append(orjson.loads(frame))
         if until(events):
@@ -113,7 +113,8 @@ def test_lone_events_and_bursts_from_many_threads_stay_in_order(
         assert sock.poll(30_000), f"no event within 30 s after {len(rseqs)} events"
         frames = sock.recv_multipart()
         messages += 1
-        rseqs += [orjson.loads(frame)["rseq"] for frame in frames[1:]]
+        assert len(frames) == 2  # the topic, then every event of the message packed in one frame
+        rseqs += [orjson.loads(event)["rseq"] for event in ev.unpack(frames)[1:]]
     producer.join()
     publisher.close()
     assert rseqs == list(range(1, count + 1))

@@ -1,8 +1,10 @@
-"""The store's task list in process: pages, counts kept in memory, and an index behind every
-listing (so a page costs the same with ten tasks or a million)."""
+"""The store in process: the task list's pages, counts kept in memory, an index behind every
+listing (so a page costs the same with ten tasks or a million); events keyed by task and number,
+and a store of the older ``(task_id, seq)`` layout migrated when opened."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,78 @@ def test_each_commit_reports_its_changes_once_they_are_stored(tmp_path: Path) ->
         ([("t00002", None, 0)], {"training": {"running": 1}}, ["t00001"]),
     ]  # fmt: skip
     reader.close()
+
+
+def _events(s: Store, task_id: str, after: int = 0) -> list[bytes]:
+    return s.events_after(task_id, after, 10_000)
+
+
+def test_events_are_read_per_task_in_order_and_deleted_with_their_task(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite3")
+    a, b, c = _task(1, "training", RUNNING), _task(2, "training", RUNNING), _task(3, "training", RUNNING)
+    s.insert_tasks([a, b, c])
+    # Interleaved, b's out of order within a batch: each task reads back its own, by seq.
+    s.append_events([("t00001", 1, b"a1"), ("t00002", 2, b"b2"), ("t00002", 1, b"b1"), ("t00003", 1, b"c1")])
+    s.append_events([("t00001", 2, b"a2")])
+    s.commit()
+    assert _events(s, "t00001") == [b"a1", b"a2"]
+    assert _events(s, "t00002") == [b"b1", b"b2"]
+    assert _events(s, "t00002", after=1) == [b"b2"]
+    assert s.events_after("t00001", 0, 1) == [b"a1"]
+    assert _events(s, "t00003") == [b"c1"]
+    assert _events(s, "nope") == []
+    s.delete_task("t00002")  # running: kept, events and all
+    assert _events(s, "t00002") == [b"b1", b"b2"]
+    b.status = COMPLETED
+    s.update_task(b)
+    s.delete_task("t00002")
+    assert _events(s, "t00002") == []
+    assert _events(s, "t00001") == [b"a1", b"a2"] and _events(s, "t00003") == [b"c1"]
+    s.close()
+
+
+def test_a_run_of_events_is_one_row_read_from_anywhere_inside(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite3")
+    s.insert_tasks([_task(1, "training", RUNNING), _task(2, "training", RUNNING)])
+    a = [f"a{i}".encode() for i in range(1, 11)]
+    # One batch: a1-a4, b1, a5-a7 (a run per task and stretch), then a8-a10 in a batch of its own.
+    rows = [("t00001", i, a[i - 1]) for i in (1, 2, 3, 4)] + [("t00002", 1, b"b1")]
+    s.append_events(rows + [("t00001", i, a[i - 1]) for i in (5, 6, 7)])
+    s.commit()
+    s.append_events([("t00001", i, a[i - 1]) for i in (8, 9, 10)])
+    s.commit()
+    assert s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
+    for after in range(-1, 12):
+        for limit in (1, 2, 3, 5, 100):
+            assert s.events_after("t00001", after, limit) == a[max(0, after) :][:limit], (after, limit)
+    assert _events(s, "t00002") == [b"b1"]
+    s.close()
+
+
+def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    s = Store(path)
+    s.insert_tasks([_task(1, "training", RUNNING), _task(2, "inference", COMPLETED)])
+    s.close()
+    old = sqlite3.connect(str(path))  # the events table as earlier versions made it
+    old.executescript(
+        """DROP TABLE events;
+        CREATE TABLE events (task_id TEXT NOT NULL, seq INTEGER NOT NULL, json BLOB NOT NULL,
+                             PRIMARY KEY (task_id, seq));"""
+    )
+    rows = [(f"t0000{1 + i % 2}", 1 + i // 2, f"e{i}".encode()) for i in range(10)]
+    old.executemany("INSERT INTO events VALUES (?, ?, ?)", rows[::-1])
+    old.commit()
+    old.close()
+
+    s = Store(path)
+    assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json"]
+    assert _events(s, "t00001") == [b"e0", b"e2", b"e4", b"e6", b"e8"]
+    assert _events(s, "t00002") == [b"e1", b"e3", b"e5", b"e7", b"e9"]
+    s.append_events([("t00001", 6, b"e10")])  # numbering goes on after the migrated ones
+    s.commit()
+    assert _events(s, "t00001", after=4) == [b"e8", b"e10"]
+    s.close()
+    s = Store(path)  # migrated once: opened again as it is
+    assert _events(s, "t00001")[-1] == b"e10" and len(_events(s, "t00002")) == 5
+    s.close()

@@ -23,12 +23,13 @@ import psutil
 import zmq
 import zmq.asyncio
 
+from protocol import events as ev
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 
 
 class EventSink:
-    """A bound SUB socket receiving ``[task_id, event, event, …]`` messages from runners."""
+    """A bound SUB socket receiving ``[task_id, events]`` messages (packed) from runners."""
 
     def __init__(self, directory: Path) -> None:
         self.ctx = zmq.asyncio.Context()
@@ -44,7 +45,7 @@ class EventSink:
     async def next(self, timeout: float = 30.0) -> dict[str, Any]:
         """The next event from any runner; ``asyncio.TimeoutError`` when none arrives in time."""
         if not self._queue:
-            topic, *payloads = await asyncio.wait_for(self.sock.recv_multipart(), timeout)
+            topic, *payloads = ev.unpack(await asyncio.wait_for(self.sock.recv_multipart(), timeout))
             for payload in payloads:
                 event: dict[str, Any] = orjson.loads(payload)
                 assert event["task_id"] == topic.decode()

@@ -54,6 +54,7 @@ from typing import Any
 import orjson
 import zmq
 
+from protocol import events as ev
 from protocol.codec import PROTOCOL_VERSION
 from protocol.replies import CommandError, parse_reply
 from protocol.settings import Settings
@@ -88,8 +89,8 @@ class EventSubscriber:
         while not self._pending:
             if not self.sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
                 raise TimeoutError(f"no event within {timeout} s")
-            # [task_id, event, event, ...] (protocol.events)
-            topic, *payloads = self.sock.recv_multipart()
+            # [task_id, events, ...], packed (protocol.events)
+            topic, *payloads = ev.unpack(self.sock.recv_multipart())
             if topic.startswith(b"\x00") and not self._other_topics:
                 continue
             self._pending.extend((topic.decode(), orjson.loads(data)) for data in payloads)
