@@ -3,7 +3,7 @@
 An XPUB bound on ``addresses.events_out``: topic = task id, payload = the stored event JSON
 with ``seq`` (``supervisor.pipeline`` stores first, then hands the batch to ``publish``).
 Consecutive events of one task go out as one message ``[task_id, events]``, packed into one
-frame (``protocol.events.pack``), of at most ``MAX_BATCH`` events. An XPUB rather than a PUB so the daemon
+frame (``protocol.events.pack``), of at most ``MAX_BATCH`` items. An XPUB rather than a PUB so the daemon
 can count subscriptions (``health``), which lets a client know its subscription is live before
 it relies on it.
 
@@ -21,7 +21,7 @@ from protocol import events as ev
 
 #: Outbound queue per subscriber, in messages (up to ~100 MB of 1 KiB events).
 HWM = 100_000
-#: Most events in one message.
+#: Most items of ``publish`` (an event, or a run of them packed) in one message.
 MAX_BATCH = 512
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
@@ -47,7 +47,8 @@ class EventsOut:
         self.subscribed = 0
 
     def publish(self, out: list[tuple[bytes, bytes]]) -> None:
-        """Send ``[(topic, event_json), ...]`` in order, never blocking."""
+        """Send ``[(topic, events), ...]`` in order, never blocking: consecutive ones of a topic
+        as one message (``events``: one event's JSON, or several packed)."""
         pub = self._pub
         # Plain sends with int flags, straight to the backend's ``send``: send_multipart's
         # enum arithmetic, and the Python layer of ``Socket.send``, cost as much as the sends

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _SLOW_FIELDS = frozenset(("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source"))
 _LEVELS = frozenset(ev.LEVELS)
 
-#: Publish ``[(topic, json), ...]`` on the events-out socket.
+#: Publish ``[(topic, json), ...]`` on the events-out socket (``json``: one or more events, packed).
 Publish = Callable[[list[tuple[bytes, bytes]]], None]
 
 
@@ -62,7 +62,7 @@ class Pipeline:
         self._finals: dict[str, tuple[str, str]] = {}
         self._cancelling: set[str] = set()
         self._exit_reports: dict[str, str] = {}
-        self._held: dict[str, tuple[tuple[str, int, bytes], tuple[bytes, bytes]]] = {}
+        self._held: dict[str, tuple[str, int, bytes]] = {}
         self.received = 0
         self.dropped = 0
 
@@ -96,7 +96,6 @@ class Pipeline:
         """Process a batch of ``[task_id, json, json, ...]`` messages (a runner batches events
         into one message when it sends fast); return how many events were stored."""
         rows: list[tuple[str, int, bytes]] = []
-        out: list[tuple[bytes, bytes]] = []
         dirty: dict[str, TaskRecord] = {}
         tasks = self._tasks
         loads = orjson.loads
@@ -143,18 +142,17 @@ class Pipeline:
                     seq += 1
                     data = b'{"seq":%d,' % seq + payload[1:]
                     rows.append((task_id, seq, data))
-                    out.append((topic, data))
                     continue
                 if type(event) is not dict:
                     self._drop("malformed event from task %s: expected an object", task_id)
                     continue
                 task.last_rseq, task.last_seq = rseq, seq
-                self._accept(task, cast(ev.Event, event), payload, rows, out, dirty)
+                self._accept(task, cast(ev.Event, event), payload, rows, dirty)
                 rseq, seq = task.last_rseq, task.last_seq
             task.last_rseq, task.last_seq = rseq, seq
             if len(rows) > before:
                 dirty[task_id] = task
-        self._flush(rows, out, dirty, progress=True)
+        self._flush(rows, dirty, progress=True)
         return len(rows)
 
     def catch_up(self, task: TaskRecord, limit: int | None = None) -> int:
@@ -164,13 +162,12 @@ class Pipeline:
         if journal is None:
             return 0
         rows: list[tuple[str, int, bytes]] = []
-        out: list[tuple[bytes, bytes]] = []
         dirty: dict[str, TaskRecord] = {}
         until = None if limit is None else task.last_rseq + 1 + limit
         lines = journal.read(task.last_rseq, until)
         for event, raw in lines:
-            self._accept(task, cast(ev.Event, event), raw, rows, out, dirty, from_journal=True)
-        self._flush(rows, out, dirty, progress=True)
+            self._accept(task, cast(ev.Event, event), raw, rows, dirty, from_journal=True)
+        self._flush(rows, dirty, progress=True)
         return len(lines)
 
     def _drop(self, fmt: str, *args: Any) -> None:
@@ -183,7 +180,6 @@ class Pipeline:
         event: ev.Event,
         raw: bytes,
         rows: list[tuple[str, int, bytes]],
-        out: list[tuple[bytes, bytes]],
         dirty: dict[str, TaskRecord],
         *,
         from_journal: bool = False,
@@ -202,11 +198,11 @@ class Pipeline:
             journal = self._journals.get(task.task_id)
             missing = journal.read(task.last_rseq, rseq) if journal is not None else []
             for old, old_raw in missing:
-                self._accept(task, cast(ev.Event, old), old_raw, rows, out, dirty, from_journal=True)
+                self._accept(task, cast(ev.Event, old), old_raw, rows, dirty, from_journal=True)
             if rseq > task.last_rseq + 1:
                 lost = f"{task.last_rseq + 1}..{rseq - 1}"
                 log.error("task %s: runner events %s missing from socket and journal", task.task_id, lost)
-                self._store_one(task, ev.LOG, f"runner events {lost} were lost", "WARNING", {}, rows, out)
+                self._store_one(task, ev.LOG, f"runner events {lost} were lost", "WARNING", {}, rows)
         elif rseq > task.last_rseq + 1:
             log.error("task %s: journal jumps from rseq %d to %d", task.task_id, task.last_rseq, rseq)
         task.last_rseq = rseq
@@ -227,10 +223,9 @@ class Pipeline:
             event["seq"] = seq
             data = ev.encode(event)
         if final:
-            self._held[task.task_id] = ((task.task_id, seq, data), (task.task_id.encode(), data))
+            self._held[task.task_id] = (task.task_id, seq, data)
         else:
             rows.append((task.task_id, seq, data))
-            out.append((task.task_id.encode(), data))
         dirty[task.task_id] = task
 
     def _apply(self, task: TaskRecord, event: ev.Event) -> bool:
@@ -273,21 +268,17 @@ class Pipeline:
         level: str,
         fields: dict[str, Any],
         rows: list[tuple[str, int, bytes]],
-        out: list[tuple[bytes, bytes]],
     ) -> None:
         task.last_seq += 1
         event = ev.supervisor_event(task.last_seq, task.task_id, now_iso(), kind, level, message, fields)
-        data = ev.encode(event)
-        rows.append((task.task_id, task.last_seq, data))
-        out.append((task.task_id.encode(), data))
+        rows.append((task.task_id, task.last_seq, ev.encode(event)))
 
     def emit(self, task: TaskRecord, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
         """Store and publish one supervisor event for ``task`` and save the task with it.
         The caller sets the task's fields (status, message) before calling."""
         rows: list[tuple[str, int, bytes]] = []
-        out: list[tuple[bytes, bytes]] = []
-        self._store_one(task, kind, message, level, fields, rows, out)
-        self._flush(rows, out, {task.task_id: task})
+        self._store_one(task, kind, message, level, fields, rows)
+        self._flush(rows, {task.task_id: task})
 
     def release_final(self, task: TaskRecord) -> bool:
         """Store and publish the runner's held final event with the (now final) task record.
@@ -295,30 +286,32 @@ class Pipeline:
         held = self._held.pop(task.task_id, None)
         if held is None:
             return False
-        row, message = held
-        self._flush([row], [message], {task.task_id: task})
+        self._flush([held], {task.task_id: task})
         return True
 
     def _flush(
         self,
         rows: list[tuple[str, int, bytes]],
-        out: list[tuple[bytes, bytes]],
         dirty: dict[str, TaskRecord],
         *,
         progress: bool = False,
     ) -> None:
-        """Store ``rows`` and the ``dirty`` tasks in one transaction, commit, then publish
-        ``out`` (stored before published). ``progress``: the tasks changed only as runner
-        events change them (``Store.update_progress``: a smaller write)."""
+        """Store ``rows`` and the ``dirty`` tasks in one transaction, commit, then publish the
+        rows as stored (stored before published): each run of a task's events one frame, the
+        same bytes as its row. ``progress``: the tasks changed only as runner events change
+        them (``Store.update_progress``: a smaller write)."""
         if not rows and not dirty:
             return
         now = time.time()
         store = self._store
-        if rows:
-            store.append_events(rows)
+        runs = store.append_events(rows) if rows else []
         update = store.update_progress if progress else partial(store.update_task, commit=False)
         for task in dirty.values():
             task.updated_at = now
             update(task)
         # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
-        store.commit(after=(lambda: self._publish(out)) if out else None)
+        if runs:
+            out = [(task_id.encode(), run) for task_id, run in runs]
+            store.commit(after=lambda: self._publish(out))
+        else:
+            store.commit()

@@ -78,7 +78,8 @@ class Drained:
     ``wait`` gives up after its timeout, and the journal has every event anyway."""
 
     def __init__(self) -> None:
-        #: Whether anything is queued (set by ``serve_events``: the socket, a split message).
+        #: Whether anything is queued (set by ``serve_events``: the socket, a split message);
+        #: when so, it has the reader called.
         self.pending: Callable[[], bool] = lambda: False
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -99,6 +100,9 @@ class Drained:
             await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 async def serve_events(sub: zmq.Socket[bytes], pipeline: Pipeline, drained: Drained | None = None) -> None:
@@ -147,15 +151,32 @@ async def serve_events(sub: zmq.Socket[bytes], pipeline: Pipeline, drained: Drai
         if emptied and drained is not None:
             drained.emptied()
 
-    if drained is not None:
-        drained.pending = lambda: rest is not None or bool(int(sub.get(_EVENTS)) & _POLLIN)
-    await read_when_ready(sub, drain)
+    def expose(more: Callable[[], None]) -> None:
+        def pending() -> bool:
+            if rest is None and not int(sub.get(_EVENTS)) & _POLLIN:
+                return False
+            # Reading ZMQ_EVENTS may have taken the descriptor's (edge-triggered) signal of
+            # what is queued: the drain is called from here, or it would never be.
+            more()
+            return True
+
+        if drained is not None:
+            drained.pending = pending
+
+    await read_when_ready(sub, drain, expose)
 
 
-async def read_when_ready(sock: zmq.Socket[bytes], drain: Callable[[Callable[[], None]], None]) -> None:
+async def read_when_ready(
+    sock: zmq.Socket[bytes],
+    drain: Callable[[Callable[[], None]], None],
+    expose: Callable[[Callable[[], None]], None] = lambda more: None,
+) -> None:
     """Call ``drain(more)`` whenever ``sock``'s descriptor signals, and once at the start (for
     what arrived before), until cancelled. ``drain`` calls ``more()`` when it stops with more
-    queued: it runs again on the next loop turn, behind whatever else is due by then."""
+    queued: it runs again on the next loop turn, behind whatever else is due by then (once,
+    however often ``more`` was called meanwhile). ``expose(more)``: for whatever else reads
+    ``ZMQ_EVENTS`` of ``sock``, which may take the descriptor's signal, and must then call
+    ``more()`` itself."""
     loop = asyncio.get_running_loop()
     fd = int(sock.get(zmq.FD))
     again: asyncio.Handle | None = None
@@ -167,8 +188,10 @@ async def read_when_ready(sock: zmq.Socket[bytes], drain: Callable[[Callable[[],
 
     def more() -> None:
         nonlocal again
-        again = loop.call_soon(step)
+        if again is None:
+            again = loop.call_soon(step)
 
+    expose(more)
     loop.add_reader(fd, step)
     try:
         step()

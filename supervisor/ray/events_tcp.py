@@ -43,7 +43,7 @@ KEY_FILE = "events-curve.key"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"rfuav-events"
 #: Events taken per batch without waiting (as ``supervisor.readers.BATCH``).
-BATCH = 500
+BATCH = 250
 #: Inbound queue in messages (as the daemon's events-in socket): a full queue blocks runners.
 RCVHWM = 1_000
 _NOWAIT = int(zmq.NOBLOCK)

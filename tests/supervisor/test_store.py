@@ -150,13 +150,16 @@ def test_events_are_read_per_task_in_order_and_deleted_with_their_task(tmp_path:
     assert s.events_after("t00001", 0, 1) == [b"a1"]
     assert _events(s, "t00003") == [b"c1"]
     assert _events(s, "nope") == []
+    assert s.events_after("t00001", 2**63 - 1, 10) == [] and s.events_after("t00001", 2**32 - 1, 10) == []
+    s.append_events([("nope", 1, b"x"), ("t00003", 2, b"c2")])  # a task not stored: its events neither
+    assert _events(s, "t00003") == [b"c1", b"c2"] and _events(s, "nope") == []
     s.delete_task("t00002")  # running: kept, events and all
     assert _events(s, "t00002") == [b"b1", b"b2"]
     b.status = COMPLETED
     s.update_task(b)
     s.delete_task("t00002")
     assert _events(s, "t00002") == []
-    assert _events(s, "t00001") == [b"a1", b"a2"] and _events(s, "t00003") == [b"c1"]
+    assert _events(s, "t00001") == [b"a1", b"a2"] and _events(s, "t00003") == [b"c1", b"c2"]
     s.close()
 
 
@@ -190,6 +193,8 @@ def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Pat
                              PRIMARY KEY (task_id, seq));"""
     )
     rows = [(f"t0000{1 + i % 2}", 1 + i // 2, f"e{i}".encode()) for i in range(10)]
+    rows[9] = ("t00002", 5, b'{"seq": 5,\n "message": "spread"}')  # valid JSON over two lines
+    rows.append(("t00009", 1, b"of no task"))
     old.executemany("INSERT INTO events VALUES (?, ?, ?)", rows[::-1])
     old.commit()
     old.close()
@@ -197,7 +202,8 @@ def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Pat
     s = Store(path)
     assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json"]
     assert _events(s, "t00001") == [b"e0", b"e2", b"e4", b"e6", b"e8"]
-    assert _events(s, "t00002") == [b"e1", b"e3", b"e5", b"e7", b"e9"]
+    assert _events(s, "t00002") == [b"e1", b"e3", b"e5", b"e7", b'{"seq":5,"message":"spread"}']
+    assert s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10  # the orphan is gone
     s.append_events([("t00001", 6, b"e10")])  # numbering goes on after the migrated ones
     s.commit()
     assert _events(s, "t00001", after=4) == [b"e8", b"e10"]
