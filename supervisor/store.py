@@ -2,10 +2,8 @@
 
 ``tasks`` mirrors ``protocol.tasks.TaskRecord`` column for column (dicts as JSON text; the
 ``token`` in ``params`` is kept for the runner and never leaves through ``TaskRecord.response``).
-``events`` holds every stored event as its JSON bytes, one row per run of consecutive events of a
-task stored together (a batch's), packed one per line (``protocol.events.pack``), under one
-integer key: ``ord << 32 | seq`` of the run's first event (``event_key``), the task's place in
-submission order, then the event's number. A task's events are one range of keys.
+``events`` holds every stored event as its JSON bytes, a batch's run of a task's events one row
+under ``ord << 32 | seq`` of its first (``supervisor.event_runs``).
 
 WAL with ``synchronous=NORMAL``: a commit is durable against a crash of this process (the
 daemon's ``kill -9`` case) and needs no fsync; only a power loss may lose the last commits.
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import sqlite3
 import threading
 import time
@@ -28,10 +25,8 @@ from typing import Any
 
 import orjson
 
-from protocol import events as ev
 from protocol.tasks import FINAL_STATUSES, TaskRecord
-
-log = logging.getLogger(__name__)
+from supervisor import event_runs
 
 _FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TaskRecord)
 _NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
@@ -55,7 +50,8 @@ _INDEXED = ("task_id", "task_type", "status")
 _PROGRESS_COLUMNS: tuple[int, ...] = tuple(i for i, n in enumerate(_NAMES) if n not in _INDEXED)
 _PROGRESS_SQL = f"UPDATE tasks SET {', '.join(_NAMES[i] + ' = ?' for i in _PROGRESS_COLUMNS)} WHERE task_id = ?"
 
-_SCHEMA = f"""
+_SCHEMA = (
+    f"""
 CREATE TABLE IF NOT EXISTS tasks (
     {", ".join(n + (" TEXT PRIMARY KEY" if n == "task_id" else "") for n in _NAMES)},
     ord INTEGER NOT NULL DEFAULT 0
@@ -68,31 +64,14 @@ CREATE INDEX IF NOT EXISTS tasks_ord ON tasks (ord);
 CREATE INDEX IF NOT EXISTS tasks_type_ord ON tasks (task_type, ord);
 CREATE INDEX IF NOT EXISTS tasks_status_ord ON tasks (status, ord);
 CREATE INDEX IF NOT EXISTS tasks_type_status_ord ON tasks (task_type, status, ord);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    json BLOB NOT NULL
-);
 """
-# One row per run, keyed by the rowid: no index beside the rows, and one insert per batch of a
-# task instead of one per event. Measured with 1 KiB events in batches of 250: 1.5-1.9 µs an
-# event to insert and commit, against 5.4-6.3 µs a row each (and 6.2-6.6 with the rowid table
-# and (task_id, seq) index of stores made before, which are migrated when opened:
-# ``Store._migrate_events``). A lone event's commit writes 35 instead of 52 KiB to the WAL.
-#
+    + event_runs.SCHEMA
+)
 # 16 KiB pages (only effective when the file is created): events of about 1 KiB in bursts cost
 # less to insert and checkpoint than with 4 KiB pages (measured with a row per event: 5-7
 # against 6-9 µs, and 1.3 against 2.5-3 µs of checkpoint CPU). A submit writes more with them
 # (about ten pages: 137 instead of 41 KiB), which the group commit of control requests shares
 # (measured under benchmarks.http: 60 µs more supervisor CPU per POST, the same p99).
-
-#: Bits of an event's key that hold its ``seq`` (``event_key``); the task's ``ord`` is above.
-SEQ_BITS = 32
-_SEQ_MASK = (1 << SEQ_BITS) - 1
-
-
-def event_key(ord_: int, seq: int) -> int:
-    """An event's key in ``events``: its task's ``ord``, then its ``seq``."""
-    return ord_ << SEQ_BITS | seq
 
 
 def _to_row(task: TaskRecord) -> list[Any]:
@@ -139,7 +118,7 @@ class Store:
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.executescript(_SCHEMA)
-        self._migrate_events()
+        event_runs.migrate(self._db)
         # Task counts by (type, status), kept in memory from one count at open: totals cost the
         # same for ten tasks or a million, and a write pays a dict update (SQLite triggers
         # keeping a counts table tripled the cost of every insert and update: 92 -> 343 us).
@@ -170,45 +149,6 @@ class Store:
         self._update_sql = (
             f"UPDATE tasks SET {', '.join(n + ' = ?' for n in _NAMES if n != 'task_id')} WHERE task_id = ?"
         )
-
-    def _migrate_events(self) -> None:
-        """Re-key the events of a store made with the ``(task_id, seq)`` layout (``event_key``),
-        each a run of one, in one transaction: a crash halfway leaves the old layout, migrated
-        at the next open."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-        if "task_id" not in columns:
-            return
-        started = time.monotonic()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            # Every task has its own ord (inserts always gave one; a row without would share 0).
-            renumbered = self._db.execute(
-                "UPDATE tasks SET ord = (SELECT MAX(ord) FROM tasks) + rowid WHERE ord = 0"
-            ).rowcount
-            self._db.execute("CREATE TABLE events_keyed (id INTEGER PRIMARY KEY, json BLOB NOT NULL)")
-            total = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            moved = self._db.execute(
-                f"INSERT INTO events_keyed (id, json) SELECT t.ord << {SEQ_BITS} | e.seq, e.json"
-                " FROM events e JOIN tasks t ON t.task_id = e.task_id ORDER BY 1"
-            ).rowcount
-            # A run is one event a line: an event stored with a newline between its tokens
-            # (valid JSON, as a runner could once send it) is written compact.
-            spread = self._db.execute("SELECT id, json FROM events_keyed WHERE instr(json, X'0A') > 0").fetchall()
-            for key, data in spread:
-                self._db.execute(
-                    "UPDATE events_keyed SET json = ? WHERE id = ?", (orjson.dumps(orjson.loads(data)), key)
-                )
-            self._db.execute("DROP TABLE events")
-            self._db.execute("ALTER TABLE events_keyed RENAME TO events")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        log.info(
-            "events re-keyed by (ord, seq) in %.1f s: %d moved, %d of no task dropped, %d rewritten on one line; "
-            "%d task(s) without a place in submission order given one after the others",
-            time.monotonic() - started, moved, total - moved, len(spread), renumbered,
-        )  # fmt: skip
 
     # -- transactions ------------------------------------------------------------------
     def _begin(self) -> None:
@@ -414,9 +354,7 @@ class Store:
         row = self._db.execute("SELECT task_type, status, ord FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         self._begin()
         if row is not None and row[1] in FINAL_STATUSES:
-            self._db.execute(
-                "DELETE FROM events WHERE id >= ? AND id < ?", (event_key(row[2], 0), event_key(row[2] + 1, 0))
-            )
+            event_runs.delete(self._db, row[2])
         gone = self._db.execute(
             "DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)", (task_id, *sorted(FINAL_STATUSES))
         ).rowcount
@@ -431,28 +369,7 @@ class Store:
         run of consecutive events of one task is stored as one row: returns them as stored,
         ``(task_id, packed events)`` in order (what ``supervisor.events_out`` publishes)."""
         self._begin()
-        runs: list[tuple[int, bytes]] = []
-        out: list[tuple[str, bytes]] = []
-        ords: dict[str, int] = {}
-        i, n = 0, len(rows)
-        while i < n:
-            task_id, first, data = rows[i]
-            j, seq = i + 1, first
-            while j < n and rows[j][1] == seq + 1 and rows[j][0] == task_id:
-                j, seq = j + 1, seq + 1
-            ord_ = ords.get(task_id)
-            if ord_ is None:
-                ord_ = ords[task_id] = self.ord_of(task_id)
-            if not ord_:  # (the pipeline stores events of stored tasks only)
-                log.error("events %d..%d of task %r not stored: no such task", first, seq, task_id[:64])
-                i = j
-                continue
-            run = data if j == i + 1 else ev.pack([r[2] for r in rows[i:j]])
-            runs.append((ord_ << SEQ_BITS | first, run))
-            out.append((task_id, run))
-            i = j
-        self._db.executemany("INSERT INTO events (id, json) VALUES (?, ?)", runs)
-        return out
+        return event_runs.insert(self._db, rows, self.ord_of)
 
     def update_progress(self, task: TaskRecord) -> None:
         """``update_task(task, commit=False)`` for what a batch of events changes in a task
@@ -472,27 +389,7 @@ class Store:
 
     def events_after(self, task_id: str, after: int, limit: int) -> list[bytes]:
         """Stored event JSON with ``seq > after``, in order, at most ``limit``."""
-        ord_ = self.ord_of(task_id)
-        want = max(0, after) + 1
-        if not ord_ or limit <= 0 or want > _SEQ_MASK:
-            return []
-        # The run holding event ``want`` starts at or before it; the ones after it follow.
-        row = self._db.execute(
-            "SELECT id FROM events WHERE id > ? AND id <= ? ORDER BY id DESC LIMIT 1",
-            (event_key(ord_, 0), event_key(ord_, want)),
-        ).fetchone()
-        start = row[0] if row is not None else event_key(ord_, want)
-        out: list[bytes] = []
-        for key, data in self._db.execute(
-            "SELECT id, json FROM events WHERE id >= ? AND id < ? ORDER BY id", (start, event_key(ord_ + 1, 0))
-        ):
-            run = bytes(data).split(b"\n")
-            skip = want - (key & _SEQ_MASK)
-            out.extend(run[skip:] if skip > 0 else run)
-            if len(out) >= limit:
-                del out[limit:]
-                break
-        return out
+        return event_runs.after(self._db, self.ord_of(task_id), after, limit)
 
     def events_total(self) -> int:
         """Events stored (the sum of every task's ``last_seq``: no table scan)."""
