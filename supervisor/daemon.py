@@ -40,7 +40,6 @@ import zmq
 import zmq.asyncio
 
 from protocol import collector
-from protocol import events as ev
 from protocol.addresses import ensure_runtime_dir
 from protocol.records import HEARTBEAT_SECONDS
 from protocol.settings import Settings
@@ -119,7 +118,7 @@ class Daemon:
             # A runner host's relayed events join the same pipeline as local runners'.
             return RayExecutor(
                 settings,
-                deliver=lambda messages: self.pipeline.ingest([ev.unpack(m) for m in messages]),
+                deliver=lambda messages: self.pipeline.ingest(messages),  # (made later, in serve)
                 on_room=lambda: self.lifecycle.schedule(),
             )
         return LocalExecutor(settings)

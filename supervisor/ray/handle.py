@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from protocol import events as ev
 from supervisor.executor import ExitInfo, RunnerLost
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ CALL_TIMEOUT = 30.0
 #: Seconds an aborted start waits for Ray to free its host's name (pending actors: milliseconds).
 REMOVE_TIMEOUT = 10.0
 
-#: Take a batch of runner events (``[[task_id, event, ...], ...]``) into the pipeline.
+#: Take a batch of runner events (``[[task_id, event, ...], ...]``, one event per item) into the pipeline.
 Deliver = Callable[[list[list[bytes]]], Any]
 
 
@@ -121,7 +122,7 @@ class RayHandle:
                 log.debug("task %s: event relay ended: %s", self.task_id, exc)
                 return
             if batch:
-                self._deliver(batch)
+                self._deliver([ev.unpack(m) for m in batch])  # as the runner packed them
             elif self._done:
                 return
 
@@ -144,7 +145,7 @@ class RayHandle:
                 log.debug("task %s: last relay read failed: %s", self.task_id, exc)
             else:
                 if batch and self._deliver is not None:
-                    self._deliver(batch)
+                    self._deliver([ev.unpack(m) for m in batch])
         return ExitInfo(info["code"], bool(info["oom_killed"]), int(info["memory_limit_mb"]))
 
     def terminate(self) -> None:
