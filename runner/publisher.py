@@ -7,7 +7,9 @@ numbered.
 
 ``emit`` serialises the event and queues it; one sender thread appends everything queued to
 ``events.jsonl`` in the task directory and then sends it as one message ``[task_id, events]``,
-the events packed into one frame (``protocol.events.pack``: the journal's lines). At a low rate
+the events packed into one frame (``protocol.events.pack``: the journal's lines); a run of
+plain log lines as ``[task_id, events, PLAIN]``, which the supervisor stores and publishes
+without reading each line (``protocol.events.is_plain``). At a low rate
 each event goes out alone at once, written by the emitting thread itself when nothing is queued
 (no hop to the sender thread); at a high rate events coalesce into batches, which is what makes
 50,000 events/s possible (a ZeroMQ message, and each frame, costs microseconds whatever its
@@ -90,7 +92,10 @@ class Publisher:
             self._sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2].encode())
         self._sock.connect(endpoint)
         self._journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        #: Encoded events queued for the sender, and the places among them of those that are not
+        #: plain log lines (``protocol.events.is_plain``), in order.
         self._pending: list[bytes] = []
+        self._not_plain: list[int] = []
         self._cond = threading.Condition()
         #: Held from taking a batch to having sent it, so batches never overtake each other.
         self._write_lock = threading.Lock()
@@ -121,6 +126,7 @@ class Publisher:
             self.rseq += 1
             rseq = self.rseq
             data = ev.encode(ev.runner_event(rseq, self.task_id, self._clock.now(), kind, level, message, fields))
+            plain = ev.is_plain(kind, level, message, fields)
             now = time.monotonic()
             lone, self._last_emit = now - self._last_emit >= LONE_GAP, now
             direct = (
@@ -135,12 +141,14 @@ class Publisher:
                 self._write_lock.release()
                 direct = False
             if not direct:
+                if not plain:
+                    self._not_plain.append(len(self._pending))
                 self._pending.append(data)
                 if len(self._pending) == 1:
                     self._cond.notify()
                 return rseq
         try:
-            self._write([data])  # ordered: a later event queues until this write is done
+            self._write([data], [] if plain else [0])  # ordered: a later event queues until this write is done
         finally:
             self._write_lock.release()
         return rseq
@@ -150,7 +158,8 @@ class Publisher:
         with self._write_lock:
             with self._cond:
                 batch, self._pending = self._pending, []
-            self._write(batch)
+                not_plain, self._not_plain = self._not_plain, []
+            self._write(batch, not_plain)
 
     def close(self) -> None:
         """Send what is queued, then release the socket (flushing, bounded by LINGER)."""
@@ -179,14 +188,36 @@ class Publisher:
                     return
             self.flush()
 
-    def _write(self, batch: list[bytes]) -> None:
+    def _write(self, batch: list[bytes], not_plain: list[int]) -> None:
         if not batch:
             return
-        chunks = [ev.pack(batch[start : start + MAX_BATCH]) for start in range(0, len(batch), MAX_BATCH)]
-        os.write(self._journal_fd, b"\n".join(chunks) + b"\n")
-        for chunk in chunks:
+        messages = self._messages(batch, not_plain)
+        os.write(self._journal_fd, b"\n".join(m[1] for m in messages) + b"\n")
+        for message in messages:
             try:
-                self._sock.send_multipart([self._topic, chunk])
+                self._sock.send_multipart(message)
             except zmq.Again:
                 # The supervisor is not reading; it catches up from the journal.
                 log.warning("events not sent in %d ms; left in the journal", SNDTIMEO_MS)
+
+    def _messages(self, batch: list[bytes], not_plain: list[int]) -> list[list[bytes]]:
+        """``batch`` as messages of up to ``MAX_BATCH`` events, packed: each run of plain log
+        lines marked ``PLAIN``, each run of the others (at ``not_plain``) not."""
+        out: list[list[bytes]] = []
+        topic = self._topic
+
+        def add(start: int, end: int, plain: bool) -> None:
+            for first in range(start, end, MAX_BATCH):
+                packed = ev.pack(batch[first : min(end, first + MAX_BATCH)])
+                out.append([topic, packed, ev.PLAIN] if plain else [topic, packed])
+
+        start, i, n = 0, 0, len(not_plain)
+        while i < n:
+            j = i
+            while j + 1 < n and not_plain[j + 1] == not_plain[j] + 1:
+                j += 1
+            add(start, not_plain[i], True)
+            add(not_plain[i], not_plain[j] + 1, False)
+            start, i = not_plain[j] + 1, j + 1
+        add(start, len(batch), True)
+        return out

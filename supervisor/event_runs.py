@@ -1,7 +1,9 @@
 """The ``events`` table of the store (``supervisor.store``): runs of events under one integer key.
 
 One row per run of consecutive events of a task stored together (a batch's), packed one per line
-(``protocol.events.pack``: the bytes ``supervisor.events_out`` publishes), under ``ord << 32 |
+(``protocol.events.pack``: the bytes ``supervisor.events_out`` publishes; a line of a runner's
+plain run without a ``seq`` of its own is the one after the line before it, and is given its
+``seq`` when read: ``protocol.events.numbered``), under ``ord << 32 |
 seq`` of the run's first event (``event_key``): the task's place in submission order, then the
 event's number. A task's events are one range of keys; the key is the rowid, so no index is
 written beside the rows, and a batch of a task is one insert.
@@ -44,21 +46,25 @@ def event_key(ord_: int, seq: int) -> int:
     return ord_ << SEQ_BITS | seq
 
 
-def insert(
-    db: sqlite3.Connection, rows: list[tuple[str, int, bytes]], ord_of: Callable[[str], int]
-) -> list[tuple[str, bytes]]:
-    """Store ``(task_id, seq, json)`` rows, each run of consecutive events of one task as one
-    row; returns the runs as stored, ``(task_id, packed events)`` in order. ``ord_of``: a
-    task's place in submission order (0: no such task, whose events are not stored)."""
+#: ``(task_id, seq of the first event, seq of the last, json)``: one event, or a run of
+#: consecutive ones packed, the first numbered (``protocol.events.numbered``).
+Row = tuple[str, int, int, bytes]
+
+
+def insert(db: sqlite3.Connection, rows: list[Row], ord_of: Callable[[str], int]) -> list[tuple[str, bytes]]:
+    """Store ``rows``, each run of consecutive events of one task as one row; returns the runs
+    as stored, ``(task_id, packed events)`` in order. ``ord_of``: a task's place in submission
+    order (0: no such task, whose events are not stored)."""
     runs: list[tuple[int, bytes]] = []
     out: list[tuple[str, bytes]] = []
     ords: dict[str, int] = {}
     i, n = 0, len(rows)
     while i < n:
-        task_id, first, data = rows[i]
-        j, seq = i + 1, first
+        task_id, first, seq, data = rows[i]
+        j = i + 1
         while j < n and rows[j][1] == seq + 1 and rows[j][0] == task_id:
-            j, seq = j + 1, seq + 1
+            seq = rows[j][2]
+            j += 1
         ord_ = ords.get(task_id)
         if ord_ is None:
             ord_ = ords[task_id] = ord_of(task_id)
@@ -66,7 +72,7 @@ def insert(
             log.error("events %d..%d of task %r not stored: no such task", first, seq, task_id[:64])
             i = j
             continue
-        run = data if j == i + 1 else ev.pack([r[2] for r in rows[i:j]])
+        run = data if j == i + 1 else ev.pack([r[3] for r in rows[i:j]])
         runs.append((ord_ << SEQ_BITS | first, run))
         out.append((task_id, run))
         i = j
@@ -89,7 +95,7 @@ def after(db: sqlite3.Connection, ord_: int, seq: int, limit: int) -> list[bytes
     for key, data in db.execute(
         "SELECT id, json FROM events WHERE id >= ? AND id < ? ORDER BY id", (start, event_key(ord_ + 1, 0))
     ):
-        run = bytes(data).split(b"\n")
+        run = ev.numbered(bytes(data).split(b"\n"))
         skip = want - (key & _SEQ_MASK)
         out.extend(run[skip:] if skip > 0 else run)
         if len(out) >= limit:

@@ -37,6 +37,7 @@ import orjson
 
 from protocol import events as ev
 from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
+from supervisor.event_runs import Row
 from supervisor.journal import Journal
 from supervisor.store import Store
 
@@ -62,7 +63,7 @@ class Pipeline:
         self._finals: dict[str, tuple[str, str]] = {}
         self._cancelling: set[str] = set()
         self._exit_reports: dict[str, str] = {}
-        self._held: dict[str, tuple[str, int, bytes]] = {}
+        self._held: dict[str, Row] = {}
         self.received = 0
         self.dropped = 0
 
@@ -94,29 +95,49 @@ class Pipeline:
     # -- runner events -------------------------------------------------------------------
     def ingest(self, frames: list[list[bytes]]) -> int:
         """Process a batch of ``[task_id, json, json, ...]`` messages (a runner batches events
-        into one message when it sends fast); return how many events were stored."""
-        rows: list[tuple[str, int, bytes]] = []
+        into one message when it sends fast) and ``[task_id, packed, PLAIN]`` ones (a runner's
+        plain log lines, packed); return how many events were stored."""
+        rows: list[Row] = []
         dirty: dict[str, TaskRecord] = {}
         tasks = self._tasks
         loads = orjson.loads
-        log_kind, levels, slow, prefix = ev.LOG, _LEVELS, _SLOW_FIELDS, ev.RUNNER_PREFIX
+        log_kind, levels, slow, prefix, plain = ev.LOG, _LEVELS, _SLOW_FIELDS, ev.RUNNER_PREFIX, ev.PLAIN
         for msg in frames:
             if len(msg) < 2:
                 self.received += 1
                 self._drop("message of %d frame(s) (expected [task_id, event, ...])", len(msg))
                 continue
             topic = msg[0]
-            self.received += len(msg) - 1
+            # A run of plain log lines, as its runner's publisher packed and vouched for it
+            # (``protocol.events.PLAIN``), or events one per frame.
+            run = msg[1] if len(msg) == 3 and msg[2] == plain else None
+            span = None if run is None else ev.run_rseqs(run)
+            count = len(msg) - 1 if run is None else run.count(b"\n") + 1 if span is None else span[1] - span[0] + 1
+            self.received += count
             task = tasks.get(topic.decode("utf-8", "replace"))
             if task is None or task.status != RUNNING:
                 # Late duplicates after the reaper read the journal, or a stranger.
-                self.dropped += len(msg) - 1
+                self.dropped += count
                 log.debug("events for a task that is not running (%r) dropped", topic[:64])
                 continue
             task_id = task.task_id
             before = len(rows)
             rseq, seq = task.last_rseq, task.last_seq  # in locals while on the fast path
-            for payload in msg[1:]:
+            payloads = msg[1:]
+            if run is not None:
+                # The task's next run (its first line's ``rseq``) is stored and published as it
+                # came, its first line numbered (the others are by their place:
+                # ``protocol.events.numbered``), none of its lines read. Else (a repeat after the
+                # journal was read, a gap, a run that does not start as a runner's): event by
+                # event, below.
+                if span is not None and span[0] == rseq + 1 and count > 0:
+                    last = seq + count
+                    rows.append((task_id, seq + 1, last, b"".join((b'{"seq":%d,' % (seq + 1), memoryview(run)[1:]))))
+                    task.last_rseq, task.last_seq = rseq + count, last
+                    dirty[task_id] = task
+                    continue
+                payloads = run.split(b"\n")
+            for payload in payloads:
                 try:
                     event = loads(payload)
                 except ValueError as exc:
@@ -141,7 +162,7 @@ class Pipeline:
                     rseq += 1
                     seq += 1
                     data = b'{"seq":%d,' % seq + payload[1:]
-                    rows.append((task_id, seq, data))
+                    rows.append((task_id, seq, seq, data))
                     continue
                 if type(event) is not dict:
                     self._drop("malformed event from task %s: expected an object", task_id)
@@ -153,7 +174,7 @@ class Pipeline:
             if len(rows) > before:
                 dirty[task_id] = task
         self._flush(rows, dirty, progress=True)
-        return len(rows)
+        return sum(last - first + 1 for _, first, last, _ in rows)
 
     def catch_up(self, task: TaskRecord, limit: int | None = None) -> int:
         """Store journaled events not yet stored (reap, adoption, restart): all of them, or the
@@ -161,7 +182,7 @@ class Pipeline:
         journal = self._journals.get(task.task_id)
         if journal is None:
             return 0
-        rows: list[tuple[str, int, bytes]] = []
+        rows: list[Row] = []
         dirty: dict[str, TaskRecord] = {}
         until = None if limit is None else task.last_rseq + 1 + limit
         lines = journal.read(task.last_rseq, until)
@@ -179,7 +200,7 @@ class Pipeline:
         task: TaskRecord,
         event: ev.Event,
         raw: bytes,
-        rows: list[tuple[str, int, bytes]],
+        rows: list[Row],
         dirty: dict[str, TaskRecord],
         *,
         from_journal: bool = False,
@@ -223,9 +244,9 @@ class Pipeline:
             event["seq"] = seq
             data = ev.encode(event)
         if final:
-            self._held[task.task_id] = (task.task_id, seq, data)
+            self._held[task.task_id] = (task.task_id, seq, seq, data)
         else:
-            rows.append((task.task_id, seq, data))
+            rows.append((task.task_id, seq, seq, data))
         dirty[task.task_id] = task
 
     def _apply(self, task: TaskRecord, event: ev.Event) -> bool:
@@ -267,16 +288,16 @@ class Pipeline:
         message: str,
         level: str,
         fields: dict[str, Any],
-        rows: list[tuple[str, int, bytes]],
+        rows: list[Row],
     ) -> None:
         task.last_seq += 1
         event = ev.supervisor_event(task.last_seq, task.task_id, now_iso(), kind, level, message, fields)
-        rows.append((task.task_id, task.last_seq, ev.encode(event)))
+        rows.append((task.task_id, task.last_seq, task.last_seq, ev.encode(event)))
 
     def emit(self, task: TaskRecord, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
         """Store and publish one supervisor event for ``task`` and save the task with it.
         The caller sets the task's fields (status, message) before calling."""
-        rows: list[tuple[str, int, bytes]] = []
+        rows: list[Row] = []
         self._store_one(task, kind, message, level, fields, rows)
         self._flush(rows, {task.task_id: task})
 
@@ -291,7 +312,7 @@ class Pipeline:
 
     def _flush(
         self,
-        rows: list[tuple[str, int, bytes]],
+        rows: list[Row],
         dirty: dict[str, TaskRecord],
         *,
         progress: bool = False,

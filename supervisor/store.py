@@ -27,6 +27,7 @@ import orjson
 
 from protocol.tasks import FINAL_STATUSES, TaskRecord
 from supervisor import event_runs
+from supervisor.event_runs import Row
 
 _FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TaskRecord)
 _NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
@@ -364,10 +365,11 @@ class Store:
         self.commit()
 
     # -- events --------------------------------------------------------------------------
-    def append_events(self, rows: list[tuple[str, int, bytes]]) -> list[tuple[str, bytes]]:
-        """Queue ``(task_id, seq, json)`` rows in the open transaction; ``commit`` ends it. Each
-        run of consecutive events of one task is stored as one row: returns them as stored,
-        ``(task_id, packed events)`` in order (what ``supervisor.events_out`` publishes)."""
+    def append_events(self, rows: list[Row]) -> list[tuple[str, bytes]]:
+        """Queue ``(task_id, first seq, last seq, json)`` rows (``event_runs.Row``) in the open
+        transaction; ``commit`` ends it. Each run of consecutive events of one task is stored as
+        one row: returns them as stored, ``(task_id, packed events)`` in order (what
+        ``supervisor.events_out`` publishes)."""
         self._begin()
         return event_runs.insert(self._db, rows, self.ord_of)
 

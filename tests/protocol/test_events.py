@@ -81,3 +81,32 @@ def test_pack_and_unpack_one_event_per_line_and_read_one_per_frame_too() -> None
     message = [b"t1", a, b, c]
     assert ev.unpack(message) is message
     assert [ev.decode(x)["rseq"] for x in ev.unpack([b"t1", packed])[1:]] == [1, 2, 3]
+
+
+def test_unpack_numbers_the_lines_of_a_run_after_its_first_and_drops_plain() -> None:
+    """A stored or published run: only its first line (and supervisor events) carry ``seq``;
+    ``unpack`` gives every line after one its ``seq`` by place. A runner's own lines, which
+    carry none before them, are read as they are, ``PLAIN`` or not."""
+    a, b, c, d = (ev.encode(ev.runner_event(i, "t1", "now", "log", "INFO", f"m{i}", {"i": i})) for i in (1, 2, 3, 4))
+    queued = ev.encode(ev.supervisor_event(7, "t1", "now", ev.LOG, "INFO", "queued", {}))
+    assert ev.unpack([b"t1", ev.pack([a, b]), ev.PLAIN]) == [b"t1", a, b]
+    assert ev.unpack([b"t1", a, ev.PLAIN]) == [b"t1", a]
+    # Two runs published in one frame, a supervisor event between them.
+    frame = ev.pack([ev.number(a, 5), b, queued, ev.number(c, 8), d])  # type: ignore[list-item]
+    out = [ev.decode(x) for x in ev.unpack([b"t1", frame])[1:]]
+    assert [e["seq"] for e in out] == [5, 6, 7, 8, 9]
+    assert [e.get("rseq") for e in out] == [1, 2, None, 3, 4]
+    assert out[1] == {"seq": 6, **ev.decode(b)} and list(out[1])[:2] == ["seq", "rseq"]
+    # Every line numbered already: as it is.
+    numbered = ev.pack([ev.number(a, 1), ev.number(b, 2)])  # type: ignore[list-item]
+    assert ev.unpack([b"t1", numbered])[1:] == numbered.split(b"\n")
+
+
+def test_run_rseqs_reads_a_runs_first_and_last_line_only() -> None:
+    a, b, c = (ev.encode(ev.runner_event(i, "t1", "now", "log", "INFO", "m", {})) for i in (7, 8, 9))
+    assert ev.run_rseqs(ev.pack([a, b, c])) == (7, 9)
+    assert ev.run_rseqs(a) == (7, 7)
+    assert ev.run_rseqs(ev.pack([a, b"{}"])) is None  # a last line not in the runner's encoding
+    assert ev.run_rseqs(b'{"kind":"log"}') is None
+    assert ev.run_rseqs(b'{"rseq":x1,"kind":"log"}') is None
+    assert ev.run_rseqs(b'{"rseq":12}') is None  # nothing after rseq: not a runner's event

@@ -113,7 +113,9 @@ def test_lone_events_and_bursts_from_many_threads_stay_in_order(
         assert sock.poll(30_000), f"no event within 30 s after {len(rseqs)} events"
         frames = sock.recv_multipart()
         messages += 1
-        assert len(frames) == 2  # the topic, then every event of the message packed in one frame
+        # The topic, every event of the message packed in one frame, and PLAIN: all of them
+        # are plain log lines.
+        assert len(frames) == 3 and frames[2] == ev.PLAIN
         rseqs += [orjson.loads(event)["rseq"] for event in ev.unpack(frames)[1:]]
     producer.join()
     publisher.close()
@@ -122,6 +124,49 @@ def test_lone_events_and_bursts_from_many_threads_stay_in_order(
     assert journal == rseqs
     if lone_gap > 0:  # four threads emitting as fast as they can: batched, not one message each
         assert messages < count // 2, messages
+
+
+def test_plain_log_lines_go_out_as_runs_marked_plain_and_the_rest_as_they_are(
+    sub: tuple[zmq.Socket[bytes], str], short_dir: Path
+) -> None:
+    """A run of plain log lines is one message ending in PLAIN; any event the supervisor reads
+    (progress, metrics, a log line with a field it checks or applies) goes in a message
+    without it, in order, and the journal holds the same lines."""
+    sock, endpoint = sub
+    publisher = Publisher("t5", endpoint, short_dir / "j.jsonl")
+    emitted = [
+        ("log", "INFO", {"i": 1}),
+        ("log", "WARNING", {"i": 2}),
+        ("progress", "INFO", {"progress": 5}),
+        ("log", "INFO", {"progress": 6}),  # a log line that sets progress: read by the supervisor
+        ("log", "ERROR", {}),
+        ("log", "INFO", {"step": 3}),
+        ("log", "DEBUG", {}),  # not a level of the service: the supervisor's check drops it
+        ("log", "INFO", {"stage": "training"}),  # a field the supervisor neither checks nor applies
+    ]
+    plain = [True, True, False, False, True, False, False, True]
+    assert [ev.is_plain(kind, level, "m", fields) for kind, level, fields in emitted] == plain
+    assert not ev.is_plain("log", "INFO", 3, {})  # a message that is not a string
+
+    def produce() -> None:
+        publisher.wait_for_subscriber(10.0)
+        with publisher._write_lock:  # every event queued first: one batch for the sender
+            for kind, level, fields in emitted:
+                publisher.emit(kind, "m", level, **fields)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    messages: list[list[bytes]] = []
+    while sum(len(m[1].split(b"\n")) for m in messages) < len(emitted):
+        assert sock.poll(30_000), f"no event within 30 s after {len(messages)} messages"
+        messages.append(sock.recv_multipart())
+    producer.join()
+    publisher.close()
+    marks = [(len(m[1].split(b"\n")), m[2:] == [ev.PLAIN]) for m in messages]
+    assert marks == [(2, True), (2, False), (1, True), (2, False), (1, True)]
+    lines = [line for m in messages for line in m[1].split(b"\n")]
+    assert [orjson.loads(line)["rseq"] for line in lines] == list(range(1, 9))
+    assert (short_dir / "j.jsonl").read_bytes() == b"\n".join(lines) + b"\n"
 
 
 def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> None:

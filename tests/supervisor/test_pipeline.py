@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from protocol import events as ev
 from protocol.tasks import RUNNING, TaskRecord, now_iso
 from supervisor.pipeline import Pipeline
 from supervisor.store import Store
@@ -48,9 +49,13 @@ class Rig:
     def send(self, *raws: bytes) -> int:
         return self.pipeline.ingest([[b"t1", raw] for raw in raws])
 
+    def send_plain(self, *raws: bytes) -> int:
+        """``raws`` as a runner sends a run of plain log lines: packed, marked ``PLAIN``."""
+        return self.pipeline.ingest([[b"t1", ev.pack(list(raws)), ev.PLAIN]])
+
     def out(self) -> list[dict[str, Any]]:
         """Every published event, in order (a published item holds one event or a run, packed)."""
-        return [orjson.loads(event) for _, data in self.published for event in data.split(b"\n")]
+        return [orjson.loads(e) for topic, data in self.published for e in ev.unpack([topic, data])[1:]]
 
     def stored(self) -> list[dict[str, Any]]:
         return [orjson.loads(r) for r in self.store.events_after("t1", 0, 10_000)]
@@ -74,6 +79,58 @@ def test_gap_is_filled_from_journal_and_duplicates_dropped(rig: Rig) -> None:
     assert [e["rseq"] for e in stored] == list(range(1, 11))
     assert [e["seq"] for e in rig.out()] == list(range(1, 11))
     assert rig.store.get_task("t1").last_seq == 10  # type: ignore[union-attr]
+
+
+def _numbered(raw: bytes, seq: int) -> dict[str, Any]:
+    return {"seq": seq, **orjson.loads(raw)}
+
+
+def test_plain_runs_are_stored_as_sent_and_read_numbered(rig: Rig) -> None:
+    """A runner's next run of plain log lines is one row, stored and published as it came with
+    its first line numbered; every reader sees each event numbered, as the event-by-event path
+    stores them, supervisor events and read events around it alike."""
+    raws = rig.journal_write(*(_event(i, i=i) for i in range(1, 9)))
+    rig.pipeline.emit(rig.task, "log", "queued")  # seq 1
+    assert rig.send_plain(*raws[:3]) == 3  # seq 2-4
+    assert rig.send(raws[3]) == 1  # seq 5, one event a frame
+    assert rig.send_plain(*raws[4:5]) == 1  # seq 6, a run of one
+    assert rig.send_plain(*raws[5:]) == 3  # seq 7-9
+    stored, rows = rig.stored(), rig.store._db.execute("SELECT json FROM events ORDER BY id").fetchall()
+    assert stored[0]["source"] == "supervisor"
+    assert stored[1:] == [_numbered(raw, i + 2) for i, raw in enumerate(raws)]
+    assert rig.out() == stored
+    # The runs as they came: only their first line was given a seq (and the row is what was published).
+    assert [bytes(r[0]).count(b'"seq"') for r in rows] == [1, 1, 1, 1, 1]
+    assert bytes(rows[1][0]) == b'{"seq":2,' + ev.pack(raws[:3])[1:] == rig.published[1][1]
+    # Read from the middle of a run, and with a limit inside one.
+    assert [orjson.loads(e)["seq"] for e in rig.store.events_after("t1", 2, 10)] == list(range(3, 10))
+    assert [orjson.loads(e)["seq"] for e in rig.store.events_after("t1", 7, 1)] == [8]
+    task = rig.store.get_task("t1")
+    assert task is not None and (task.last_seq, task.last_rseq) == (9, 8)
+
+
+def test_a_plain_run_that_is_not_the_next_goes_event_by_event(rig: Rig) -> None:
+    """A run repeating events stored already (through the journal) or leaving a gap is read
+    event by event: the repeats are dropped, the gap is filled from the journal."""
+    raws = rig.journal_write(*(_event(i) for i in range(1, 11)))
+    assert rig.send_plain(*raws[:2]) == 2
+    assert rig.pipeline.catch_up(rig.task, limit=3) == 3  # the reaper read 3..5
+    assert rig.send_plain(*raws[2:6]) == 1  # 3..5 repeated, 6 new
+    assert rig.send_plain(*raws[8:9]) == 3  # 7 and 8 from the journal, then 9
+    # A run that does not start as a runner's encoding: read event by event (and checked).
+    spread = orjson.dumps(_event(10), option=orjson.OPT_INDENT_2).replace(b"\n", b"")
+    assert not spread.startswith(ev.RUNNER_PREFIX)
+    assert rig.send_plain(spread, b"not json") == 1
+    assert [e["seq"] for e in rig.stored()] == list(range(1, 11))
+    assert [e["rseq"] for e in rig.out()] == list(range(1, 11))
+    assert rig.pipeline.received == 2 + 4 + 1 + 2 and rig.pipeline.dropped == 1
+
+
+def test_a_plain_run_of_a_task_not_running_counts_its_events(rig: Rig) -> None:
+    raws = [orjson.dumps(_event(i)) for i in (1, 2, 3)]
+    rig.task.status = "completed"
+    assert rig.send_plain(*raws) == 0
+    assert (rig.pipeline.received, rig.pipeline.dropped) == (3, 3)
 
 
 def test_malformed_events_dropped_and_counted(rig: Rig) -> None:

@@ -141,8 +141,10 @@ def test_events_are_read_per_task_in_order_and_deleted_with_their_task(tmp_path:
     a, b, c = _task(1, "training", RUNNING), _task(2, "training", RUNNING), _task(3, "training", RUNNING)
     s.insert_tasks([a, b, c])
     # Interleaved, b's out of order within a batch: each task reads back its own, by seq.
-    s.append_events([("t00001", 1, b"a1"), ("t00002", 2, b"b2"), ("t00002", 1, b"b1"), ("t00003", 1, b"c1")])
-    s.append_events([("t00001", 2, b"a2")])
+    s.append_events(
+        [("t00001", 1, 1, b"a1"), ("t00002", 2, 2, b"b2"), ("t00002", 1, 1, b"b1"), ("t00003", 1, 1, b"c1")]
+    )
+    s.append_events([("t00001", 2, 2, b"a2")])
     s.commit()
     assert _events(s, "t00001") == [b"a1", b"a2"]
     assert _events(s, "t00002") == [b"b1", b"b2"]
@@ -151,7 +153,7 @@ def test_events_are_read_per_task_in_order_and_deleted_with_their_task(tmp_path:
     assert _events(s, "t00003") == [b"c1"]
     assert _events(s, "nope") == []
     assert s.events_after("t00001", 2**63 - 1, 10) == [] and s.events_after("t00001", 2**32 - 1, 10) == []
-    s.append_events([("nope", 1, b"x"), ("t00003", 2, b"c2")])  # a task not stored: its events neither
+    s.append_events([("nope", 1, 1, b"x"), ("t00003", 2, 2, b"c2")])  # a task not stored: its events neither
     assert _events(s, "t00003") == [b"c1", b"c2"] and _events(s, "nope") == []
     s.delete_task("t00002")  # running: kept, events and all
     assert _events(s, "t00002") == [b"b1", b"b2"]
@@ -168,10 +170,10 @@ def test_a_run_of_events_is_one_row_read_from_anywhere_inside(tmp_path: Path) ->
     s.insert_tasks([_task(1, "training", RUNNING), _task(2, "training", RUNNING)])
     a = [f"a{i}".encode() for i in range(1, 11)]
     # One batch: a1-a4, b1, a5-a7 (a run per task and stretch), then a8-a10 in a batch of its own.
-    rows = [("t00001", i, a[i - 1]) for i in (1, 2, 3, 4)] + [("t00002", 1, b"b1")]
-    s.append_events(rows + [("t00001", i, a[i - 1]) for i in (5, 6, 7)])
+    rows = [("t00001", i, i, a[i - 1]) for i in (1, 2, 3, 4)] + [("t00002", 1, 1, b"b1")]
+    s.append_events(rows + [("t00001", i, i, a[i - 1]) for i in (5, 6, 7)])
     s.commit()
-    s.append_events([("t00001", i, a[i - 1]) for i in (8, 9, 10)])
+    s.append_events([("t00001", i, i, a[i - 1]) for i in (8, 9, 10)])
     s.commit()
     assert s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
     for after in range(-1, 12):
@@ -204,7 +206,7 @@ def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Pat
     assert _events(s, "t00001") == [b"e0", b"e2", b"e4", b"e6", b"e8"]
     assert _events(s, "t00002") == [b"e1", b"e3", b"e5", b"e7", b'{"seq":5,"message":"spread"}']
     assert s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10  # the orphan is gone
-    s.append_events([("t00001", 6, b"e10")])  # numbering goes on after the migrated ones
+    s.append_events([("t00001", 6, 6, b"e10")])  # numbering goes on after the migrated ones
     s.commit()
     assert _events(s, "t00001", after=4) == [b"e8", b"e10"]
     s.close()

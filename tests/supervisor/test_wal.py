@@ -36,7 +36,7 @@ def test_a_wal_kept_growing_by_a_steady_writer_starts_over(tmp_path: Path, monke
         nonlocal seq
         seq += 1
         task.last_seq = seq
-        store.append_events([("t1", seq, b"x" * 1024)])
+        store.append_events([("t1", seq, seq, b"x" * 1024)])
         store.update_progress(task)
         store.commit()
 
