@@ -7,7 +7,10 @@ For each runner event (``[task_id, json, json, …]`` messages from the events-i
 gap-free ``seq``, update the task (progress, epochs, metrics, result, message), store, publish.
 Supervisor-side events (``emit``) take the same path with ``source: "supervisor"``.
 
-A batch is one ``executemany`` and one commit, then one burst of sends: that is what keeps up
+A runner's run of plain log lines (``[task_id, packed, PLAIN]``, ``protocol.events.PLAIN``) that
+starts where the task's events left off takes none of these steps per event: it is stored and
+published as it came, its first line numbered (the others are numbered by their place when
+read). A batch is one ``executemany`` and one commit, then one burst of sends: that is what keeps up
 with tens of thousands of events per second. Store first, then publish: a subscriber that sees
 ``seq`` N can always fetch 1..N from the store.
 
