@@ -4,7 +4,7 @@ The environment wins over the file. Each setting is declared once, as a field of
 its variable, default and description (``setting(...)``), and the original service's name for
 it where it had one (``alias``: a seed ``.env`` copied as is configures the service; the rule is
 ``SEED_NAMES_RULE``). ``Settings.from_env`` reads them and the README's table is generated from
-them (``python -m protocol.settings``). The per-device limits are one field fed by several
+them (``python -m protocol.settings``: ``protocol.settings_table``). The per-device limits are one field fed by several
 variables (``LIMIT_VARIABLES``, defaults ``DEFAULT_LIMITS``).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -385,41 +385,9 @@ def auto_job_memory_mb(env: Mapping[str, str]) -> int:
     return max(512, (host_memory_mb() - 1024) // max(1, slots))
 
 
-def _shown(f: Field[Any]) -> str:
-    """A field's default as the table shows it (as one would write it in the variable)."""
-    if f.metadata["shown"] is not None:
-        return str(f.metadata["shown"])
-    default = f.default
-    if isinstance(default, bool):
-        return "1" if default else "0"
-    if isinstance(default, float) and default.is_integer():
-        return str(int(default))
-    if isinstance(default, tuple):
-        return ",".join(map(str, default))
-    return str(default)
-
-
-def _names(var: str, alias: str | None, generic: bool = False) -> str:
-    """The table's variable cell: the ``RFUAV_*`` name, then the seed's (``SEED_NAMES_RULE``)."""
-    if not alias:
-        return f"`{var}`"
-    return f"`{var}` / `{alias}`" + (" (.env)" if generic else "")
-
-
-def markdown_table() -> str:
-    """The README's table: every variable with its default and description, in field order."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for f in fields(Settings):
-        if "variables" in f.metadata:
-            for var, (device, task_type, doc, alias) in f.metadata["variables"].items():
-                rows.append(f"| {_names(var, alias)} | `{DEFAULT_LIMITS[device][task_type]}` | {doc} |")
-        else:
-            names = _names(f.metadata["env"], f.metadata["alias"], f.metadata["generic"])
-            rows.append(f"| {names} | `{_shown(f)}` | {f.metadata['doc']} |")
-    return "\n".join(rows)
-
-
 if __name__ == "__main__":
+    from protocol.settings_table import markdown_table
+
     print(markdown_table())
     print()
     print(SEED_NAMES_RULE)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from protocol import settings as st
-from protocol.settings import LIMIT_VARIABLES, SEED_NAMES_RULE, Settings, markdown_table
+from protocol.settings import LIMIT_VARIABLES, SEED_NAMES_RULE, Settings
+from protocol.settings_table import markdown_table, shown_default
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SEED_ENV = Path(__file__).resolve().parents[1] / "support" / "seed.env"
@@ -58,7 +59,7 @@ def test_every_variable_is_read(f: dataclasses.Field[object], tmp_path: Path) ->
 
 @pytest.mark.parametrize("f", [f for f in DECLARED if f.metadata["shown"] is None], ids=lambda f: f.metadata["env"])
 def test_the_documented_default_is_the_default(f: dataclasses.Field[object], tmp_path: Path) -> None:
-    shown = st._shown(f)
+    shown = shown_default(f)
     assert (
         getattr(_from({f.metadata["env"]: shown}, tmp_path), f.name)
         == getattr(_from({}, tmp_path), f.name)
