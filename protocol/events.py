@@ -24,8 +24,10 @@ the run starts where the task's events left off and takes its length from its la
 a ``seq`` and stores and publishes the rest as the runner wrote them: a line of a stored or published run without a ``seq`` of its own is
 numbered one past the line before it (``unpack``, ``numbered``). No event of the run is parsed,
 checked or copied one by one on the way through: measured in a burst of 1 KiB events, the
-supervisor's loop spends 3.8 µs on each instead of 7.0-7.3. Readers see every event numbered,
-as before. (Events relayed from Ray hosts are read one by one: a remote runner is not vouched for.)
+supervisor's loop spends 3.8 µs on each instead of 7.0-7.3. Every line the supervisor writes
+itself starts with its ``seq`` (``number``, ``supervisor_event``, a re-encoded event), so a
+stored or published run always does, and readers that take events out with ``unpack`` (or the
+store's reads) see every event numbered, as before. (Events relayed from Ray hosts are read one by one: a remote runner is not vouched for.)
 
 Everything an event is used for is defined here once, as module functions over the ``Event``
 dict (no object per event: the path runs tens of thousands of times a second): ``runner_event``
@@ -223,10 +225,12 @@ def unpack(message: list[bytes]) -> list[bytes]:
     return out
 
 
-def numbered(lines: list[bytes]) -> list[bytes]:
+def numbered(lines: list[bytes], *, stored: bool = False) -> list[bytes]:
     """``lines`` (a stored or published run) with ``seq`` prepended to each line without one:
     the previous line's plus one. A runner's own lines (no ``seq`` before them) stay as they
-    are. Changes ``lines`` in place, and returns it."""
+    are. Changes ``lines`` in place, and returns it. ``stored``: lines read from the store,
+    where a version before runs were passed through wrote a re-encoded event with its ``seq``
+    last (the service writes it first now): such a line keeps its own."""
     seq = -1
     for i, line in enumerate(lines):
         if line.startswith(RUNNER_PREFIX):
@@ -234,25 +238,38 @@ def numbered(lines: list[bytes]) -> list[bytes]:
                 prev = lines[i - 1] if i else b""
                 if not prev.startswith(_SEQ_PREFIX):
                     continue
-                seq = int(prev[7 : prev.index(b",", 7)])
+                try:
+                    seq = int(prev[7 : prev.index(b",", 7)])
+                except ValueError:
+                    continue
             seq += 1
-            lines[i] = b'{"seq":%d,' % seq + line[1:]
+            if not (stored and line.endswith(b'"seq":%d}' % seq)):
+                lines[i] = b'{"seq":%d,' % seq + line[1:]
         else:
             seq = -1
     return lines
 
 
+#: Fewer bytes than any runner's event takes (``runner_event``: rseq, task_id, a timestamp, kind,
+#: level and message): bounds how many lines a run of so many bytes can hold.
+MIN_EVENT_BYTES = 64
+
+
 def run_rseqs(run: bytes) -> tuple[int, int] | None:
     """The first and last ``rseq`` of a runner's packed run (``PLAIN``), read from its first and
     last lines' starts (``RUNNER_PREFIX``) without reading the lines between; None when either
-    does not start so. The publisher vouches that the lines between follow one another."""
+    does not start so, or when they span more lines than the run has bytes for. The publisher
+    vouches that the lines between follow one another."""
     last = run.rfind(b"\n") + 1
     if not (run.startswith(RUNNER_PREFIX) and run.startswith(RUNNER_PREFIX, last)):
         return None
     try:
-        return int(run[8 : run.index(b",", 8)]), int(run[last + 8 : run.index(b",", last + 8)])
+        first, final = int(run[8 : run.index(b",", 8)]), int(run[last + 8 : run.index(b",", last + 8)])
     except ValueError:
         return None
+    if not 0 <= final - first <= len(run) // MIN_EVENT_BYTES:
+        return None
+    return first, final
 
 
 def decode(data: bytes) -> Event:

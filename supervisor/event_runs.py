@@ -95,7 +95,7 @@ def after(db: sqlite3.Connection, ord_: int, seq: int, limit: int) -> list[bytes
     for key, data in db.execute(
         "SELECT id, json FROM events WHERE id >= ? AND id < ? ORDER BY id", (start, event_key(ord_ + 1, 0))
     ):
-        run = ev.numbered(bytes(data).split(b"\n"))
+        run = ev.numbered(bytes(data).split(b"\n"), stored=True)
         skip = want - (key & _SEQ_MASK)
         out.extend(run[skip:] if skip > 0 else run)
         if len(out) >= limit:

@@ -1,7 +1,9 @@
 """Events out: the socket web subscribes to, and how stored events are framed on it.
 
-An XPUB bound on ``addresses.events_out``: topic = task id, payload = the stored event JSON
-with ``seq`` (``supervisor.pipeline`` stores first, then hands the batch to ``publish``).
+An XPUB bound on ``addresses.events_out``: topic = task id, payload = the stored events' JSON,
+each with its ``seq`` or, in a run of a runner's plain log lines, numbered by its place after the
+run's first (``protocol.events.unpack`` gives every event its ``seq``; ``supervisor.pipeline``
+stores first, then hands the batch to ``publish``).
 Consecutive events of one task go out as one message ``[task_id, events]``, packed into one
 frame (``protocol.events.pack``), of at most ``MAX_BATCH`` items. An XPUB rather than a PUB so the daemon
 can count subscriptions (``health``), which lets a client know its subscription is live before

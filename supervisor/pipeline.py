@@ -244,8 +244,10 @@ class Pipeline:
             data = ev.number(raw, seq)
         if data is None:
             event.pop("source", None)  # a runner cannot claim to be the supervisor
-            event["seq"] = seq
-            data = ev.encode(event)
+            event.pop("seq", None)
+            # ``seq`` first, as on every line the supervisor writes: the lines of a run after
+            # it are numbered by their place (``protocol.events.numbered``).
+            data = ev.encode({"seq": seq, **event})
         if final:
             self._held[task.task_id] = (task.task_id, seq, seq, data)
         else:

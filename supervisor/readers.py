@@ -110,7 +110,7 @@ class Drained:
 async def serve_events(sub: zmq.Socket[bytes], pipeline: Pipeline, drained: Drained | None = None) -> None:
     """Runner events, read by a reader callback on the socket's file descriptor: each call
     takes what is queued, up to ``BATCH`` events (a longer message is split, its rest goes
-    first next time), and ingests it (one transaction, then one burst of sends). No future
+    first next time; a run of plain log lines is taken whole), and ingests it (one transaction, then one burst of sends). No future
     or task switch per message: at a thousand lone events a second those were a measurable
     part of every event's trip. A full batch reschedules the drain behind whatever else
     the loop has due, so a flood of events never keeps control requests, or another job's
@@ -134,7 +134,9 @@ async def serve_events(sub: zmq.Socket[bytes], pipeline: Pipeline, drained: Drai
             else:
                 msg = recv_message(sub)
                 if msg[-1] == ev.PLAIN and len(msg) == 3:
-                    # A runner's run of plain log lines (at most a batch): ingested whole, as it is.
+                    # A runner's run of plain log lines (up to its publisher's MAX_BATCH, 1,000):
+                    # ingested whole, as it is (its lines are not read: a few milliseconds; were it
+                    # not the task's next run, after its journal was read, it is read event by event).
                     batch.append(msg)
                     span = ev.run_rseqs(msg[1])
                     count += 1 if span is None else max(1, span[1] - span[0] + 1)

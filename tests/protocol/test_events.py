@@ -110,3 +110,6 @@ def test_run_rseqs_reads_a_runs_first_and_last_line_only() -> None:
     assert ev.run_rseqs(b'{"kind":"log"}') is None
     assert ev.run_rseqs(b'{"rseq":x1,"kind":"log"}') is None
     assert ev.run_rseqs(b'{"rseq":12}') is None  # nothing after rseq: not a runner's event
+    # A last rseq before the first, or more lines than the run has bytes for: not believed.
+    assert ev.run_rseqs(ev.pack([c, a])) is None
+    assert ev.run_rseqs(ev.pack([a, b'{"rseq":99999,"kind":"log"}'])) is None

@@ -126,6 +126,29 @@ def test_a_plain_run_that_is_not_the_next_goes_event_by_event(rig: Rig) -> None:
     assert rig.pipeline.received == 2 + 4 + 1 + 2 and rig.pipeline.dropped == 1
 
 
+def test_a_re_encoded_event_before_a_plain_run_in_one_batch_is_numbered_first(rig: Rig) -> None:
+    """An event the supervisor re-encodes (here a runner's log line claiming ``source``) starts
+    with its ``seq`` like every line it writes: stored and published in one run with the plain
+    lines after it, each of those is numbered by its place."""
+    forged = orjson.dumps({**_event(1), "source": "supervisor"})
+    raws = [orjson.dumps(_event(i)) for i in (2, 3, 4)]
+    rig.pipeline.ingest([[b"t1", forged], [b"t1", ev.pack(raws), ev.PLAIN]])
+    assert len(rig.published) == 1 and rig.published[0][1].startswith(b'{"seq":1,')
+    assert [e["seq"] for e in rig.out()] == [e["seq"] for e in rig.stored()] == [1, 2, 3, 4]
+    assert "source" not in rig.out()[0]
+
+
+def test_a_stored_line_with_its_seq_last_keeps_it(rig: Rig) -> None:
+    """A version before plain runs wrote a re-encoded event with ``seq`` as its last key: read
+    back from a run, it is not given a second one."""
+    first = b'{"seq":1,"rseq":1,"task_id":"t1","timestamp":"ts","kind":"log","level":"INFO","message":"a"}'
+    last = b'{"rseq":2,"task_id":"t1","timestamp":"ts","kind":"log","level":"INFO","message":"b","seq":2}'
+    rig.store.append_events([("t1", 1, 2, ev.pack([first, last]))])
+    rig.store.commit()
+    assert rig.store.events_after("t1", 0, 10) == [first, last]
+    assert ev.unpack([b"t1", ev.pack([first, last[:-8] + b"}"])])[2].startswith(b'{"seq":2,"rseq":2,')
+
+
 def test_a_plain_run_of_a_task_not_running_counts_its_events(rig: Rig) -> None:
     raws = [orjson.dumps(_event(i)) for i in (1, 2, 3)]
     rig.task.status = "completed"
