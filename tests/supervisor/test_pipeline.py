@@ -138,6 +138,17 @@ def test_a_re_encoded_event_before_a_plain_run_in_one_batch_is_numbered_first(ri
     assert "source" not in rig.out()[0]
 
 
+def test_a_failure_reported_while_cancelling_then_a_plain_run(rig: Rig) -> None:
+    """The ``failed`` a runner reports once its cancel was requested is stored as a log line
+    (re-encoded, ``seq`` first); the plain run after it in the same batch is numbered on."""
+    rig.pipeline.cancelling("t1")
+    raws = rig.journal_write(_event(1, "status", status="failed"), *(_event(i) for i in (2, 3, 4)))
+    rig.pipeline.ingest([[b"t1", raws[0]], [b"t1", ev.pack(raws[1:]), ev.PLAIN]])
+    out = rig.out()
+    assert [e["seq"] for e in out] == [1, 2, 3, 4] and out[0]["kind"] == "log" and "status" not in out[0]
+    assert rig.pipeline.exit_report("t1") == "e1"
+
+
 def test_a_stored_line_with_its_seq_last_keeps_it(rig: Rig) -> None:
     """A version before plain runs wrote a re-encoded event with ``seq`` as its last key: read
     back from a run, it is not given a second one."""
