@@ -133,6 +133,20 @@ class ReplicaParams:
     curve_secret_key: str = ""
     curve_client_key: str = ""
 
+    def check(self) -> None:
+        """``ValueError`` naming every field out of its range (the replica refuses to start)."""
+        checks = {
+            "max_batch_size": self.max_batch_size >= 1, "max_batch_delay_ms": self.max_batch_delay_ms >= 0,
+            "max_queue": self.max_queue >= 1, "cache_size": self.cache_size >= 0, "top_k": self.top_k >= 1,
+            "max_image_pixels": self.max_image_pixels >= 1, "drain_idle_seconds": self.drain_idle_seconds >= 0,
+            "drain_seconds": self.drain_seconds >= 0,
+            "curve_client_key": not self.curve_secret_key or len(self.curve_client_key) == 40,
+            "curve_secret_key": not self.curve_client_key or len(self.curve_secret_key) == 40,
+        }  # fmt: skip
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"replica params: out of range: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+
 
 @dataclass(slots=True)
 class ReplicaStats:

@@ -76,20 +76,6 @@ class Pending:
     key: bytes | None
 
 
-def check_params(p: sv.ReplicaParams) -> None:
-    checks = {
-        "max_batch_size": p.max_batch_size >= 1, "max_batch_delay_ms": p.max_batch_delay_ms >= 0,
-        "max_queue": p.max_queue >= 1, "cache_size": p.cache_size >= 0, "top_k": p.top_k >= 1,
-        "max_image_pixels": p.max_image_pixels >= 1, "drain_idle_seconds": p.drain_idle_seconds >= 0,
-        "drain_seconds": p.drain_seconds >= 0,
-        "curve_client_key": not p.curve_secret_key or len(p.curve_client_key) == 40,
-        "curve_secret_key": not p.curve_client_key or len(p.curve_secret_key) == 40,
-    }  # fmt: skip
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"replica params: out of range: {', '.join(f'{n}={getattr(p, n)}' for n in bad)}")
-
-
 class Replica:
     """The loaded model and the serving loop (``serve`` builds and runs one)."""
 
@@ -99,7 +85,7 @@ class Replica:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         p: sv.ReplicaParams = build(sv.ReplicaParams, spec.params, where="replica params")
         self.params = p
-        check_params(p)
+        p.check()
         self.host_device = spec.host_device
         self.task_dir = Path(spec.task_dir)
         self.device = devices.resolve(spec.device)

@@ -15,6 +15,7 @@ from protocol.commands import Cancel, Get, Logs, Submit, command_message, parse_
 from protocol.events import check_event, sse_view
 from protocol.jobs import JobSpec
 from protocol.replies import CommandError, error, ok, parse_reply
+from protocol.serving import ReplicaParams
 from protocol.settings import DEFAULT_LIMITS, Settings
 from protocol.tasks import TaskRecord
 
@@ -145,3 +146,14 @@ def test_runtime_dir_is_private_and_short(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     runtime = default_runtime_dir(deep)
     assert len(str(runtime / "events-out.sock")) < 107
+
+
+def test_replica_params_out_of_range_are_named() -> None:
+    base = {"name": "m", "version": 1, "address": "ipc:///tmp/x", "cfg_path": "c.yaml", "weight_path": "w.pth"}
+    ReplicaParams(**base).check()  # the defaults are in range
+    with pytest.raises(ValueError, match=r"out of range: max_batch_size=0, top_k=0$"):
+        ReplicaParams(**base, max_batch_size=0, top_k=0).check()
+    # A CURVE key pair is both keys or neither, each 40 characters of Z85.
+    with pytest.raises(ValueError, match="curve_client_key=$"):
+        ReplicaParams(**base, curve_secret_key="s" * 40).check()
+    ReplicaParams(**base, curve_secret_key="s" * 40, curve_client_key="c" * 40).check()
