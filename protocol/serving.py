@@ -106,6 +106,28 @@ class ModelInfo:
     weight_path: str
 
 
+def model_config(raw: object, name: str) -> tuple[str, int, int, list[str]]:
+    """A training's ``config.yaml`` as loaded (``yaml.safe_load``), checked: its ``model``,
+    ``num_classes``, ``image_size`` and ``class_names`` (``0``..``num_classes - 1`` when it
+    names none). ``ValueError`` saying what is wrong, after ``name`` (how the caller calls the
+    file). Read alike by the supervisor (a deployment, without torch) and the runner."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name} must be a mapping (a training's config.yaml)")
+    for key in ("model", "num_classes", "image_size"):
+        if key not in raw:
+            raise ValueError(f"{name} lacks '{key}'")
+    try:
+        num_classes, image_size = int(raw["num_classes"]), int(raw["image_size"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: num_classes and image_size must be integers") from None
+    if num_classes < 1 or image_size < 1:
+        raise ValueError(f"{name}: num_classes and image_size must be >= 1")
+    names = [str(n) for n in raw.get("class_names") or range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{name}: {len(names)} class_names for num_classes {num_classes}")
+    return str(raw["model"]), num_classes, image_size, names
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaParams:
     """``JobSpec.params`` of a replica (job ``replica``)."""

@@ -30,6 +30,7 @@ import yaml
 from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.data import DataLoader
 
+from protocol import serving as sv
 from protocol.catalog import IMAGE_EXTENSIONS
 from runner import datasets, devices, fetch, models, upload
 from runner.context import JobContext
@@ -74,20 +75,12 @@ class ModelConfig:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ValueError(f"config {path.name} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise TypeError(f"config {path.name} must be a mapping")
-        for key in ("model", "num_classes", "image_size"):
-            if key not in raw:
-                raise ValueError(f"config {path.name} lacks '{key}'")
-        num_classes = int(raw["num_classes"])
-        names = [str(n) for n in raw.get("class_names") or [str(i) for i in range(num_classes)]]
-        if len(names) != num_classes:
-            raise ValueError(f"config {path.name}: {len(names)} class_names for num_classes {num_classes}")
+        model, num_classes, image_size, names = sv.model_config(raw, f"config {path.name}")
         return cls(
-            model=str(raw["model"]),
+            model=model,
             num_classes=num_classes,
             class_names=names,
-            image_size=int(raw["image_size"]),
+            image_size=image_size,
             mean=tuple(float(v) for v in raw.get("mean", datasets.MEAN)),
             std=tuple(float(v) for v in raw.get("std", datasets.STD)),
         )

@@ -95,22 +95,12 @@ def describe(cfg_path: str, weight_path: str) -> sv.ModelInfo:
         raw = yaml.safe_load(cfg.read_text()[:1_000_000])
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise bad(f"cfg_path: {cfg.name} is not a readable YAML file: {exc}") from None
-    if not isinstance(raw, dict):
-        raise bad(f"cfg_path: {cfg.name} must be a mapping (a training's config.yaml)")
-    for key in ("model", "num_classes", "image_size"):
-        if key not in raw:
-            raise bad(f"cfg_path: {cfg.name} lacks '{key}'")
     try:
-        num_classes, image_size = int(raw["num_classes"]), int(raw["image_size"])
-    except (TypeError, ValueError):
-        raise bad(f"cfg_path: {cfg.name}: num_classes and image_size must be integers") from None
-    if num_classes < 1 or image_size < 1:
-        raise bad(f"cfg_path: {cfg.name}: num_classes and image_size must be >= 1")
-    names = [str(n) for n in raw.get("class_names") or range(num_classes)]
-    if len(names) != num_classes:
-        raise bad(f"cfg_path: {cfg.name}: {len(names)} class_names for num_classes {num_classes}")
+        model, num_classes, image_size, names = sv.model_config(raw, cfg.name)
+    except ValueError as exc:
+        raise bad(f"cfg_path: {exc}") from None
     return sv.ModelInfo(
-        model=str(raw["model"]),
+        model=model,
         num_classes=num_classes,
         image_size=image_size,
         class_names=names,

@@ -15,7 +15,7 @@ from protocol.commands import Cancel, Get, Logs, Submit, command_message, parse_
 from protocol.events import check_event, sse_view
 from protocol.jobs import JobSpec
 from protocol.replies import CommandError, error, ok, parse_reply
-from protocol.serving import ReplicaParams
+from protocol.serving import ReplicaParams, model_config
 from protocol.settings import DEFAULT_LIMITS, Settings
 from protocol.tasks import TaskRecord
 
@@ -157,3 +157,18 @@ def test_replica_params_out_of_range_are_named() -> None:
     with pytest.raises(ValueError, match="curve_client_key=$"):
         ReplicaParams(**base, curve_secret_key="s" * 40).check()
     ReplicaParams(**base, curve_secret_key="s" * 40, curve_client_key="c" * 40).check()
+
+
+def test_model_config_is_checked_alike_for_the_supervisor_and_the_runner() -> None:
+    assert model_config({"model": "resnet18", "num_classes": "3", "image_size": 32}, "c") == (
+        "resnet18", 3, 32, ["0", "1", "2"],
+    )  # fmt: skip
+    for raw, why in (
+        ([1], "c must be a mapping"),
+        ({"model": "m", "image_size": 8}, "c lacks 'num_classes'"),
+        ({"model": "m", "num_classes": "x", "image_size": 8}, "c: num_classes and image_size must be integers"),
+        ({"model": "m", "num_classes": 0, "image_size": 8}, "c: num_classes and image_size must be >= 1"),
+        ({"model": "m", "num_classes": 2, "image_size": 8, "class_names": ["a"]}, "c: 1 class_names for num_classes 2"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            model_config(raw, "c")
