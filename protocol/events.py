@@ -21,13 +21,15 @@ the supervisor checks or applies; its publisher vouches for every line, all buil
 ``runner_event`` and ``encode``, ``rseq`` following one another). The supervisor checks that
 the run starts where the task's events left off and takes its length from its last line
 (``run_rseqs``: the first and last lines' ``rseq``, nothing between read), gives its FIRST line
-a ``seq`` and stores and publishes the rest as the runner wrote them: a line of a stored or published run without a ``seq`` of its own is
-numbered one past the line before it (``unpack``, ``numbered``). No event of the run is parsed,
-checked or copied one by one on the way through: measured in a burst of 1 KiB events, the
-supervisor's loop spends 3.8 µs on each instead of 7.0-7.3. Every line the supervisor writes
-itself starts with its ``seq`` (``number``, ``supervisor_event``, a re-encoded event), so a
-stored or published run always does, and readers that take events out with ``unpack`` (or the
-store's reads) see every event numbered, as before. (Events relayed from Ray hosts are read one by one: a remote runner is not vouched for.)
+a ``seq`` and stores and publishes the rest as the runner wrote them: a line of a stored or
+published run without a ``seq`` of its own is numbered one past the line before it
+(``unpack``, ``numbered``). No event of the run is parsed, checked or copied one by one on the
+way through: measured in a burst of 1 KiB events, the supervisor's loop spends 3.8 µs on each
+instead of 7.0-7.3. Every line the supervisor writes itself starts with its ``seq``
+(``number``, ``supervisor_event``, a re-encoded event), so a stored or published run always
+does, and readers that take events out with ``unpack`` (or the store's reads) see every event
+numbered, as before. (Events relayed from Ray hosts are read one by one: a remote runner is not
+vouched for.)
 
 Everything an event is used for is defined here once, as module functions over the ``Event``
 dict (no object per event: the path runs tens of thousands of times a second): ``runner_event``
@@ -199,14 +201,13 @@ PLAIN = b"plain"
 NOT_PLAIN_FIELDS = frozenset(
     ("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source", "rseq", "task_id", "timestamp")
 )
-_NOT_PLAIN = NOT_PLAIN_FIELDS
 _SEQ_PREFIX = b'{"seq":'
 
 
 def is_plain(kind: str, level: str, message: object, fields: Mapping[str, Any]) -> bool:
     """Whether a runner's event built from these (``runner_event``) is a plain log line: one the
     supervisor stores and publishes as it is, without reading it (``PLAIN``)."""
-    return kind == LOG and level in _LEVEL_SET and type(message) is str and _NOT_PLAIN.isdisjoint(fields)
+    return kind == LOG and level in _LEVEL_SET and type(message) is str and NOT_PLAIN_FIELDS.isdisjoint(fields)
 
 
 def unpack(message: list[bytes]) -> list[bytes]:

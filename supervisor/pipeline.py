@@ -115,7 +115,12 @@ class Pipeline:
             # (``protocol.events.PLAIN``), or events one per frame.
             run = msg[1] if len(msg) == 3 and msg[2] == plain else None
             span = None if run is None else ev.run_rseqs(run)
-            count = len(msg) - 1 if run is None else run.count(b"\n") + 1 if span is None else span[1] - span[0] + 1
+            if run is None:
+                count = len(msg) - 1
+            elif span is None:  # (read event by event below)
+                count = run.count(b"\n") + 1
+            else:
+                count = span[1] - span[0] + 1
             self.received += count
             task = tasks.get(topic.decode("utf-8", "replace"))
             if task is None or task.status != RUNNING:
@@ -133,7 +138,7 @@ class Pipeline:
                 # ``protocol.events.numbered``), none of its lines read. Else (a repeat after the
                 # journal was read, a gap, a run that does not start as a runner's): event by
                 # event, below.
-                if span is not None and span[0] == rseq + 1 and count > 0:
+                if span is not None and span[0] == rseq + 1:
                     last = seq + count
                     rows.append((task_id, seq + 1, last, b"".join((b'{"seq":%d,' % (seq + 1), memoryview(run)[1:]))))
                     task.last_rseq, task.last_seq = rseq + count, last
