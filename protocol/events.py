@@ -196,11 +196,11 @@ def pack(events: list[bytes]) -> bytes:
 
 #: The last frame of a runner's message whose events are all plain log lines (``is_plain``).
 PLAIN = b"plain"
-#: Fields that keep a ``log`` event from being plain: checked or applied by the supervisor
-#: (``check_event``, ``supervisor.pipeline``), its own to set, or set by ``runner_event``.
-NOT_PLAIN_FIELDS = frozenset(
-    ("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source", "rseq", "task_id", "timestamp")
-)
+#: Fields of a runner's log line that the supervisor reads: checked or applied (``check_event``,
+#: ``supervisor.pipeline``), or not a runner's to set.
+READ_FIELDS = frozenset(("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source"))
+#: Fields that keep a ``log`` event from being plain: those, and the ones ``runner_event`` sets.
+NOT_PLAIN_FIELDS = READ_FIELDS | {"rseq", "task_id", "timestamp"}
 _SEQ_PREFIX = b'{"seq":'
 
 

@@ -46,9 +46,6 @@ from supervisor.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Fields that take a runner's log line off ``ingest``'s fast path: checked or applied
-#: (``protocol.events.check_event``, ``Pipeline._apply``), or not a runner's to set.
-_SLOW_FIELDS = frozenset(("progress", "metrics", "result", "step", "epoch", "total_epochs", "seq", "source"))
 _LEVELS = frozenset(ev.LEVELS)
 
 #: Publish ``[(topic, json), ...]`` on the events-out socket (``json``: one or more events, packed).
@@ -104,7 +101,7 @@ class Pipeline:
         dirty: dict[str, TaskRecord] = {}
         tasks = self._tasks
         loads = orjson.loads
-        log_kind, levels, slow, prefix, plain = ev.LOG, _LEVELS, _SLOW_FIELDS, ev.RUNNER_PREFIX, ev.PLAIN
+        log_kind, levels, slow, prefix, plain = ev.LOG, _LEVELS, ev.READ_FIELDS, ev.RUNNER_PREFIX, ev.PLAIN
         for msg in frames:
             if len(msg) < 2:
                 self.received += 1
