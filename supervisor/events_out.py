@@ -5,7 +5,8 @@ each with its ``seq`` or, in a run of a runner's plain log lines, numbered by it
 run's first (``protocol.events.unpack`` gives every event its ``seq``; ``supervisor.pipeline``
 stores first, then hands the batch to ``publish``).
 Consecutive events of one task go out as one message ``[task_id, events]``, packed into one
-frame (``protocol.events.pack``), of at most ``MAX_BATCH`` items. An XPUB rather than a PUB so the daemon
+frame (``protocol.events.pack``), of at most ``MAX_BATCH`` items; a long run (a burst's
+batch, ``ALONE_BYTES``) goes alone, as stored. An XPUB rather than a PUB so the daemon
 can count subscriptions (``health``), which lets a client know its subscription is live before
 it relies on it.
 
@@ -25,6 +26,8 @@ from protocol import events as ev
 HWM = 100_000
 #: Most items of ``publish`` (an event, or a run of them packed) in one message.
 MAX_BATCH = 512
+#: An item this long goes out alone, without being copied (pyzmq copies shorter frames anyway).
+ALONE_BYTES = zmq.COPY_THRESHOLD
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 #: The compiled backend's ``send`` (``zmq.Socket`` wraps it in a Python method).
@@ -60,11 +63,16 @@ class EventsOut:
         while i < n:
             topic = out[i][0]
             j = i + 1
-            while j < n and j - i < MAX_BATCH and out[j][0] == topic:
-                j += 1
+            if len(out[i][1]) < ALONE_BYTES:
+                while j < n and j - i < MAX_BATCH and out[j][0] == topic and len(out[j][1]) < ALONE_BYTES:
+                    j += 1
             try:
                 send(pub, topic, _MORE_NOWAIT)
-                send(pub, out[i][1] if j == i + 1 else ev.pack([data for _, data in out[i:j]]), _NOWAIT)
+                if j > i + 1:
+                    send(pub, ev.pack([data for _, data in out[i:j]]), _NOWAIT)
+                else:
+                    data = out[i][1]
+                    send(pub, data, _NOWAIT, len(data) < ALONE_BYTES)  # copy=False: zero-copy
             except zmq.Again:
                 # No room (XPUB drops whole messages at the high-water mark, so a topic frame
                 # is never left alone); the subscriber fetches the rest through ``logs``.

@@ -3,7 +3,9 @@
 ``tasks`` mirrors ``protocol.tasks.TaskRecord`` column for column (dicts as JSON text; the
 ``token`` in ``params`` is kept for the runner and never leaves through ``TaskRecord.response``).
 ``events`` holds every stored event as its JSON bytes, a batch's run of a task's events one row
-under ``ord << 32 | seq`` of its first (``supervisor.event_runs``).
+under ``ord << 32 | seq`` of its first (``supervisor.event_runs``); a long run's bytes are in
+the task's event file instead, in the directory beside the database named after it with
+``-events`` (``supervisor.event_files``, which says how a crash leaves them).
 
 WAL with ``synchronous=NORMAL``: a commit is durable against a crash of this process (the
 daemon's ``kill -9`` case) and needs no fsync; only a power loss may lose the last commits.
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,10 @@ import orjson
 
 from protocol.tasks import FINAL_STATUSES, TaskRecord
 from supervisor import event_runs
+from supervisor.event_files import EventFiles
 from supervisor.event_runs import Row
+
+log = logging.getLogger(__name__)
 
 _FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TaskRecord)
 _NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
@@ -120,6 +127,12 @@ class Store:
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.executescript(_SCHEMA)
         event_runs.migrate(self._db)
+        self._files = EventFiles(path.with_name(path.name + "-events"))
+        self._files.end_of = partial(event_runs.file_end, self._db)
+        if any(self._files.directory.iterdir()):
+            swept = self._files.sweep(int(r[0]) for r in self._db.execute("SELECT ord FROM tasks"))
+            if swept:
+                log.info("%d event file(s) of deleted tasks removed", swept)
         # Task counts by (type, status), kept in memory from one count at open: totals cost the
         # same for ten tasks or a million, and a write pays a dict update (SQLite triggers
         # keeping a counts table tripled the cost of every insert and update: 92 -> 343 us).
@@ -207,6 +220,9 @@ class Store:
         frame checkpointed, which a writer that commits while each pass runs never allows:
         measured, the WAL grew by 40 MB a second at 1,000 lone events a second, without bound."""
         with self._checkpoint_lock:
+            # The runs in event files first: a row checkpointed into the database (synced)
+            # then finds its run on the disk after a power loss (``supervisor.event_files``).
+            self._files.sync()
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._checkpointer.execute("PRAGMA busy_timeout=5000")
@@ -239,6 +255,8 @@ class Store:
                 self._checkpointer = None
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        self._files.sync()
+        self._files.close()
 
     # -- tasks ---------------------------------------------------------------------------
     def insert_tasks(self, tasks: Iterable[TaskRecord]) -> None:
@@ -362,7 +380,9 @@ class Store:
         if gone and row is not None:
             self._counts[(row[0], row[1])] -= 1
             self._changed[task_id] = (None, 0)
-        self.commit()
+            self.commit(after=partial(self._files.remove, row[2]))  # once its rows are gone
+        else:
+            self.commit()
 
     # -- events --------------------------------------------------------------------------
     def append_events(self, rows: list[Row]) -> list[tuple[str, bytes]]:
@@ -371,7 +391,7 @@ class Store:
         one row: returns them as stored, ``(task_id, packed events)`` in order (what
         ``supervisor.events_out`` publishes)."""
         self._begin()
-        return event_runs.insert(self._db, rows, self.ord_of)
+        return event_runs.insert(self._db, self._files, rows, self.ord_of)
 
     def update_progress(self, task: TaskRecord) -> None:
         """``update_task(task, commit=False)`` for what a batch of events changes in a task
@@ -391,7 +411,7 @@ class Store:
 
     def events_after(self, task_id: str, after: int, limit: int) -> list[bytes]:
         """Stored event JSON with ``seq > after``, in order, at most ``limit``."""
-        return event_runs.after(self._db, self.ord_of(task_id), after, limit)
+        return event_runs.after(self._db, self._files, self.ord_of(task_id), after, limit)
 
     def events_total(self) -> int:
         """Events stored (the sum of every task's ``last_seq``: no table scan)."""

@@ -1,5 +1,6 @@
 """WAL checkpoints, the daemon's upkeep: in a thread of their own, below the daemon's priority,
-every ``CHECKPOINT_SECONDS`` while events arrive (``checkpoints``)."""
+every ``CHECKPOINT_SECONDS`` while events arrive (``checkpoints``), each after syncing the event
+files written since the last (``Store.checkpoint``)."""
 
 from __future__ import annotations
 
