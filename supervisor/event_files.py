@@ -15,15 +15,17 @@ Crash rules (``supervisor.store``):
 - **Stored before published**: a run is written (to the OS, like a SQLite commit in WAL mode)
   before the transaction holding its row commits, and published after that commit.
 - **Written, never committed** (the daemon killed in between, a rolled back transaction): bytes
-  no row points at. The first append after the store is opened again cuts the file back to the
-  end of the last stored run (``truncate_to``); until then they are only unreferenced.
+  no row points at. The first append to the file after the store is opened again cuts it back
+  to the end of the last stored run (``end_of``); until then they are only unreferenced.
 - **Deleted**: a task's file goes once the commit that deletes its rows is done; a file whose
   task is gone (a crash in between) is removed when the store is opened (``sweep``).
 - **Power loss**: like the WAL's ``synchronous=NORMAL``, appends are not synced one by one.
   ``sync`` (before each WAL checkpoint) syncs every file written since the last, so that a run
   whose row reaches the database file has reached the disk first, save what was committed
-  during the checkpoint itself; a run that did not survive reads as lost (``read``: None), and
-  the events after it still read.
+  during the checkpoint itself. A run that did not survive reads as lost (``read``: None; its
+  bytes must end in a newline and start with its first ``seq``), the events after it still
+  read, and a file cut short is extended back to where its last stored run ends before it is
+  appended to: a new run never goes where a lost one's row points.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class EventFiles:
         #: ord -> [descriptor, size], least recently appended first.
         self._open: OrderedDict[int, list[int]] = OrderedDict()
         self._dirty: set[int] = set()
+        #: Tasks whose file was opened since the store was: its end is where this process wrote.
+        self._seen: set[int] = set()
         self._lock = threading.Lock()  # the descriptor table, against ``sync``'s dup
         #: ``end_of(ord)``: where a task's last stored run ends (0: none), asked when its file
         #: is opened for appending (``truncate_to``); set by the store.
@@ -85,11 +89,18 @@ class EventFiles:
     def _reopen(self, ord_: int) -> list[int]:
         fd = os.open(self.path(ord_), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         size = os.fstat(fd).st_size
-        end = self.end_of(ord_)
-        if size > end:  # written, never committed (see the module's crash rules)
-            os.ftruncate(fd, end)
-            log.info("event file %s cut from %d to %d bytes: runs never committed", self.path(ord_).name, size, end)
-            size = end
+        if ord_ not in self._seen:
+            # The first time since the store opened, the file ends where its last stored run
+            # does (rows this process adds come after): cut what was never committed; extend
+            # what a power loss cut short, so that new runs never go where a lost one's row
+            # points (the zeros read as lost). See the module's crash rules.
+            self._seen.add(ord_)
+            end = self.end_of(ord_)
+            if size != end:
+                os.ftruncate(fd, end)
+                log.info("event file %s set from %d to %d bytes, where its last stored run ends",
+                         self.path(ord_).name, size, end)  # fmt: skip
+                size = end
         entry = [fd, size]
         with self._lock:
             self._open[ord_] = entry
@@ -98,21 +109,22 @@ class EventFiles:
                 os.close(old)
         return entry
 
-    def read(self, ord_: int, at: int, size: int) -> bytes | None:
-        """The run stored at ``at``; None where it is not all there (a power loss took it)."""
+    def read(self, ord_: int, at: int, size: int, first: int) -> bytes | None:
+        """The run stored at ``at``, whose first event is numbered ``first``; None where it is
+        not all there (a power loss took it: not the run's bytes, or not all of them)."""
         entry = self._open.get(ord_)
         try:
             if entry is not None:
-                data = os.pread(entry[0], size, at)
+                data = os.pread(entry[0], size + 1, at)
             else:
                 with open(self.path(ord_), "rb") as f:
-                    data = os.pread(f.fileno(), size, at)
+                    data = os.pread(f.fileno(), size + 1, at)
         except FileNotFoundError:
             data = b""
-        if len(data) != size or not data.startswith(b"{"):
+        if len(data) != size + 1 or not data.endswith(b"\n") or not data.startswith(b'{"seq":%d,' % first):
             log.warning("event file %s: %d bytes at %d lost", self.path(ord_).name, size, at)
             return None
-        return data
+        return data[:-1]
 
     def remove(self, ord_: int) -> None:
         """Remove task ``ord_``'s file (its rows are gone)."""
@@ -121,7 +133,11 @@ class EventFiles:
             if entry is not None:
                 os.close(entry[0])
             self._dirty.discard(ord_)
-        self.path(ord_).unlink(missing_ok=True)
+            self._seen.discard(ord_)
+        try:
+            self.path(ord_).unlink(missing_ok=True)
+        except OSError as exc:  # (the store opened next removes it: ``sweep``)
+            log.warning("event file of a deleted task not removed: %s", exc)
 
     def sweep(self, ords: Iterable[int]) -> int:
         """Remove the files of tasks not in ``ords`` (the stored ones); returns how many."""
@@ -134,21 +150,34 @@ class EventFiles:
         return gone
 
     def sync(self) -> None:
-        """Sync every file appended to since the last ``sync`` (any thread)."""
+        """Sync every file appended to since the last ``sync`` (any thread). Raises the first
+        ``OSError``, having tried every file; those not synced are tried again next time."""
         with self._lock:  # a duplicate stays valid whatever the store's thread closes meanwhile
             dirty, self._dirty = self._dirty, set()
-            fds = [os.dup(self._open[o][0]) for o in dirty if o in self._open]
+            fds = [(o, os.dup(self._open[o][0])) for o in dirty if o in self._open]
             closed = [o for o in dirty if o not in self._open]  # (more tasks wrote than stay open)
+        failed: list[int] = []
+        error: OSError | None = None
         for ord_ in closed:
             try:
-                fds.append(os.open(self.path(ord_), os.O_RDONLY | os.O_CLOEXEC))
+                fds.append((ord_, os.open(self.path(ord_), os.O_RDONLY | os.O_CLOEXEC)))
             except FileNotFoundError:
                 pass  # removed with its task
-        for fd in fds:
+            except OSError as exc:
+                failed.append(ord_)
+                error = error or exc
+        for ord_, fd in fds:
             try:
                 os.fdatasync(fd)
+            except OSError as exc:
+                failed.append(ord_)
+                error = error or exc
             finally:
                 os.close(fd)
+        if error is not None:
+            with self._lock:
+                self._dirty.update(failed)
+            raise error
 
     def close(self) -> None:
         with self._lock:

@@ -117,7 +117,7 @@ def after(db: sqlite3.Connection, files: EventFiles, ord_: int, seq: int, limit:
         "SELECT id, json, at, size FROM events WHERE id >= ? AND id < ? ORDER BY id", (start, event_key(ord_ + 1, 0))
     ):
         if size is not None:
-            data = files.read(ord_, at, size)
+            data = files.read(ord_, at, size, key & _SEQ_MASK)
             if data is None:
                 continue
         run = ev.numbered(bytes(data).split(b"\n"), stored=True)

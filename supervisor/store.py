@@ -222,7 +222,10 @@ class Store:
         with self._checkpoint_lock:
             # The runs in event files first: a row checkpointed into the database (synced)
             # then finds its run on the disk after a power loss (``supervisor.event_files``).
-            self._files.sync()
+            try:
+                self._files.sync()
+            except OSError as exc:  # (tried again before the next checkpoint)
+                log.warning("event files not synced: %s", exc)
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._checkpointer.execute("PRAGMA busy_timeout=5000")
@@ -253,10 +256,13 @@ class Store:
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
+        try:
+            self._files.sync()  # before the rows that point into them reach the database file
+        except OSError as exc:
+            log.warning("event files not synced: %s", exc)
+        self._files.close()
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
-        self._files.sync()
-        self._files.close()
 
     # -- tasks ---------------------------------------------------------------------------
     def insert_tasks(self, tasks: Iterable[TaskRecord]) -> None:

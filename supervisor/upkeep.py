@@ -42,7 +42,7 @@ async def checkpoints(store: Store, received: Callable[[], int], nice: int) -> N
             try:
                 if await loop.run_in_executor(thread, store.checkpoint):
                     store.finish_checkpoint()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 log.warning("WAL checkpoint failed: %s", exc)
     finally:
         thread.shutdown(wait=False, cancel_futures=True)

@@ -182,31 +182,101 @@ def test_a_run_a_power_loss_took_is_left_out_and_the_rest_reads(
     second, third = data.index(_line(11)), data.index(_line(21))
     # The second run never reached the disk (zeros where it was), nor most of the third.
     file.write_bytes(data[:second] + b"\0" * (third - second) + data[third : third + 10])
-    files = file.parent
-    (files / "2.jsonl").unlink()
+    (file.parent / "2.jsonl").unlink()
     s = Store(tmp_path / "db.sqlite3")
+
+    def lost() -> int:
+        n = sum("lost" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        return n
+
     with caplog.at_level(logging.WARNING, logger=event_files.__name__):
-        assert _seqs(s, "t1") == list(range(1, 11))
-        assert _seqs(s, "t1", after=12) == []
-        assert _seqs(s, "t2") == []
-    assert sum("lost" in r.getMessage() for r in caplog.records) == 5  # 2, 2 and 1
+        assert _seqs(s, "t1") == list(range(1, 11)) and lost() == 2
+        assert _seqs(s, "t1", after=12) == [] and lost() == 2
+        assert _seqs(s, "t2") == [] and lost() == 1
+        # Events go on: the file is first extended to where the lost run's row says it ends,
+        # so the new run is not read in its place.
+        s.append_events(_rows("t1", 31, 40))
+        s.append_events(_rows("t2", 11, 20))
+        s.commit()
+        assert _seqs(s, "t1") == [*range(1, 11), *range(31, 41)] and lost() == 2
+        assert _seqs(s, "t1", after=20) == list(range(31, 41)) and lost() == 1
+        assert _seqs(s, "t2") == list(range(11, 21)) and lost() == 1
+    assert file.stat().st_size == len(data) + sum(len(_line(i)) + 1 for i in range(31, 41))
     s.close()
 
 
-def test_more_tasks_writing_than_files_kept_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files closed to stay under ``OPEN_FILES`` are reopened where they end; ``sync`` (the
-    checkpoint's) syncs those too."""
+def test_a_long_batch_over_more_tasks_than_files_kept_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file closed to stay under ``OPEN_FILES`` and opened again within one batch (its rows not
+    inserted yet) goes on where it ended."""
+    monkeypatch.setattr(event_files, "OPEN_FILES", 1)
+    s = _store(tmp_path / "db.sqlite3", _task(1), _task(2))
+    s.append_events(_rows("t1", 1, 8) + _rows("t2", 1, 8) + _rows("t1", 9, 16) + _rows("t2", 9, 16))
+    s.commit()
+    assert _seqs(s, "t1") == list(range(1, 17)) and _seqs(s, "t2") == list(range(1, 17))
+    s.close()
+
+
+def _synced(monkeypatch: pytest.MonkeyPatch, fail: set[int]) -> list[int]:
+    """The inodes ``os.fdatasync`` syncs from now on (really: it is called through); those in
+    ``fail`` once fail instead, as a disk's I/O error would."""
+    inodes: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        ino = os.fstat(fd).st_ino
+        if ino in fail:
+            fail.discard(ino)
+            raise OSError(5, "Input/output error")
+        real(fd)
+        inodes.append(ino)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return inodes
+
+
+def test_every_file_written_is_synced_before_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files closed to stay under ``OPEN_FILES`` are reopened where they end and synced too; a
+    file whose sync fails does not stop the checkpoint and is synced at the next one."""
     monkeypatch.setattr(event_files, "OPEN_FILES", 2)
     s = _store(tmp_path / "db.sqlite3", *(_task(i) for i in range(1, 6)))
     for first in (1, 11, 21):
         for i in range(1, 6):
             s.append_events(_rows(f"t{i}", first, first + 9))
         s.commit()
-    assert len(s._files._open) == 2 and len(s._files._dirty) == 5
+    inode = {i: s._files.path(i).stat().st_ino for i in range(1, 6)}
+    synced = _synced(monkeypatch, fail={inode[3]})
+    with caplog.at_level(logging.WARNING, logger="supervisor.store"):
+        s.checkpoint()
+    assert sorted(synced) == sorted(inode[i] for i in (1, 2, 4, 5))
+    assert any("not synced" in r.getMessage() for r in caplog.records)
+    synced.clear()
     s.checkpoint()
-    assert not s._files._dirty
+    assert synced == [inode[3]]  # the one that failed, and nothing written since
     for i in range(1, 6):
         assert _seqs(s, f"t{i}") == list(range(1, 31))
+    s.close()
+
+
+def test_a_file_that_cannot_be_removed_does_not_fail_the_deletion(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = _store(tmp_path / "db.sqlite3", _task(1, COMPLETED), _task(2, COMPLETED))
+    s.append_events(_rows("t1", 1, 10) + _rows("t2", 1, 10))
+    s.commit()
+    published: list[str] = []
+    file = s._files.path(1)
+    file.unlink()
+    (file / "in-the-way").mkdir(parents=True)  # unlink() of a directory fails
+    with caplog.at_level(logging.WARNING, logger=event_files.__name__), s.batch():
+        s.delete_task("t1")
+        s.delete_task("t2")
+        s.commit(after=lambda: published.append("after"))
+    assert published == ["after"] and s.get_task("t1") is None and s.get_task("t2") is None
+    assert not s._files.path(2).exists()
+    assert any("not removed" in r.getMessage() for r in caplog.records)
     s.close()
 
 
