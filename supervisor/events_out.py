@@ -70,9 +70,10 @@ class EventsOut:
                 send(pub, topic, _MORE_NOWAIT)
                 if j > i + 1:
                     send(pub, ev.pack([data for _, data in out[i:j]]), _NOWAIT)
+                elif len(out[i][1]) < ALONE_BYTES:
+                    send(pub, out[i][1], _NOWAIT)
                 else:
-                    data = out[i][1]
-                    send(pub, data, _NOWAIT, len(data) < ALONE_BYTES)  # copy=False: zero-copy
+                    send(pub, out[i][1], _NOWAIT, False)  # zero-copy
             except zmq.Again:
                 # No room (XPUB drops whole messages at the high-water mark, so a topic frame
                 # is never left alone); the subscriber fetches the rest through ``logs``.

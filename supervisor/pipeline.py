@@ -30,6 +30,7 @@ stored as an ERROR log line instead, kept as ``exit_report``, and the daemon end
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
@@ -317,6 +318,22 @@ class Pipeline:
         self._flush([held], {task.task_id: task})
         return True
 
+    def _unnumber(self, rows: list[Row]) -> None:
+        """``rows`` could not be stored (an event file not written: a full disk): their tasks'
+        numbering goes back to what is stored, so that no ``seq`` is skipped, and a runner's
+        events come again from its journal (the next one it sends shows the gap; the reaper
+        reads the journal's tail). A held final event numbered past it goes too (the journal
+        has it)."""
+        for task_id in {row[0] for row in rows}:
+            task, stored = self._tasks.get(task_id), self._store.get_task(task_id)
+            if task is None or stored is None:
+                continue
+            task.last_seq, task.last_rseq = stored.last_seq, stored.last_rseq
+            held = self._held.get(task_id)
+            if held is not None and held[1] > stored.last_seq:
+                del self._held[task_id]
+            log.error("events %d.. of task %s not stored; taken again from its journal", stored.last_seq + 1, task_id)
+
     def _flush(
         self,
         rows: list[Row],
@@ -332,7 +349,11 @@ class Pipeline:
             return
         now = time.time()
         store = self._store
-        runs = store.append_events(rows) if rows else []
+        try:
+            runs = store.append_events(rows) if rows else []
+        except (OSError, sqlite3.Error):
+            self._unnumber(rows)
+            raise
         update = store.update_progress if progress else partial(store.update_task, commit=False)
         for task in dirty.values():
             task.updated_at = now

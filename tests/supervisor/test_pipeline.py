@@ -286,3 +286,22 @@ def test_events_update_the_stored_task_without_touching_its_status(rig: Rig) -> 
     assert stored is not None
     assert (stored.status, stored.last_seq, stored.last_rseq, stored.progress) == (RUNNING, 2, 2, 30)
     assert rig.store.counts() == {"training": {RUNNING: 1}}
+
+
+def test_events_not_stored_are_taken_again_from_the_journal(rig: Rig) -> None:
+    """A run whose event file cannot be written (here its path is a directory; a full disk in
+    life) is not stored, published or numbered: the next run shows the gap, which the journal
+    fills, and no ``seq`` is skipped."""
+    raws = rig.journal_write(*(_event(i, note="x" * 300) for i in range(1, 21)))
+    file = rig.store._files.path(rig.store.ord_of("t1"))
+    (file / "in-the-way").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        rig.send_plain(*raws[:10])
+    assert (rig.task.last_seq, rig.task.last_rseq) == (0, 0)
+    assert rig.published == [] and rig.stored() == []
+    (file / "in-the-way").rmdir()
+    file.rmdir()
+    assert rig.send_plain(*raws[10:]) == 20
+    stored = rig.stored()
+    assert [e["seq"] for e in stored] == list(range(1, 21)) and [e["rseq"] for e in stored] == list(range(1, 21))
+    assert rig.out() == stored
