@@ -19,6 +19,7 @@ import pytest
 from protocol import events as ev
 from protocol.tasks import COMPLETED, RUNNING, TaskRecord
 from supervisor import event_files, event_runs
+from supervisor.pipeline import Pipeline
 from supervisor.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,11 +83,8 @@ def test_long_runs_go_to_the_task_file_and_read_back_with_the_short_ones(tmp_pat
     s.close()
 
 
-def test_a_plain_run_is_stored_in_the_file_as_published(tmp_path: Path) -> None:
-    """The pipeline's fast path: a runner's long plain run, numbered once, goes into the file as
-    the very bytes published; readers see every event numbered."""
-    from supervisor.pipeline import Pipeline
-
+def _pipeline(tmp_path: Path) -> tuple[Store, Pipeline, list[tuple[bytes, bytes]]]:
+    """A store with task t1 running, its pipeline, and what the pipeline publishes."""
     s = _store(tmp_path / "db.sqlite3")
     published: list[tuple[bytes, bytes]] = []
     task = TaskRecord("t1", "diagnostic", "diagnostic", {}, "cpu", 5, None, None, task_dir=str(tmp_path))
@@ -94,12 +92,20 @@ def test_a_plain_run_is_stored_in_the_file_as_published(tmp_path: Path) -> None:
     task.status = RUNNING
     pipeline = Pipeline(s, published.extend, {"t1": task})
     pipeline.attach(task)
-    raws = [
-        orjson.dumps(
-            {"rseq": i, "task_id": "t1", "timestamp": "t", "kind": "log", "level": "INFO", "message": "x" * 400}
-        )
-        for i in range(1, 21)
-    ]
+    return s, pipeline, published
+
+
+def _runner_lines(n: int) -> list[bytes]:
+    """``n`` plain log lines of 400 characters, as t1's runner encodes them (``rseq`` 1..n)."""
+    line = {"task_id": "t1", "timestamp": "t", "kind": "log", "level": "INFO", "message": "x" * 400}
+    return [orjson.dumps({"rseq": i, **line}) for i in range(1, n + 1)]
+
+
+def test_a_plain_run_is_stored_in_the_file_as_published(tmp_path: Path) -> None:
+    """The pipeline's fast path: a runner's long plain run, numbered once, goes into the file as
+    the very bytes published; readers see every event numbered."""
+    s, pipeline, published = _pipeline(tmp_path)
+    raws = _runner_lines(20)
     assert pipeline.ingest([[b"t1", ev.pack(raws), ev.PLAIN]]) == 20
     ((at, size),) = s._db.execute("SELECT at, size FROM events").fetchall()
     stored = (tmp_path / "db.sqlite3-events" / "1.jsonl").read_bytes()[at : at + size]
@@ -341,21 +347,8 @@ def test_a_store_of_rows_only_is_given_file_columns_when_opened(tmp_path: Path) 
 def test_runs_of_one_batch_stay_rows_of_their_own(tmp_path: Path) -> None:
     """Two runner runs taken in one batch: two rows (not copied into one), published as two
     messages, each the bytes of its row."""
-    from supervisor.pipeline import Pipeline
-
-    s = _store(tmp_path / "db.sqlite3")
-    published: list[tuple[bytes, bytes]] = []
-    task = TaskRecord("t1", "diagnostic", "diagnostic", {}, "cpu", 5, None, None, task_dir=str(tmp_path))
-    s.insert_tasks([task])
-    task.status = RUNNING
-    pipeline = Pipeline(s, published.extend, {"t1": task})
-    pipeline.attach(task)
-    raws = [
-        orjson.dumps(
-            {"rseq": i, "task_id": "t1", "timestamp": "t", "kind": "log", "level": "INFO", "message": "x" * 400}
-        )
-        for i in range(1, 41)
-    ]
+    s, pipeline, published = _pipeline(tmp_path)
+    raws = _runner_lines(40)
     assert pipeline.ingest([[b"t1", ev.pack(raws[:20]), ev.PLAIN], [b"t1", ev.pack(raws[20:]), ev.PLAIN]]) == 40
     rows = s._db.execute("SELECT id, at, size FROM events ORDER BY id").fetchall()
     assert [key & 0xFFFFFFFF for key, _, _ in rows] == [1, 21]
