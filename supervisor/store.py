@@ -19,8 +19,6 @@ import contextlib
 import dataclasses
 import logging
 import sqlite3
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -33,6 +31,7 @@ from protocol.tasks import FINAL_STATUSES, TaskRecord
 from supervisor import event_runs
 from supervisor.event_files import EventFiles
 from supervisor.event_runs import Row
+from supervisor.wal import WAL_SIZE_LIMIT, Checkpointer, sync_files
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,6 @@ _NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
 #: Fields stored as JSON text (dicts and optional dicts).
 _JSON: frozenset[str] = frozenset(f.name for f in _FIELDS if "dict" in str(f.type))
 _BOOL: frozenset[str] = frozenset(f.name for f in _FIELDS if "bool" in str(f.type))
-#: WAL size past which a checkpoint that a steady writer keeps from finishing is finished on
-#: the writer's connection (``Store.checkpoint``): the writer pauses for that (a few
-#: milliseconds) once per this many bytes of WAL (every few seconds at 1,000 lone events/s).
-WAL_RESTART_BYTES = 256 << 20
-#: ``journal_size_limit``: the commit that starts the WAL over truncates a longer file to this,
-#: on the writer (truncating 192 MB took 12-50 ms here), so it is above ``WAL_RESTART_BYTES`` by
-#: about a second of writing (checks are that far apart): only the WAL after a flood is cut.
-WAL_SIZE_LIMIT = WAL_RESTART_BYTES + (64 << 20)
-#: Threaded checkpoint passes at most per ``Store.checkpoint``, and how short the last must have
-#: been for the writer to finish the rest (what was committed during it, a few milliseconds).
-CHECKPOINT_PASSES = 4
-SHORT_PASS_SECONDS = 0.02
 #: Row positions ``Store.update_progress`` writes: all but the key and the indexed columns.
 _INDEXED = ("task_id", "task_type", "status")
 _PROGRESS_COLUMNS: tuple[int, ...] = tuple(i for i, n in enumerate(_NAMES) if n not in _INDEXED)
@@ -154,8 +141,7 @@ class Store:
         #: Open ``batch`` blocks, and what runs after the commit that ends the outermost one.
         self._batch = 0
         self._after: list[Callable[[], None]] = []
-        self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint_lock = threading.Lock()  # close() must not race a running checkpoint
+        self._checkpointer = Checkpointer(path, self._files)
         self._in_tx = False
         self._ord = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM tasks").fetchone()[0])
         placeholders = ", ".join("?" for _ in _NAMES)
@@ -209,36 +195,8 @@ class Store:
         self._after.clear()
 
     def checkpoint(self) -> bool:
-        """Copy committed WAL pages into the database without blocking the writer (PASSIVE).
-        Thread-safe with respect to the writer: it uses a connection of its own; call it from
-        one worker thread at a time.
-
-        Returns whether the writer should finish it (``finish_checkpoint``): the WAL holds more
-        than ``WAL_RESTART_BYTES`` and the last pass was short, so that little can have been
-        committed during it (after a long pass, another one takes most of that, up to
-        ``CHECKPOINT_PASSES``). SQLite starts the WAL over only when a write begins with every
-        frame checkpointed, which a writer that commits while each pass runs never allows:
-        measured, the WAL grew by 40 MB a second at 1,000 lone events a second, without bound."""
-        with self._checkpoint_lock:
-            # The runs in event files first: a row checkpointed into the database (synced)
-            # then finds its run on the disk after a power loss (``supervisor.event_files``).
-            try:
-                self._files.sync()
-            except OSError as exc:  # (tried again before the next checkpoint)
-                log.warning("event files not synced: %s", exc)
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-                self._checkpointer.execute("PRAGMA busy_timeout=5000")
-            db = self._checkpointer
-            page = int(db.execute("PRAGMA page_size").fetchone()[0])
-            for _ in range(CHECKPOINT_PASSES):
-                start = time.monotonic()
-                frames = int(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
-                if frames * page <= WAL_RESTART_BYTES:
-                    return False
-                if time.monotonic() - start <= SHORT_PASS_SECONDS:
-                    return True
-        return False  # a flood outran every pass: again next time
+        """A WAL checkpoint from a worker thread (``supervisor.wal.Checkpointer.run``)."""
+        return self._checkpointer.run()
 
     def finish_checkpoint(self) -> None:
         """Checkpoint, on the writer's own connection (between transactions, on the loop), the
@@ -252,14 +210,8 @@ class Store:
 
     def close(self) -> None:
         self.commit()
-        with self._checkpoint_lock:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
-        try:
-            self._files.sync()  # before the rows that point into them reach the database file
-        except OSError as exc:
-            log.warning("event files not synced: %s", exc)
+        self._checkpointer.close()
+        sync_files(self._files)  # before the rows that point into them reach the database file
         self._files.close()
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()

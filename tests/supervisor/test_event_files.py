@@ -254,7 +254,7 @@ def test_every_file_written_is_synced_before_the_checkpoint(
         s.commit()
     inode = {i: s._files.path(i).stat().st_ino for i in range(1, 6)}
     synced = _synced(monkeypatch, fail={inode[3]})
-    with caplog.at_level(logging.WARNING, logger="supervisor.store"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.wal"):
         s.checkpoint()
     assert sorted(synced) == sorted(inode[i] for i in (1, 2, 4, 5))
     assert any("not synced" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from protocol.tasks import RUNNING, TaskRecord
-from supervisor import store as store_module
+from supervisor import wal
 from supervisor.store import Store
 
 
@@ -25,8 +25,8 @@ def _frames(path: Path) -> int:
 
 
 def test_a_wal_kept_growing_by_a_steady_writer_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "WAL_RESTART_BYTES", 1 << 20)
-    monkeypatch.setattr(store_module, "SHORT_PASS_SECONDS", 3600.0)  # any pass is short: no timing here
+    monkeypatch.setattr(wal, "WAL_RESTART_BYTES", 1 << 20)
+    monkeypatch.setattr(wal, "SHORT_PASS_SECONDS", 3600.0)  # any pass is short: no timing here
     store = Store(tmp_path / "db.sqlite3")
     task = TaskRecord("t1", "diagnostic", "diagnostic", {}, "cpu", 5, None, None, status=RUNNING)
     store.insert_tasks([task])
