@@ -18,7 +18,8 @@ beside its bare one with their ratio, the supervisor's CPU per event and loop la
 average. Each half runs ``--rounds`` rounds (bare, service, bare, service, ...: both paths
 see the same moments of a noisy machine); the figures are the rounds' medians, events lost their
 sum, and each round's bare and service events/s and their ratio are printed beside the
-medians. Goals: events/s ≥ 0.9 × bare, 0 lost, p99 ≤ 5 ms quiet and loaded.
+medians, with the geometric mean of the rounds' ratios and its 95% interval (the rounds are
+pairs). Goals: events/s ≥ 0.9 × bare, 0 lost, p99 ≤ 5 ms quiet and loaded.
 
     python -m benchmarks.events [--events 100000] [--size 1024] [--latency-events 5000] [--load N]
                                 [--rounds 5] [--half both|quiet|loaded]
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import shutil
 import statistics
@@ -40,6 +42,7 @@ from typing import Any
 
 import orjson
 import psutil
+import scipy.stats
 import zmq
 
 from protocol import events as ev
@@ -228,6 +231,16 @@ def _combine(figures: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def paired_ratio(rounds: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """The geometric mean of the rounds' service/bare ratios, and its 95% confidence interval
+    (Student's t over their logarithms): the rounds are pairs, each pair measured at the same
+    moment of a noisy machine, so their ratios are the samples."""
+    logs = [math.log(s / b) for b, s in rounds if b > 0 and s > 0]
+    mean = statistics.fmean(logs)
+    half = scipy.stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
@@ -247,6 +260,8 @@ def report(title: str, m: dict[str, Any]) -> None:
     if len(m["rounds"]) > 1:
         each = ", ".join(f"{b / 1e3:.0f}k/{s / 1e3:.0f}k {_ratio(s, b)}" for b, s in m["rounds"])
         print(f"  each round, bare/service events/s and ratio: {each}")
+        mean, low, high = paired_ratio(m["rounds"])
+        print(f"  paired rounds: geometric mean of the ratios {mean:.2f}, 95% interval {low:.2f}–{high:.2f}")
     # The machine is shared: the supervisor's own CPU per event says what one free core would
     # sustain, whatever else runs.
     print(

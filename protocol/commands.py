@@ -57,6 +57,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.codec import PROTOCOL_VERSION, ProtocolError, build, decode_object
+from protocol.tasks import STATUSES, TASK_TYPES
+
+#: The largest seq (or count) a request may name: SQLite integers end at 2**63 - 1.
+MAX_SEQ = 2**63 - 1
+#: Most tasks one ``list`` page may carry.
+MAX_LIST = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,18 @@ class List:
     limit: int = 100
     cursor: int | None = None
     kind: Literal["list"] = "list"
+
+    def problem(self) -> str | None:
+        """Why the supervisor refuses this page (a 400 naming the field), or None."""
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            return f"task_type must be one of {', '.join(TASK_TYPES)}, got {self.task_type!r}"
+        if self.status is not None and self.status not in STATUSES:
+            return f"status must be one of {', '.join(STATUSES)}, got {self.status!r}"
+        if not 1 <= self.limit <= MAX_LIST:
+            return f"limit must be between 1 and {MAX_LIST}, got {self.limit}"
+        if self.cursor is not None and not 0 <= self.cursor <= MAX_SEQ:
+            return f"cursor must be between 0 and {MAX_SEQ}, got {self.cursor}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

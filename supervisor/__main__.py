@@ -45,7 +45,10 @@ def _configure_logging(level: str) -> None:
 
 
 def run_supervisor(settings: Settings) -> int:
+    from protocol.heap import keep_freed_memory
     from supervisor.daemon import AlreadyRunning, run
+
+    keep_freed_memory()  # (the jobs' processes are started afresh, never forked from here)
 
     try:
         from setproctitle import setproctitle

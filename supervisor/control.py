@@ -29,7 +29,6 @@ from protocol.tasks import (
     FINAL_STATUSES,
     JOB_TASK_TYPES,
     LIVE_STATUSES,
-    STATUSES,
     TASK_ID_RE,
     TASK_TYPES,
     TaskRecord,
@@ -49,10 +48,6 @@ _TOKEN_MEMBER = re.compile(rb'("token"\s*:\s*)"(?:[^"\\]|\\.)*"?')
 
 #: Most tasks one ``submit`` may carry.
 MAX_SUBMIT = 1000
-#: The largest seq (or count) a request may name: SQLite integers end at 2**63 - 1.
-MAX_SEQ = 2**63 - 1
-#: Most tasks one ``list`` page may carry.
-MAX_LIST = 1000
 #: Most final tasks one ``view`` snapshot may carry (besides every live one).
 MAX_VIEW = 10_000
 #: A ``logs`` reply stops adding events past this many bytes (the client refuses replies over
@@ -245,14 +240,9 @@ class Control:
         return out
 
     def list(self, c: cmd.List) -> dict[str, Any]:
-        if c.task_type is not None and c.task_type not in TASK_TYPES:
-            raise _bad(f"task_type must be one of {', '.join(TASK_TYPES)}, got {c.task_type!r}")
-        if c.status is not None and c.status not in STATUSES:
-            raise _bad(f"status must be one of {', '.join(STATUSES)}, got {c.status!r}")
-        if not 1 <= c.limit <= MAX_LIST:
-            raise _bad(f"limit must be between 1 and {MAX_LIST}, got {c.limit}")
-        if c.cursor is not None and not 0 <= c.cursor <= MAX_SEQ:
-            raise _bad(f"cursor must be between 0 and {MAX_SEQ}, got {c.cursor}")
+        problem = c.problem()
+        if problem is not None:
+            raise _bad(problem)
         store = self.service.store
         now = time.time()
         tasks = []
@@ -287,10 +277,10 @@ class Control:
 
     def logs(self, c: cmd.Logs) -> dict[str, Any]:
         task = self._task(c.task_id)
-        if not 0 <= c.after <= MAX_SEQ:
-            raise _bad(f"after must be between 0 and {MAX_SEQ}, got {c.after}")
-        if not 1 <= c.limit <= MAX_SEQ:
-            raise _bad(f"limit must be between 1 and {MAX_SEQ}, got {c.limit}")
+        if not 0 <= c.after <= cmd.MAX_SEQ:
+            raise _bad(f"after must be between 0 and {cmd.MAX_SEQ}, got {c.after}")
+        if not 1 <= c.limit <= cmd.MAX_SEQ:
+            raise _bad(f"limit must be between 1 and {cmd.MAX_SEQ}, got {c.limit}")
         rows = self.service.store.events_after(task.task_id, c.after, min(c.limit, 100_000))
         events: list[orjson.Fragment] = []
         size = 0

@@ -48,7 +48,9 @@ class EventFiles:
     """The directory of a store's event files. Appends, reads and removals come from the
     store's (event-loop) thread; ``sync`` from the checkpoint thread."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, end_of: Callable[[int], int]) -> None:
+        """``end_of(ord)``: where a task's last stored run ends (0: none), asked when its file
+        is first opened for appending (the crash rules)."""
         directory.mkdir(mode=0o700, exist_ok=True)
         self.directory = directory
         #: ord -> [descriptor, size], least recently appended first.
@@ -57,9 +59,7 @@ class EventFiles:
         #: Tasks whose file was opened since the store was: its end is where this process wrote.
         self._seen: set[int] = set()
         self._lock = threading.Lock()  # the descriptor table, against ``sync``'s dup
-        #: ``end_of(ord)``: where a task's last stored run ends (0: none), asked when its file
-        #: is opened for appending (``truncate_to``); set by the store.
-        self.end_of: Callable[[int], int] = lambda ord_: 0
+        self.end_of = end_of
 
     def path(self, ord_: int) -> Path:
         return self.directory / f"{ord_}{SUFFIX}"

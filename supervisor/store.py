@@ -114,8 +114,7 @@ class Store:
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.executescript(_SCHEMA)
         event_runs.migrate(self._db)
-        self._files = EventFiles(path.with_name(path.name + "-events"))
-        self._files.end_of = partial(event_runs.file_end, self._db)
+        self._files = EventFiles(path.with_name(path.name + "-events"), partial(event_runs.file_end, self._db))
         if any(self._files.directory.iterdir()):
             swept = self._files.sweep(int(r[0]) for r in self._db.execute("SELECT ord FROM tasks"))
             if swept:

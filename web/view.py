@@ -4,15 +4,16 @@ The supervisor is the only writer; it publishes every committed record change on
 (``protocol.records``; ``supervisor.records``). This process keeps what it needs of them:
 
 - **List, then watch.** At start, after a reconnect and after any lost change, the view asks for a
-  snapshot (``view``: the newest ``size`` tasks and the live ones, as far as one reply holds
-  them) while it buffers what is
-  published meanwhile, then applies the buffered changes past the snapshot's position. Changes are
-  numbered (``rev``) within the supervisor's life (``epoch``): a jump, or a new epoch, means one
-  was missed, and the view takes a snapshot again. Until it is back, reads ask the supervisor.
+  snapshot (``view``: the newest ``size`` tasks and the live ones, as far as one reply holds them)
+  while it buffers what is published meanwhile, then applies the buffered changes past the
+  snapshot's position. Changes are numbered (``rev``) within the supervisor's life (``epoch``): a
+  jump, or a new epoch, means one was missed, and the view takes a snapshot again. Until it is
+  back, reads ask the supervisor.
 - **Bounded.** It holds a *window* of the newest tasks (every task with ``ord`` at or above
   ``floor``: the newest ``size``, or all of them while there are fewer), the live tasks below it
-  and a bounded LRU of other final tasks that were read or changed. A read of anything else asks the supervisor
-  (and remembers the answer); so does a list page the window cannot answer for certain.
+  and a bounded LRU of other final tasks that were read or changed. A read of anything else asks
+  the supervisor (and remembers the answer); so does a list page the window cannot answer for
+  certain.
 - **Your writes, your reads.** Every control reply carries the position it was answered at
   (``protocol.replies``); ``caught_up`` waits (briefly; the changes were published before the
   reply was sent) until the view has applied that far, so a write made through this process is in
@@ -40,7 +41,7 @@ import orjson
 from protocol import commands as cmd
 from protocol.records import HEARTBEAT_SECONDS, from_fields, totals
 from protocol.replies import CommandError, ErrorCode, Position
-from protocol.tasks import LIVE_STATUSES, STATUSES, TASK_TYPES, TaskRecord
+from protocol.tasks import LIVE_STATUSES, TaskRecord
 from web.control import ControlClient
 from web.errors import Unavailable
 
@@ -363,8 +364,8 @@ class View:
     def list(self, task_type: str | None, status: str | None, limit: int, cursor: int | None) -> dict[str, Any] | None:
         """One page as the supervisor's ``list`` answers it; None when the window cannot tell
         for certain (the page reaches below ``floor``)."""
-        if not self.live or not _checked(task_type, status, cursor):
-            return None  # the supervisor answers (and judges the filters)
+        if not self.live or cmd.List(task_type, status, limit, cursor).problem() is not None:
+            return None  # the supervisor answers (a 400)
         ords, by_ord, entries = self._ords, self._by_ord, self._entries
         i = (bisect.bisect_left(ords, cursor) if cursor is not None else len(ords)) - 1
         page: list[Entry] = []
@@ -392,12 +393,3 @@ class View:
             "misses": self.misses,
             "resyncs": self.resyncs,
         }
-
-
-def _checked(task_type: str | None, status: str | None, cursor: int | None) -> bool:
-    """Whether the supervisor would take these filters (it answers, with a 400, otherwise)."""
-    return (
-        (task_type is None or task_type in TASK_TYPES)
-        and (status is None or status in STATUSES)
-        and (cursor is None or 0 <= cursor < 2**63)
-    )

@@ -513,7 +513,7 @@ def test_a_lost_node_fails_its_task_with_the_reason(svc: Service, cluster: tuple
 
 
 def test_a_node_that_cannot_see_the_task_directory_fails_the_task_with_that_reason(
-    svc: Service, cluster: tuple[Cluster, Any], ray_view: Any
+    svc: Service, cluster: tuple[Cluster, Any], ray_view: Any, tmp_path: Path
 ) -> None:
     """A real node off the supervisor's filesystem: a Ray node started (``ray start``) in a mount
     namespace of its own where the service's home (``RFUAV_HOME``: the task directories) is
@@ -526,7 +526,7 @@ def test_a_node_that_cannot_see_the_task_directory_fails_the_task_with_that_reas
         "--num-cpus=2 --block --disable-usage-stats"
     )
     ray_cli = Path(sys.executable).with_name("ray")
-    with open(svc.home.parent / f"{svc.home.name}-blind-node.log", "wb") as out:
+    with open(tmp_path / "blind-node.log", "wb") as out:  # (outside the home the node cannot see)
         node = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(svc.home), str(ray_cli),
              cluster[0].address],
