@@ -45,8 +45,8 @@ def _configure_logging(level: str) -> None:
 
 
 def run_supervisor(settings: Settings) -> int:
-    from protocol.heap import keep_freed_memory
     from supervisor.daemon import AlreadyRunning, run
+    from supervisor.heap import keep_freed_memory
 
     keep_freed_memory()  # (the jobs' processes are started afresh, never forked from here)
 

@@ -7,7 +7,7 @@ frame's bytes, the run with its ``seq`` prepended. glibc's malloc serves blocks 
 run's buffers fault in every page again: measured in the supervisor beside a CPU-bound job per
 core, 0.28 page faults per 1 KiB event, about a tenth of its CPU (zeroing pages, charging them
 to the cgroup). With the thresholds raised, freed blocks stay in the heap for the next run
-(0.00–0.01 faults an event). What the heap then keeps is bounded by the daemon's own peak.
+(0.00–0.02 faults an event). What the heap then keeps is bounded by the daemon's own peak.
 
 ``keep_freed_memory()`` is a no-op (False) where the C library has no ``mallopt`` (not glibc).
 """

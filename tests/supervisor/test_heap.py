@@ -1,4 +1,4 @@
-"""``protocol.heap.keep_freed_memory``: freed blocks stay in the heap (no page faults again).
+"""``supervisor.heap.keep_freed_memory``: freed blocks stay in the heap (no page faults again).
 
 Measured in a fresh interpreter each (the thresholds are process-wide): a pattern of four 1 MiB
 buffers made and freed, over and over, which glibc's default thresholds trim back to the system
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import resource, sys
-from protocol.heap import keep_freed_memory
+from supervisor.heap import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 MIB = 1 << 20
 def faults():
