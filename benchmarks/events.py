@@ -236,6 +236,8 @@ def paired_ratio(rounds: list[tuple[float, float]]) -> tuple[float, float, float
     (Student's t over their logarithms): the rounds are pairs, each pair measured at the same
     moment of a noisy machine, so their ratios are the samples."""
     logs = [math.log(s / b) for b, s in rounds if b > 0 and s > 0]
+    if len(logs) < 2:  # (a round that delivered nothing has no ratio)
+        return (math.exp(logs[0]) if logs else math.nan,) + (math.nan, math.nan)
     mean = statistics.fmean(logs)
     half = scipy.stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
