@@ -59,7 +59,7 @@ class EventFiles:
         #: Tasks whose file was opened since the store was: its end is where this process wrote.
         self._seen: set[int] = set()
         self._lock = threading.Lock()  # the descriptor table, against ``sync``'s dup
-        self.end_of = end_of
+        self._end_of = end_of
 
     def path(self, ord_: int) -> Path:
         return self.directory / f"{ord_}{SUFFIX}"
@@ -95,7 +95,7 @@ class EventFiles:
             # what a power loss cut short, so that new runs never go where a lost one's row
             # points (the zeros read as lost). See the module's crash rules.
             self._seen.add(ord_)
-            end = self.end_of(ord_)
+            end = self._end_of(ord_)
             if size != end:
                 os.ftruncate(fd, end)
                 log.info("event file %s set from %d to %d bytes, where its last stored run ends",

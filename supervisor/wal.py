@@ -43,6 +43,7 @@ class Checkpointer:
         self.path = path
         self._files = files
         self._db: sqlite3.Connection | None = None
+        self._page = 0  # the database's page size, read once connected
         self._lock = threading.Lock()  # close() must not race a running checkpoint
 
     def run(self) -> bool:
@@ -63,8 +64,8 @@ class Checkpointer:
             if self._db is None:
                 self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA busy_timeout=5000")
-            db = self._db
-            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+                self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            db, page = self._db, self._page
             for _ in range(CHECKPOINT_PASSES):
                 start = time.monotonic()
                 frames = int(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
