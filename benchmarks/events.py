@@ -9,6 +9,9 @@ Two paths, the same runner (``python -m runner spec.json``, the diagnostic job) 
 - service: the runner as a job of the real supervisor (validate, number, store in SQLite,
   publish) and out to a SUB on events-out.
 
+The SUB does the same work on both paths: it splits each message's packed events and parses
+each one (``_lines``).
+
 Each path is measured twice in the same run: **quiet**, then **loaded** — one CPU-bound job
 per core (the diagnostic job's ``spin``) submitted to the same supervisor, so the load has
 the jobs' priority exactly as in production, and runs beside both paths alike. Printed for
@@ -62,6 +65,16 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def _lines(message: list[bytes]) -> list[bytes]:
+    """The events of ``[task_id, packed, ...]`` (a trailing ``PLAIN`` left out), each line as it
+    came: the subscriber does the same work on both paths, splitting and parsing each event.
+    The service numbers a published run's lines after the first by their place, and a consumer
+    that wants each line's ``seq`` written into it pays for that (``protocol.events.unpack``);
+    the bare runner's stream has no ``seq`` to write, so neither path's timing includes it."""
+    frames = message[1:-1] if message[-1] == ev.PLAIN else message[1:]
+    return [line for frame in frames for line in frame.split(b"\n")]
+
+
 def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, float]:
     """Receive until the runner's ``n`` diagnostic events (and its final status) arrived."""
     events: list[dict[str, Any]] = []
@@ -70,11 +83,10 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
     while True:
         if not sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
             break
-        # [task_id, events, ...], packed, on both paths.
-        frames = ev.unpack(sock.recv_multipart())
+        message = sock.recv_multipart()
         now = time.time_ns()
         final = False
-        for data in frames[1:]:
+        for data in _lines(message):
             event = orjson.loads(data)
             if "i" in event:
                 event["_recv_ns"] = now
