@@ -100,6 +100,9 @@ class Pipeline:
         plain log lines, packed); return how many events were stored."""
         rows: list[Row] = []
         dirty: dict[str, TaskRecord] = {}
+        #: Tasks whose only events in this batch are their plain log lines, in order: nothing
+        #: of them but their counters changed (``Store.note_events``).
+        counted: dict[str, TaskRecord] = {}
         tasks = self._tasks
         loads = orjson.loads
         log_kind, levels, slow, prefix, plain = ev.LOG, _LEVELS, ev.READ_FIELDS, ev.RUNNER_PREFIX, ev.PLAIN
@@ -140,7 +143,7 @@ class Pipeline:
                     last = seq + count
                     rows.append((task_id, seq + 1, last, b"".join((b'{"seq":%d,' % (seq + 1), memoryview(run)[1:]))))
                     task.last_rseq, task.last_seq = rseq + count, last
-                    dirty[task_id] = task
+                    counted[task_id] = task
                     continue
                 payloads = run.split(b"\n")
             for payload in payloads:
@@ -177,9 +180,9 @@ class Pipeline:
                 self._accept(task, cast(ev.Event, event), payload, rows, dirty)
                 rseq, seq = task.last_rseq, task.last_seq
             task.last_rseq, task.last_seq = rseq, seq
-            if len(rows) > before:
-                dirty[task_id] = task
-        self._flush(rows, dirty, progress=True)
+            if len(rows) > before and task_id not in dirty:
+                counted[task_id] = task  # (``_accept`` puts a task it changed in ``dirty``)
+        self._flush(rows, dirty, progress=True, counted=counted)
         return sum(last - first + 1 for _, first, last, _ in rows)
 
     def catch_up(self, task: TaskRecord, limit: int | None = None) -> int:
@@ -325,14 +328,14 @@ class Pipeline:
         reads the journal's tail). A held final event numbered past it goes too (the journal
         has it)."""
         for task_id in {row[0] for row in rows}:
-            task, stored = self._tasks.get(task_id), self._store.get_task(task_id)
+            task, stored = self._tasks.get(task_id), self._store.stored_counters(task_id)
             if task is None or stored is None:
                 continue
-            task.last_seq, task.last_rseq = stored.last_seq, stored.last_rseq
+            task.last_seq, task.last_rseq = stored
             held = self._held.get(task_id)
-            if held is not None and held[1] > stored.last_seq:
+            if held is not None and held[1] > stored[0]:
                 del self._held[task_id]
-            log.error("events %d.. of task %s not stored; taken again from its journal", stored.last_seq + 1, task_id)
+            log.error("events %d.. of task %s not stored; taken again from its journal", stored[0] + 1, task_id)
 
     def _flush(
         self,
@@ -340,11 +343,13 @@ class Pipeline:
         dirty: dict[str, TaskRecord],
         *,
         progress: bool = False,
+        counted: dict[str, TaskRecord] | None = None,
     ) -> None:
         """Store ``rows`` and the ``dirty`` tasks in one transaction, commit, then publish the
         rows as stored (stored before published): each run of a task's events one frame, the
         same bytes as its row. ``progress``: the tasks changed only as runner events change
-        them (``Store.update_progress``: a smaller write)."""
+        them (``Store.update_progress``: a smaller write). ``counted``: tasks not in ``dirty``
+        whose events here are their plain log lines only (``Store.note_events``: no write)."""
         if not rows and not dirty:
             return
         now = time.time()
@@ -358,6 +363,10 @@ class Pipeline:
         for task in dirty.values():
             task.updated_at = now
             update(task)
+        for task_id, task in (counted or {}).items():
+            if task_id not in dirty:
+                task.updated_at = now
+                store.note_events(task)
         # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
         if runs:
             out = [(task_id.encode(), run) for task_id, run in runs]

@@ -335,7 +335,7 @@ def test_a_store_of_rows_only_is_given_file_columns_when_opened(tmp_path: Path) 
     old.commit()
     old.close()
     s = Store(path)
-    assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json", "at", "size"]
+    assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json", "at", "size", "last"]
     s.append_events(_rows("t1", 11, 20))
     s.commit()
     assert _placement(s) == [(1, False), (11, True)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,9 @@ def test_plain_runs_are_stored_as_sent_and_read_numbered(rig: Rig) -> None:
     # Read from the middle of a run, and with a limit inside one.
     assert [orjson.loads(e)["seq"] for e in rig.store.events_after("t1", 2, 10)] == list(range(3, 10))
     assert [orjson.loads(e)["seq"] for e in rig.store.events_after("t1", 7, 1)] == [8]
-    task = rig.store.get_task("t1")
-    assert task is not None and (task.last_seq, task.last_rseq) == (9, 8)
+    # The row was written with the supervisor's event; the plain lines since are counted from
+    # what is stored past it (``Store.note_events``).
+    assert rig.store.stored_counters("t1") == (9, 8)
 
 
 def test_a_plain_run_that_is_not_the_next_goes_event_by_event(rig: Rig) -> None:
@@ -305,3 +308,52 @@ def test_events_not_stored_are_taken_again_from_the_journal(rig: Rig) -> None:
     stored = rig.stored()
     assert [e["seq"] for e in stored] == list(range(1, 21)) and [e["rseq"] for e in stored] == list(range(1, 21))
     assert rig.out() == stored
+
+
+def test_plain_lines_leave_the_row_and_a_store_opened_again_catches_it_up(rig: Rig, tmp_path: Path) -> None:
+    """A task's plain log lines change nothing of it but its counters: their commit does not
+    rewrite its row (``Store.note_events``), which lags until the task's next other change.
+    What is stored of it is the row's counters plus the events past them; a store opened again
+    (the daemon restarted, or killed: the lagging row is never written here) writes them into
+    the row before anything reads it, and numbering goes on from there."""
+    rig.store.update_task(rig.task)  # stored as running, as the lifecycle stores it
+    raws = rig.journal_write(*(_event(i, note="x" * 300) for i in range(1, 15)))
+    assert rig.send(*raws[:2]) == 2  # lone lines: rows of their own
+    assert rig.send_plain(*raws[2:10]) == 8  # a run: in the event file
+    stored = rig.store.get_task("t1")
+    assert stored is not None and (stored.last_seq, stored.last_rseq) == (0, 0)
+    assert rig.store.stored_counters("t1") == (10, 10)
+    assert rig.store.events_total() == 10
+    again = Store(tmp_path / "db.sqlite3")
+    task = again.get_task("t1")
+    assert task is not None and (task.status, task.last_seq, task.last_rseq) == (RUNNING, 10, 10)
+    published: list[tuple[bytes, bytes]] = []
+    pipeline = Pipeline(again, published.extend, {"t1": task})
+    pipeline.attach(task)
+    assert pipeline.ingest([[b"t1", ev.pack(raws[10:]), ev.PLAIN]]) == 4
+    events = [orjson.loads(e) for e in again.events_after("t1", 0, 100)]
+    assert [e["seq"] for e in events] == list(range(1, 15)) and [e["rseq"] for e in events] == list(range(1, 15))
+    again.close()  # a store closed in order leaves no row lagging (read here without a Store)
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+        assert db.execute("SELECT last_seq, last_rseq FROM tasks").fetchone() == (14, 14)
+
+
+def test_a_run_not_stored_after_plain_lines_goes_back_to_what_is_stored(rig: Rig) -> None:
+    """A run that cannot be stored (its event file's path is a directory; a full disk in life)
+    after plain lines that left the row lagging: the task's numbering goes back to what is
+    stored, the row's counters plus the events past them, not to the row's alone (which would
+    number events 1.. again), and the journal fills the gap."""
+    rig.store.update_task(rig.task)
+    small = rig.journal_write(*(_event(i) for i in range(1, 11)))
+    big = rig.journal_write(*(_event(i, note="x" * 300) for i in range(11, 31)))
+    assert rig.send_plain(*small) == 10  # one inline row; the task's row stays at 0
+    file = rig.store._files.path(rig.store.ord_of("t1"))
+    (file / "in-the-way").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        rig.send_plain(*big[:10])
+    assert (rig.task.last_seq, rig.task.last_rseq) == (10, 10)
+    (file / "in-the-way").rmdir()
+    file.rmdir()
+    assert rig.send_plain(*big[10:]) == 20
+    stored = rig.stored()
+    assert [e["seq"] for e in stored] == list(range(1, 31)) and [e["rseq"] for e in stored] == list(range(1, 31))

@@ -202,7 +202,7 @@ def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Pat
     old.close()
 
     s = Store(path)
-    assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json", "at", "size"]
+    assert [r[1] for r in s._db.execute("PRAGMA table_info(events)")] == ["id", "json", "at", "size", "last"]
     assert _events(s, "t00001") == [b"e0", b"e2", b"e4", b"e6", b"e8"]
     assert _events(s, "t00002") == [b"e1", b"e3", b"e5", b"e7", b'{"seq":5,"message":"spread"}']
     assert s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10  # the orphan is gone
