@@ -418,11 +418,18 @@ class Store:
         """Write into the rows of the open tasks the events stored past them (rows lag while only
         plain log lines arrive, ``note_events``, and a daemon killed meanwhile leaves them so):
         every reader of a row, recovery first, then finds its task's counters as stored."""
-        caught = []
-        for task_id in self._open:
-            lag = self._lag(task_id)
-            if lag is not None and lag[2]:
-                caught.append((lag[0] + lag[2], lag[1] + lag[2], task_id))
+        shift = event_runs.SEQ_BITS
+        caught = [
+            (last, last_rseq + last - last_seq, task_id)
+            for task_id, last_seq, last_rseq, last in self._db.execute(
+                f"""SELECT task_id, last_seq, last_rseq, (SELECT last FROM events
+                                                          WHERE id > ord << {shift} AND id < (ord + 1) << {shift}
+                                                          ORDER BY id DESC LIMIT 1)
+                   FROM tasks WHERE status NOT IN (?, ?, ?)""",
+                sorted(FINAL_STATUSES),
+            )
+            if last is not None and last > last_seq
+        ]
         if caught:
             self._begin()
             self._db.executemany("UPDATE tasks SET last_seq = ?, last_rseq = ? WHERE task_id = ?", caught)
