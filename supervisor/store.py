@@ -1,6 +1,6 @@
 """The SQLite store: tasks and their events, in one file in WAL mode.
 
-``tasks`` mirrors ``protocol.tasks.TaskRecord`` column for column (dicts as JSON text; the
+``tasks`` mirrors ``protocol.tasks.TaskRecord`` column for column (``supervisor.task_rows``; the
 ``token`` in ``params`` is kept for the runner and never leaves through ``TaskRecord.response``).
 ``events`` holds every stored event as its JSON bytes, a batch's run of a task's events one row
 under ``ord << 32 | seq`` of its first (``supervisor.event_runs``); a long run's bytes are in
@@ -19,7 +19,6 @@ them up (``stored_counters`` has them meanwhile).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sqlite3
 from collections import Counter
@@ -28,43 +27,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from protocol.tasks import FINAL_STATUSES, TaskRecord
-from supervisor import event_runs
+from supervisor import event_runs, task_rows
 from supervisor.event_files import EventFiles
 from supervisor.event_runs import Row
 from supervisor.wal import WAL_SIZE_LIMIT, Checkpointer, sync_files
 
 log = logging.getLogger(__name__)
 
-_FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(TaskRecord)
-_NAMES: tuple[str, ...] = tuple(f.name for f in _FIELDS)
-#: Fields stored as JSON text (dicts and optional dicts).
-_JSON: frozenset[str] = frozenset(f.name for f in _FIELDS if "dict" in str(f.type))
-_BOOL: frozenset[str] = frozenset(f.name for f in _FIELDS if "bool" in str(f.type))
-#: Row positions ``Store.update_progress`` writes: all but the key and the indexed columns.
-_INDEXED = ("task_id", "task_type", "status")
-_PROGRESS_COLUMNS: tuple[int, ...] = tuple(i for i, n in enumerate(_NAMES) if n not in _INDEXED)
-_PROGRESS_SQL = f"UPDATE tasks SET {', '.join(_NAMES[i] + ' = ?' for i in _PROGRESS_COLUMNS)} WHERE task_id = ?"
-
-_SCHEMA = (
-    f"""
-CREATE TABLE IF NOT EXISTS tasks (
-    {", ".join(n + (" TEXT PRIMARY KEY" if n == "task_id" else "") for n in _NAMES)},
-    ord INTEGER NOT NULL DEFAULT 0
-);
--- One index per listing filter, each ending in ord: a page never sorts or scans (status lookups
--- use the (status, ord) prefix). Counts are kept in memory (``Store.counts``).
-DROP INDEX IF EXISTS tasks_status;
-DROP INDEX IF EXISTS tasks_created;
-CREATE INDEX IF NOT EXISTS tasks_ord ON tasks (ord);
-CREATE INDEX IF NOT EXISTS tasks_type_ord ON tasks (task_type, ord);
-CREATE INDEX IF NOT EXISTS tasks_status_ord ON tasks (status, ord);
-CREATE INDEX IF NOT EXISTS tasks_type_status_ord ON tasks (task_type, status, ord);
-"""
-    + event_runs.SCHEMA
-)
+_SCHEMA = task_rows.SCHEMA + event_runs.SCHEMA
 # 16 KiB pages (only effective when the file is created): events of about 1 KiB in bursts cost
 # less to insert and checkpoint than with 4 KiB pages (measured with a row per event: 5-7
 # against 6-9 µs, and 1.3 against 2.5-3 µs of checkpoint CPU). A submit writes more with them
@@ -72,30 +43,8 @@ CREATE INDEX IF NOT EXISTS tasks_type_status_ord ON tasks (task_type, status, or
 # (measured under benchmarks.http: 60 µs more supervisor CPU per POST, the same p99).
 
 
-def _to_row(task: TaskRecord) -> list[Any]:
-    row: list[Any] = []
-    for name in _NAMES:
-        value = getattr(task, name)
-        if name in _JSON and value is not None:
-            value = orjson.dumps(value).decode()
-        row.append(value)
-    return row
-
-
 #: What a commit changed, in order: ``(task_id, record or None when deleted, ord)``.
 Changes = list[tuple[str, TaskRecord | None, int]]
-
-
-def _from_row(row: sqlite3.Row) -> TaskRecord:
-    values: dict[str, Any] = {}
-    for name in _NAMES:
-        value = row[name]
-        if name in _JSON and value is not None:
-            value = orjson.loads(value)
-        elif name in _BOOL and value is not None:
-            value = bool(value)
-        values[name] = value
-    return TaskRecord(**values)
 
 
 class Store:
@@ -149,11 +98,6 @@ class Store:
         #: Open tasks whose row lags their events (``note_events``): the live records.
         self._behind: dict[str, TaskRecord] = {}
         self._catch_up_counters()
-        placeholders = ", ".join("?" for _ in _NAMES)
-        self._insert_sql = f"INSERT INTO tasks ({', '.join(_NAMES)}, ord) VALUES ({placeholders}, ?)"
-        self._update_sql = (
-            f"UPDATE tasks SET {', '.join(n + ' = ?' for n in _NAMES if n != 'task_id')} WHERE task_id = ?"
-        )
 
     # -- transactions ------------------------------------------------------------------
     def _begin(self) -> None:
@@ -240,7 +184,7 @@ class Store:
         inserted = 0
         try:
             for task in added:
-                self._db.execute(self._insert_sql, [*_to_row(task), self._ord + inserted + 1])
+                self._db.execute(task_rows.INSERT_SQL, [*task_rows.to_row(task), self._ord + inserted + 1])
                 inserted += 1
         except sqlite3.IntegrityError:
             self._db.execute("ROLLBACK TO insert_tasks")
@@ -267,8 +211,8 @@ class Store:
                 self.commit()
             return
         self._begin()
-        row = _to_row(task)
-        self._db.execute(self._update_sql, [*row[1:], row[0]])
+        row = task_rows.to_row(task)
+        self._db.execute(task_rows.UPDATE_SQL, [*row[1:], row[0]])
         self._behind.pop(task.task_id, None)
         ord_ = old[2] if old is not None else self.ord_of(task.task_id)
         if old is not None and old[1] != task.status:
@@ -299,7 +243,7 @@ class Store:
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return _from_row(row) if row is not None else None
+        return task_rows.from_row(row) if row is not None else None
 
     def exists(self, task_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
@@ -325,12 +269,12 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ord DESC LIMIT ?"
         args.append(limit)
-        return [(int(r["ord"]), _from_row(r)) for r in self._db.execute(sql, args)]
+        return [(int(r["ord"]), task_rows.from_row(r)) for r in self._db.execute(sql, args)]
 
     def tasks_in_order(self, status: str) -> list[TaskRecord]:
         """Tasks with ``status`` in submission order (recovery re-queues pending ones so)."""
         rows = self._db.execute("SELECT * FROM tasks WHERE status = ? ORDER BY ord", (status,))
-        return [_from_row(r) for r in rows]
+        return [task_rows.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{task_type: {status: n}}`` (kept in memory: no scan)."""
@@ -377,8 +321,8 @@ class Store:
             self.update_task(task, commit=False)
             return
         self._begin()
-        row = _to_row(task)
-        self._db.execute(_PROGRESS_SQL, [*(row[i] for i in _PROGRESS_COLUMNS), task.task_id])
+        row = task_rows.to_row(task)
+        self._db.execute(task_rows.PROGRESS_SQL, [*(row[i] for i in task_rows.PROGRESS_COLUMNS), task.task_id])
         self._behind.pop(task.task_id, None)
         self._changed[task.task_id] = (task, old[2])
 
@@ -388,9 +332,10 @@ class Store:
         each one up per event, and ``updated_at``): its row is not written, and the commit
         reports it as changed all the same (``on_commit``). A lone event's commit then writes its
         event's page alone, not also its task's: 18.7 instead of 34.7 KiB to the WAL, and 56-76
-        instead of 119-126 µs of CPU for ``Pipeline.ingest`` of one event. The row lags until the task's next other change; what is stored
-        of it is then its row's counters plus the events stored after them
-        (``stored_counters``), which opening the store writes back (``_catch_up_counters``)."""
+        instead of 119-126 µs of CPU for ``Pipeline.ingest`` of one event. The row lags until
+        the task's next other change; what is stored of it is then its row's counters plus the
+        events stored after them (``stored_counters``), which opening the store writes back
+        (``_catch_up_counters``)."""
         old = self._open.get(task.task_id)
         if old is None or old[0] != task.task_type or old[1] != task.status:
             self.update_task(task, commit=False)
@@ -418,18 +363,7 @@ class Store:
         """Write into the rows of the open tasks the events stored past them (rows lag while only
         plain log lines arrive, ``note_events``, and a daemon killed meanwhile leaves them so):
         every reader of a row, recovery first, then finds its task's counters as stored."""
-        shift = event_runs.SEQ_BITS
-        caught = [
-            (last, last_rseq + last - last_seq, task_id)
-            for task_id, last_seq, last_rseq, last in self._db.execute(
-                f"""SELECT task_id, last_seq, last_rseq, (SELECT last FROM events
-                                                          WHERE id > ord << {shift} AND id < (ord + 1) << {shift}
-                                                          ORDER BY id DESC LIMIT 1)
-                   FROM tasks WHERE status NOT IN (?, ?, ?)""",
-                sorted(FINAL_STATUSES),
-            )
-            if last is not None and last > last_seq
-        ]
+        caught = task_rows.counters_behind(self._db)
         if caught:
             self._begin()
             self._db.executemany("UPDATE tasks SET last_seq = ?, last_rseq = ? WHERE task_id = ?", caught)

@@ -50,11 +50,12 @@ async def checkpoints(store: Store, received: Callable[[], int], nice: int) -> N
 
 def upkeep_thread(name: str, nice: int) -> None:
     """Name the calling thread for ``ps -L``/``top -H`` and make it ``nice`` steps nicer than
-    the daemon (Linux: a thread's name and nice value are its own)."""
+    the daemon (Linux: a thread's name and nice value are its own). The nice value first: a
+    thread seen under its name already runs at it."""
     tid = threading.get_native_id()
     try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
         with open(f"/proc/self/task/{tid}/comm", "w") as comm:
             comm.write(name[:15])
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as exc:
         log.warning("%s thread: %s", name, exc)
