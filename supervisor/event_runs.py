@@ -13,7 +13,7 @@ Measured with 1 KiB events in batches of 250: 1.5-1.9 µs an event to insert and
 stores made before, which ``migrate`` converts when the store is opened). A lone event's commit
 writes 35 instead of 52 KiB to the WAL, and 19 since its task's row is not rewritten for a plain
 log line (``supervisor.store.Store.note_events``): each row keeps its run's last ``seq``
-(``last``), which ``last_seq`` reads.
+(``last``), which ``supervisor.task_rows.counters`` reads.
 
 A run longer than ``INLINE_BYTES`` is kept in its task's event file instead
 (``supervisor.event_files``), its row holding where (``at``, ``size``) and no bytes (``json``
@@ -136,17 +136,6 @@ def delete(db: sqlite3.Connection, ord_: int) -> None:
     """Remove every event of task ``ord_`` (its event file: ``EventFiles.remove``, once this
     is committed)."""
     db.execute("DELETE FROM events WHERE id >= ? AND id < ?", (event_key(ord_, 0), event_key(ord_ + 1, 0)))
-
-
-def last_seq(db: sqlite3.Connection, ord_: int) -> int:
-    """The ``seq`` of task ``ord_``'s last stored event; 0 when it has none, or when its last run
-    was stored by a version that did not keep it (``last``), which wrote its task's row in the
-    same commit (``supervisor.store.Store.note_events``)."""
-    row = db.execute(
-        "SELECT last FROM events WHERE id > ? AND id < ? ORDER BY id DESC LIMIT 1",
-        (event_key(ord_, 0), event_key(ord_ + 1, 0)),
-    ).fetchone()
-    return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def file_end(db: sqlite3.Connection, ord_: int) -> int:

@@ -346,24 +346,16 @@ class Store:
 
     def stored_counters(self, task_id: str) -> tuple[int, int] | None:
         """``(last_seq, last_rseq)`` of what is stored of the task (None: no such task): its
-        row's, and past them the events stored since its row was last written, each a runner's
-        plain line (``note_events``): one ``seq`` and one ``rseq`` each."""
-        lag = self._lag(task_id)
-        return None if lag is None else (lag[0] + lag[2], lag[1] + lag[2])
-
-    def _lag(self, task_id: str) -> tuple[int, int, int] | None:
-        """The task's row's ``last_seq`` and ``last_rseq``, and how many events are stored past
-        them (``note_events``); None: no such task."""
-        row = self._db.execute("SELECT last_seq, last_rseq, ord FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        if row is None:
-            return None
-        return int(row[0]), int(row[1]), max(0, event_runs.last_seq(self._db, int(row[2])) - int(row[0]))
+        row's, and past them the events stored since its row was last written
+        (``note_events``, ``task_rows.counters``)."""
+        found = task_rows.counters(self._db, task_id)
+        return (found[0][1], found[0][2]) if found else None
 
     def _catch_up_counters(self) -> None:
         """Write into the rows of the open tasks the events stored past them (rows lag while only
         plain log lines arrive, ``note_events``, and a daemon killed meanwhile leaves them so):
         every reader of a row, recovery first, then finds its task's counters as stored."""
-        caught = task_rows.counters_behind(self._db)
+        caught = [(seq, rseq, task_id) for task_id, seq, rseq, behind in task_rows.counters(self._db) if behind]
         if caught:
             self._begin()
             self._db.executemany("UPDATE tasks SET last_seq = ?, last_rseq = ? WHERE task_id = ?", caught)
@@ -378,6 +370,5 @@ class Store:
         """Events stored (the sum of every task's ``last_seq``: no table scan)."""
         total = int(self._db.execute("SELECT COALESCE(SUM(last_seq), 0) FROM tasks").fetchone()[0])
         for task_id in self._behind:  # rows that lag their events (``note_events``)
-            lag = self._lag(task_id)
-            total += lag[2] if lag is not None else 0
+            total += sum(found[3] for found in task_rows.counters(self._db, task_id))
         return total

@@ -70,20 +70,24 @@ def from_row(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord(**values)
 
 
-def counters_behind(db: sqlite3.Connection) -> list[tuple[int, int, str]]:
-    """``(last_seq, last_rseq, task_id)`` as stored, for each task not yet final whose row lags
-    its events: past the row's ``last_seq`` every stored event is a runner's plain log line
+def counters(db: sqlite3.Connection, task_id: str | None = None) -> list[tuple[str, int, int, int]]:
+    """``(task_id, last_seq, last_rseq, behind)`` as stored, of ``task_id`` or else of every task
+    not yet final: its row's counters plus the events stored past them (``behind`` of them).
+    Past the row's ``last_seq`` every stored event is a runner's plain log line
     (``Store.note_events``), one ``seq`` and one ``rseq`` each; the last one's ``seq`` is its
     run's ``last`` (``supervisor.event_runs``)."""
+    where, args = (
+        ("task_id = ?", [task_id]) if task_id is not None else ("status NOT IN (?, ?, ?)", sorted(FINAL_STATUSES))
+    )
     rows = db.execute(
         f"""SELECT task_id, last_seq, last_rseq,
                    (SELECT last FROM events WHERE id > ord << {SEQ_BITS} AND id < (ord + 1) << {SEQ_BITS}
                     ORDER BY id DESC LIMIT 1)
-            FROM tasks WHERE status NOT IN (?, ?, ?)""",
-        sorted(FINAL_STATUSES),
+            FROM tasks WHERE {where}""",
+        args,
     )
-    return [
-        (last, last_rseq + last - last_seq, task_id)
-        for task_id, last_seq, last_rseq, last in rows
-        if last is not None and last > last_seq
-    ]
+    out = []
+    for found, last_seq, last_rseq, last in rows:
+        behind = max(0, last - last_seq) if last is not None else 0
+        out.append((found, last_seq + behind, last_rseq + behind, behind))
+    return out
