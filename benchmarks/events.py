@@ -173,7 +173,10 @@ class Bare:
             ctx.term()
             if cg is not None:
                 cg.remove()
-            shutil.rmtree(task_dir, ignore_errors=True)
+            # The task directory (the runner's journal) stays until ``close``, as a task's does
+            # in the service. Removed here, its page cache would go to the run after it, the
+            # service's: on this VM, pages freed just before take a write at a ninth of the cost
+            # of others (``supervisor.event_files``), and the service's rounds gained from it.
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from protocol import events as ev
 from protocol.jobs import JobSpec
 from runner import publisher as publisher_module
 from runner.publisher import Publisher
+from tests.support.pagecache import cached_bytes, drops_clean_pages
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -180,6 +181,34 @@ def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> No
     publisher.close()
     journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
     assert [e["rseq"] for e in journal] == list(range(1, 2001))
+
+
+def test_a_long_journal_leaves_the_page_cache_but_its_end(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``JOURNAL_LET_GO_BYTES`` written, the publisher lets the journal's clean pages go,
+    all but its last ``JOURNAL_CACHED`` bytes (dirty ones are written back first: the next
+    time finds them clean); the journal keeps every event."""
+    if not drops_clean_pages(short_dir):
+        pytest.skip(f"the file system of {short_dir} keeps clean pages (tmpfs): nothing to let go")
+    monkeypatch.setattr(publisher_module, "JOURNAL_LET_GO_BYTES", 256 << 10)
+    monkeypatch.setattr(publisher_module, "JOURNAL_CACHED", 64 << 10)
+    path = short_dir / "j.jsonl"
+    publisher = Publisher("t4", f"ipc://{short_dir}/nobody.sock", path)
+    publisher.wait_for_subscriber(0.0)
+    for i in range(2_000):  # ~1 MiB: the first let-goes find dirty pages
+        publisher.emit("log", "x" * 500, i=i)
+    publisher.flush()
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)  # now clean, whatever the kernel had written back by itself
+    os.close(fd)
+    synced = path.stat().st_size
+    assert synced > 1 << 20 and cached_bytes(path, synced) > 0
+    for i in range(2_000, 2_600):  # past the next let-go
+        publisher.emit("log", "x" * 500, i=i)
+    publisher.flush()
+    assert cached_bytes(path, synced - publisher_module.JOURNAL_CACHED) == 0
+    publisher.close()
+    journal = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [e["rseq"] for e in journal] == list(range(1, 2601))
 
 
 def test_encoding_puts_rseq_first_for_the_supervisor(short_dir: Path) -> None:

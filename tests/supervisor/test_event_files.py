@@ -21,6 +21,7 @@ from protocol.tasks import COMPLETED, RUNNING, TaskRecord
 from supervisor import event_files, event_runs
 from supervisor.pipeline import Pipeline
 from supervisor.store import Store
+from tests.support.pagecache import cached_bytes, drops_clean_pages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,6 +148,7 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 from tests.supervisor.test_event_files import _rows, _task
 from supervisor.store import Store
+from tests.support.pagecache import cached_bytes, drops_clean_pages
 s = Store(__import__("pathlib").Path({path!r}))
 s.insert_tasks([_task(1)])
 s.append_events(_rows("t1", 1, 10))
@@ -266,6 +268,27 @@ def test_every_file_written_is_synced_before_the_checkpoint(
     s.close()
 
 
+def test_a_synced_file_leaves_the_page_cache_but_its_end_and_still_reads(tmp_path: Path) -> None:
+    """The checkpoint's sync lets the page cache go of each file it synced, all but its last
+    ``KEEP_CACHED`` bytes; every event still reads back (from the disk)."""
+    if not drops_clean_pages(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} keeps clean pages (tmpfs): nothing to let go")
+    s = _store(tmp_path / "db.sqlite3", _task(1), _task(2))
+    for first in range(1, 4001, 1000):
+        s.append_events(_rows("t1", first, first + 999, size=1000) + _rows("t2", first, first + 99))
+        s.commit()
+    big, small = s._files.path(1), s._files.path(2)
+    size = big.stat().st_size
+    assert size > 3 * event_files.KEEP_CACHED and small.stat().st_size < event_files.KEEP_CACHED
+    assert cached_bytes(big) >= size - 4096  # just written
+    small_cached = cached_bytes(small)
+    s.checkpoint()
+    assert event_files.KEEP_CACHED - 8192 <= cached_bytes(big) <= event_files.KEEP_CACHED + 8192
+    assert cached_bytes(small) == small_cached  # all of it is its end
+    assert _seqs(s, "t1") == list(range(1, 4001)) and _seqs(s, "t2", after=3000) == list(range(3001, 3101))
+    s.close()
+
+
 def test_a_file_that_cannot_be_removed_does_not_fail_the_deletion(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,6 +315,7 @@ sys.path.insert(0, {repo!r})
 from pathlib import Path
 from tests.supervisor.test_event_files import _rows, _seqs, _task
 from supervisor.store import Store
+from tests.support.pagecache import cached_bytes, drops_clean_pages
 s = Store(Path({path!r}))
 s.insert_tasks([_task(1)])
 s.append_events(_rows("t1", 1, 10))
