@@ -175,8 +175,8 @@ class Bare:
                 cg.remove()
             # The task directory (the runner's journal) stays until ``close``, as a task's does
             # in the service. Removed here, its page cache would go to the run after it, the
-            # service's: on this VM, pages freed just before take a write at a ninth of the cost
-            # of others (``supervisor.event_files``), and the service's rounds gained from it.
+            # service's: on this VM, pages freed just before take a write at a tenth of the cost
+            # of others (``benchmarks.pagecache``), and the service's rounds gained from it.
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -214,8 +214,8 @@ class Publisher:
         tail). The kernel starts writing back what is dirty and drops what is clean: each call
         drops what the previous one started writing. Without it a flood leaves hundreds of
         megabytes of page cache behind, and takes that memory from the free pages that are
-        quickest to reuse (on a VM whose host takes free memory back, writing to fresh pages
-        cost nine times as much here: ``supervisor.event_files``)."""
+        quickest to reuse (on a VM whose host takes free memory back, writing to pages not used
+        lately cost ten times as much here: ``benchmarks.pagecache``)."""
         self._let_go_at = self._journal_end
         try:
             os.posix_fadvise(self._journal_fd, 0, self._journal_end - JOURNAL_CACHED, os.POSIX_FADV_DONTNEED)

@@ -32,8 +32,8 @@ stream resumed), mostly the latest. So once ``sync`` has put a file on the disk,
 back to the kernel but the last ``KEEP_CACHED`` bytes, and a flood of events leaves no more
 than that of each task behind in memory. On this project's VM it also halved the daemon's CPU
 in a burst (1.5–2.0 instead of 3.3–5.1 µs an event, ``benchmarks.events``): a write to pages the
-kernel had not used lately cost nine times one to pages it had just freed (2.1–2.3 against
-0.24 µs a KiB, measured writing 2.4 GB of new files), its host taking free memory back.
+kernel had not used lately cost ten times one to pages it had just freed, its host taking free
+memory back (2.30 against 0.21 µs a KiB: ``benchmarks.pagecache``).
 """
 
 from __future__ import annotations
