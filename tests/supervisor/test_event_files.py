@@ -148,7 +148,6 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 from tests.supervisor.test_event_files import _rows, _task
 from supervisor.store import Store
-from tests.support.pagecache import cached_bytes, drops_clean_pages
 s = Store(__import__("pathlib").Path({path!r}))
 s.insert_tasks([_task(1)])
 s.append_events(_rows("t1", 1, 10))
@@ -315,7 +314,6 @@ sys.path.insert(0, {repo!r})
 from pathlib import Path
 from tests.supervisor.test_event_files import _rows, _seqs, _task
 from supervisor.store import Store
-from tests.support.pagecache import cached_bytes, drops_clean_pages
 s = Store(Path({path!r}))
 s.insert_tasks([_task(1)])
 s.append_events(_rows("t1", 1, 10))
