@@ -83,6 +83,14 @@ class JobSpec:
     events_server_key: str = ""
     events_public_key: str = ""
     events_secret_key: str = ""
+    #: The process this runner may not outlive: its Ray runner host (``supervisor.ray.host``),
+    #: its parent. Once that is gone nothing can stop or hear the job, and its task has failed
+    #: ("node lost"): the runner sends itself SIGTERM (the cancel path), then SIGKILL to its
+    #: process group ``grace_seconds`` later. 0: none (a local job outlives its supervisor,
+    #: which adopts it after a restart).
+    host_pid: int = 0
+    #: SIGTERM → SIGKILL grace of a runner that stops by itself (``RFUAV_GRACE_SECONDS``).
+    grace_seconds: float = 10.0
 
     @property
     def journal_path(self) -> Path:

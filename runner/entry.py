@@ -5,7 +5,8 @@ preloaded fork server) and cold (``python -m runner <spec.json>``). The order ma
 
 1. own session and process group (``setsid``), own cgroup and a lower CPU priority
    (``spec.nice``: nicer than the supervisor), before anything can fork;
-2. process title, stdout/stderr into the task directory, signal handlers;
+2. process title, stdout/stderr into the task directory, signal handlers; then a runner bound
+   to its host (``spec.host_pid``: a Ray runner host) starts watching it;
 3. ``CUDA_VISIBLE_DEVICES`` and thread counts before the first torch/OpenCV operation
    (after a fork ``OMP_NUM_THREADS`` no longer has any effect, so set them by call);
 4. connect the publisher and wait for the subscription, then ``running``;
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -63,6 +66,39 @@ def _isolate(spec: JobSpec) -> None:
         with open(procs, "w") as fh:
             fh.write(str(os.getpid()))
     _lower_priority(spec.nice)
+
+
+def _follow_host(spec: JobSpec) -> None:
+    """Do not outlive the runner host that started us (``JobSpec.host_pid``; call once the
+    SIGTERM handler is in place): once it is gone, SIGTERM to ourselves (a job stops as when
+    cancelled; a replica drains), and ``spec.grace_seconds`` later SIGKILL to our process
+    group. A host that is our parent no longer (it died before we looked) is gone already: the
+    pidfd then proves nothing, as the pid may be another process's by now."""
+    host_pid, grace = spec.host_pid, spec.grace_seconds
+    if host_pid <= 0:
+        return
+    try:
+        pidfd: int | None = os.pidfd_open(host_pid)
+    except ProcessLookupError:
+        pidfd = None
+    if pidfd is not None and os.getppid() != host_pid:
+        os.close(pidfd)
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the process has ended
+            os.close(pidfd)
+        print(
+            f"runner host (pid {host_pid}) is gone: stopping (SIGTERM, SIGKILL to the group after {grace:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(grace)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="rfuav-host-watch", daemon=True).start()
 
 
 #: Tries at setting the autogroup's nice: without CAP_SYS_ADMIN the kernel allows one such
@@ -155,6 +191,7 @@ def _run_replica(spec: JobSpec) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is for the daemon
     # Until the model is loaded (``serve`` then drains on SIGTERM), a SIGTERM simply ends it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _follow_host(spec)
     try:
         _configure_compute(spec)
         from runner.serving.replica import serve
@@ -200,6 +237,7 @@ def run(spec: JobSpec) -> int:
 
     signal.signal(signal.SIGTERM, handle_term)
     ctx.stop_requested.wake_on_signals()
+    _follow_host(spec)
     publisher.wait_for_subscriber(spec.subscribe_timeout)
     code = EXIT_OK
     try:

@@ -80,6 +80,7 @@ def job_spec(settings: Settings, task: TaskRecord, host_device: str, ncores: int
         batch_cap=None if on_gpu else settings.cpu_batch_cap,
         config=job_config(settings),
         nice=settings.job_nice,
+        grace_seconds=settings.grace_seconds,
     )
 
 

@@ -6,7 +6,9 @@ where the node lets this process create one below its own (the same ``supervisor
 as local jobs; never moving other processes), ``CUDA_VISIBLE_DEVICES`` from the GPU ids Ray
 assigned to the actor, the thread counts of the spec. Through it the supervisor stops the job
 (SIGTERM to the process group, SIGKILL to the group and the cgroup), learns its exit, lists what
-is left of it and frees its cgroup; the actor itself is removed only after that.
+is left of it and frees its cgroup; the actor itself is removed only after that. The runner does
+not outlive its host (``JobSpec.host_pid``), and each start removes the job cgroups that hosts
+now gone left on the node (``_remove_orphans``).
 
 Events: with ``relay`` the runner publishes to a SUB socket this host binds on a node-local IPC
 address, and the supervisor takes them in batches with ``events`` (a long poll: answered as soon
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import socket
 import tempfile
@@ -54,6 +57,8 @@ from supervisor.spawner import Spawner
 RELAY_LIMIT = 200_000
 #: Most messages one ``events`` answer carries.
 RELAY_BATCH = 2_000
+
+log = logging.getLogger(__name__)
 
 
 class RunnerHost:
@@ -85,7 +90,9 @@ class RunnerHost:
         gpus = [str(int(g)) for g in ray.get_gpu_ids()]
         if spec.host_device.startswith("cuda") and not gpus:
             raise RuntimeError("the job asked for a GPU but Ray assigned none to its runner host")
-        spec = dataclasses.replace(spec, cuda_visible_devices=",".join(gpus[:1]))
+        # The runner does not outlive this host (``JobSpec.host_pid``): once it is gone, nothing
+        # could stop the job or hear it.
+        spec = dataclasses.replace(spec, cuda_visible_devices=",".join(gpus[:1]), host_pid=os.getpid())
         address = spec.params.get("address") if spec.job == sv.JOB else None
         if isinstance(address, str) and sv.NODE_HOST in address:
             ip = ray.util.get_node_ip_address()
@@ -102,6 +109,7 @@ class RunnerHost:
             spec = dataclasses.replace(spec, events_endpoint=await self._open_relay(spec.task_id))
         # Only this job's cgroup, below this process's own; never a v2 move of other processes.
         self._spawner.cgroups.prepare_without_moving()
+        await asyncio.to_thread(self._remove_orphans, spec.task_id)
         spawning = asyncio.ensure_future(self._spawner.spawn(spec, JobLimits(**limits)))
         try:
             self._handle = await asyncio.shield(spawning)
@@ -126,6 +134,39 @@ class RunnerHost:
             "gpus": gpus,
         }
         return self._info
+
+    def _remove_orphans(self, own: str) -> list[str]:
+        """Remove the job cgroups on this node that runner hosts now gone left behind (a node's
+        Ray processes killed while the machine lives on: their runners stop by themselves,
+        ``JobSpec.host_pid``, and nobody else is left to remove their cgroups); what is still
+        in one is killed first (``JobCgroup.remove``). A task whose host exists (its named
+        actor, alive or restarting) keeps its own, and so does one whose host Ray cannot tell
+        about now. Returns the task ids whose cgroups went; never raises."""
+        import ray
+
+        from supervisor.ray.executor import namespace
+
+        removed: list[str] = []
+        try:
+            ns = namespace(self._spawner.settings)
+            for task_id, dirs in self._spawner.cgroups.leftovers().items():
+                if task_id == own:
+                    continue
+                try:
+                    ray.get_actor(task_id, namespace=ns)
+                    continue  # its host is there: its own
+                except ValueError:  # no such actor: its host is gone
+                    pass
+                except Exception:  # noqa: BLE001 - Ray cannot tell now: leave it
+                    continue
+                cg = self._spawner.cgroups.attach(dirs)
+                if cg is not None and cg.remove():
+                    removed.append(task_id)
+        except Exception:  # noqa: BLE001 - a sweep never fails a job's start
+            log.exception("removing the cgroups of runner hosts that are gone failed")
+        if removed:
+            log.warning("removed the job cgroups of %d runner host(s) gone: %s", len(removed), ", ".join(removed))
+        return removed
 
     def describe(self) -> dict[str, Any] | None:
         """What ``start`` returned (None while it has not): how a new supervisor adopts the job."""

@@ -169,6 +169,7 @@ class Keeper:
             interop_threads=1,
             opencv_threads=1,
             config=jobs.job_config(self._settings),
+            grace_seconds=self._settings.grace_seconds,
         )
 
     async def _watch(self, dep: Deployment, gen: Generation, replica: Replica) -> None:

@@ -501,15 +501,34 @@ def test_a_replica_on_a_ray_node_serves_web_over_tcp_with_curve_and_lets_no_othe
         assert service.client.wait_for(task_id, timeout=60)["status"] == "completed"
 
 
-def test_a_lost_node_fails_its_task_with_the_reason(svc: Service, cluster: tuple[Cluster, Any]) -> None:
+def test_a_lost_node_fails_its_task_and_leaves_neither_its_runner_nor_its_cgroup(
+    svc: Service, cluster: tuple[Cluster, Any]
+) -> None:
+    """The node's Ray processes die, the machine lives on (here: the worker node of this
+    machine's cluster removed). The task fails with the reason; its runner, whose host is gone,
+    stops by itself (``JobSpec.host_pid``); the job cgroup it leaves is removed by the next
+    runner host that starts on this machine."""
     c, worker = cluster
-    task_id = diagnostic(svc, sleep=120)
+    task_id = diagnostic(svc, sleep=600)
     svc.client.wait_for(task_id, timeout=60, predicate=lambda t: _started(svc, task_id))
-    runners = svc.client.runners()["runners"]
-    assert any(r["task_id"] == task_id and r.get("node") for r in runners), runners
+    runner = next(r for r in svc.client.runners()["runners"] if r["task_id"] == task_id)
+    assert runner.get("node"), runner
+    family = runner_processes(task_id)
+    assert family
     c.remove_node(worker)
     done = svc.client.wait_for(task_id, timeout=120)
     assert done["status"] == "failed" and done["message"].startswith("node lost"), done
+    gone, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, alive
+    left = [d for d in runner["cgroup"].values() if Path(d).is_dir()]
+    assert left or not runner["cgroup"]
+    node = c.add_node(num_cpus=2)
+    try:
+        other = diagnostic(svc, events=10)
+        assert svc.client.wait_for(other, timeout=120)["status"] == "completed"
+        assert not [d for d in left if Path(d).is_dir()]
+    finally:
+        c.remove_node(node)
 
 
 def test_a_node_that_cannot_see_the_task_directory_fails_the_task_with_that_reason(

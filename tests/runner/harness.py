@@ -8,6 +8,10 @@ mode users get): the server starts once per test process (seconds) and then each
 in milliseconds without importing anything (``warm_server()``, stopped at exit). A warm runner
 has the environment the test process had when the server started, not the current one.
 
+``hosted=True`` starts it through a stand-in runner host instead, a process of its own that the
+spec binds the runner to (``JobSpec.host_pid``), as a Ray runner host does; ``kill_host``
+kills that host.
+
 Used by tests/runner and by benchmarks/training.py and benchmarks/inference.py.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import orjson
+import psutil
 import zmq
 
 from protocol import events as ev
@@ -95,6 +100,57 @@ class _WarmProcess:
         return self.returncode
 
 
+#: A stand-in runner host (a Ray host's part in ``python -m runner``'s life): binds the spec to
+#: itself (``host_pid``), starts the runner in a session of its own, says its pid, waits.
+_HOST = """import os, subprocess, sys
+from pathlib import Path
+import orjson
+spec = Path(sys.argv[1])
+spec.write_bytes(orjson.dumps({**orjson.loads(spec.read_bytes()), "host_pid": os.getpid()}))
+runner = subprocess.Popen([sys.executable, "-m", "runner", str(spec)], start_new_session=True)
+print(runner.pid, flush=True)
+runner.wait()
+"""
+
+
+class _HostedProcess:
+    """The ``Popen`` surface the harness uses for a runner started by a stand-in runner host
+    (``_HOST``), not by us: its exit is watched through psutil, its exit code is not ours to
+    read (-1)."""
+
+    def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
+        self.host = subprocess.Popen(
+            [sys.executable, "-c", _HOST, str(spec_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE
+        )
+        assert self.host.stdout is not None
+        self.pid = int(self.host.stdout.readline())
+        self._runner = psutil.Process(self.pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._wait(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._wait(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"hosted runner {self.pid}", timeout or 0.0)
+        return code
+
+    def _wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            try:
+                self._runner.wait(timeout)
+            except psutil.TimeoutExpired:
+                return None
+            self.returncode = -1
+        return self.returncode
+
+    def kill_host(self) -> None:
+        """SIGKILL the host (as a node's Ray processes die): the runner is left on its own."""
+        self.host.kill()
+        self.host.wait(30)
+
+
 class RunnerProcess:
     """One job in a fresh runner process. Use as a context manager (kills and cleans up)."""
 
@@ -110,6 +166,9 @@ class RunnerProcess:
         batch_cap: int | None = None,
         device: str = "cpu",
         warm: bool = False,
+        hosted: bool = False,
+        host_pid: int = 0,
+        grace_seconds: float = 10.0,
     ) -> None:
         self.task_id = f"t-{uuid.uuid4().hex[:10]}"
         self.task_dir = task_dir
@@ -137,14 +196,18 @@ class RunnerProcess:
             batch_cap=batch_cap,
             # Given settings over the defaults, checked as the runner checks a spec.
             config=build(JobConfig, config or {}, where="config"),
+            host_pid=host_pid,
+            grace_seconds=grace_seconds,
         )
         spec_path = task_dir / "spec.json"
         spec_path.write_bytes(self.spec.dump())
-        self.proc: subprocess.Popen[bytes] | _WarmProcess
+        self.proc: subprocess.Popen[bytes] | _WarmProcess | _HostedProcess
+        env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
         if warm:  # the runner calls setsid itself, first thing
             self.proc = _WarmProcess(self.spec)
+        elif hosted:  # (``host_pid`` then is the host's)
+            self.proc = _HostedProcess(spec_path, env)
         else:
-            env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runner", str(spec_path)],
                 cwd=ROOT,
@@ -204,6 +267,13 @@ class RunnerProcess:
         self.proc.wait(timeout=30)
         return self.final
 
+    def kill_host(self) -> int:
+        """SIGKILL the stand-in runner host (``hosted=True``), as a node's Ray processes die;
+        returns its pid."""
+        assert isinstance(self.proc, _HostedProcess)
+        self.proc.kill_host()
+        return self.proc.host.pid
+
     def terminate(self) -> None:
         """SIGTERM to the runner's process group, as the supervisor's cancel does."""
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -228,6 +298,8 @@ class RunnerProcess:
                 except ProcessLookupError:
                     pass
             self.proc.wait(timeout=30)
+        if isinstance(self.proc, _HostedProcess):
+            self.proc.kill_host()
         self._sub.close(linger=0)
         self._zctx.term()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
