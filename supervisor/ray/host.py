@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -135,35 +136,47 @@ class RunnerHost:
         }
         return self._info
 
+    def _relay_head(self) -> str:
+        """How the names of this instance's relay folders begin (then the task id, ``-``, and
+        ``mkdtemp``'s 8 characters)."""
+        return f"rfuav-host-{self._spawner.cgroups.instance}-"
+
     def _remove_orphans(self, own: str) -> list[str]:
-        """Remove the job cgroups on this node that runner hosts now gone left behind (a node's
-        Ray processes killed while the machine lives on: their runners stop by themselves,
-        ``JobSpec.host_pid``, and nobody else is left to remove their cgroups); what is still
-        in one is killed first (``JobCgroup.remove``). A task whose host exists (its named
+        """Remove what runner hosts now gone left on this node (a node's Ray processes killed
+        while the machine lives on: their runners stop by themselves, ``JobSpec.host_pid``, and
+        nobody else is left to clean up): their job cgroups, killing what is still in one first
+        (``JobCgroup.remove``), and their relay folders. A task whose host exists (its named
         actor, alive or restarting) keeps its own, and so does one whose host Ray cannot tell
         about now. Returns the task ids whose cgroups went; never raises."""
         import ray
 
         from supervisor.ray.executor import namespace
 
+        ns = namespace(self._spawner.settings)
+
+        def gone(task_id: str) -> bool:
+            if task_id == own:
+                return False
+            try:
+                ray.get_actor(task_id, namespace=ns)
+            except ValueError:  # no such actor: its host is gone
+                return True
+            except Exception:  # noqa: BLE001 - Ray cannot tell now: leave it
+                return False
+            return False
+
         removed: list[str] = []
         try:
-            ns = namespace(self._spawner.settings)
             for task_id, dirs in self._spawner.cgroups.leftovers().items():
-                if task_id == own:
-                    continue
-                try:
-                    ray.get_actor(task_id, namespace=ns)
-                    continue  # its host is there: its own
-                except ValueError:  # no such actor: its host is gone
-                    pass
-                except Exception:  # noqa: BLE001 - Ray cannot tell now: leave it
-                    continue
-                cg = self._spawner.cgroups.attach(dirs)
+                cg = self._spawner.cgroups.attach(dirs) if gone(task_id) else None
                 if cg is not None and cg.remove():
                     removed.append(task_id)
+            head = self._relay_head()
+            for folder in Path(tempfile.gettempdir()).glob(f"{head}*"):
+                if gone(folder.name[len(head) : -9]):
+                    shutil.rmtree(folder, ignore_errors=True)
         except Exception:  # noqa: BLE001 - a sweep never fails a job's start
-            log.exception("removing the cgroups of runner hosts that are gone failed")
+            log.exception("cleaning up after runner hosts that are gone failed")
         if removed:
             log.warning("removed the job cgroups of %d runner host(s) gone: %s", len(removed), ", ".join(removed))
         return removed
@@ -178,7 +191,7 @@ class RunnerHost:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        folder = Path(tempfile.mkdtemp(prefix="rfuav-host-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{self._relay_head()}{task_id}-"))
         self._address = f"ipc://{folder / 'events.sock'}"
         sub.bind(self._address)
         self._sub = sub

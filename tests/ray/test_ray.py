@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -506,8 +507,8 @@ def test_a_lost_node_fails_its_task_and_leaves_neither_its_runner_nor_its_cgroup
 ) -> None:
     """The node's Ray processes die, the machine lives on (here: the worker node of this
     machine's cluster removed). The task fails with the reason; its runner, whose host is gone,
-    stops by itself (``JobSpec.host_pid``); the job cgroup it leaves is removed by the next
-    runner host that starts on this machine."""
+    stops by itself (``JobSpec.host_pid``); the job cgroup and the relay folder its host leaves
+    are removed by the next runner host that starts on this machine."""
     c, worker = cluster
     task_id = diagnostic(svc, sleep=600)
     svc.client.wait_for(task_id, timeout=60, predicate=lambda t: _started(svc, task_id))
@@ -522,6 +523,9 @@ def test_a_lost_node_fails_its_task_and_leaves_neither_its_runner_nor_its_cgroup
     assert not alive, alive
     left = [d for d in runner["cgroup"].values() if Path(d).is_dir()]
     assert left or not runner["cgroup"]
+    relay = list(Path(tempfile.gettempdir()).glob(f"rfuav-host-*-{task_id}-*"))  # (its events' relay)
+    assert len(relay) == 1, relay
+    left.append(str(relay[0]))
     node = c.add_node(num_cpus=2)
     try:
         other = diagnostic(svc, events=10)

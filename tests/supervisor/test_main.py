@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,15 +117,18 @@ def test_rfuavd_all(how: str) -> None:
 
 
 def test_second_daemon_on_same_home_refuses(supervisor: SupervisorProcess) -> None:
-    env = {**supervisor.env, "RFUAV_RUNTIME_DIR": tempfile.mkdtemp(prefix="rf2", dir="/tmp")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "supervisor"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    runtime = tempfile.mkdtemp(prefix="rf2", dir="/tmp")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor", "supervisor"],
+            check=False,
+            env={**supervisor.env, "RFUAV_RUNTIME_DIR": runtime},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
     assert proc.returncode == 1
     assert f"another supervisor (pid {supervisor.pid}) is running" in proc.stderr
     assert supervisor.call("health")["running"] == 0

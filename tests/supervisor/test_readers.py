@@ -4,6 +4,7 @@ for before it reads a journal's tail) against the socket's edge-triggered descri
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ async def test_a_waiter_whose_look_took_the_descriptors_signal_still_gets_the_qu
         pub.close(linger=0)
         sub.close(linger=0)
         ctx.term()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.asyncio
