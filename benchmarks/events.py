@@ -18,8 +18,9 @@ the jobs' priority exactly as in production, and runs beside both paths alike. P
 each: events/s and events lost for a burst of ``--events`` events, p50/p99 end-to-end latency
 at 1,000 events/s (the diagnostic job stamps ``sent_ns`` in each event), each service figure
 beside its bare one with their ratio, the supervisor's CPU per event and loop lag, and the load
-average. Each half runs ``--rounds`` rounds (bare, service, bare, service, ...: both paths
-see the same moments of a noisy machine); the figures are the rounds' medians, events lost their
+average. Each half runs ``--rounds`` rounds, each of both paths, bare first in one round and the
+service first in the next (both paths see the same moments of a noisy machine, and neither always
+follows the other); the figures are the rounds' medians, events lost their
 sum, and each round's bare and service events/s and their ratio are printed beside the
 medians, with the geometric mean of the rounds' ratios and its 95% interval (the rounds are
 pairs). Goals: events/s ≥ 0.9 × bare, 0 lost, p99 ≤ 5 ms quiet and loaded.
@@ -219,18 +220,19 @@ def stop_load(sup: SupervisorProcess, ids: list[str]) -> None:
 
 
 def measure(sup: SupervisorProcess, bare: Bare, args: argparse.Namespace) -> dict[str, Any]:
-    """Throughput then latency, bare then service, under whatever runs beside them now:
-    ``args.rounds`` times, combined (``_combine``)."""
+    """Throughput then latency of both paths (bare first in even rounds, the service first in
+    odd ones), under whatever runs beside them now: ``args.rounds`` times, combined
+    (``_combine``)."""
     rounds = []
-    for _ in range(args.rounds):
-        rounds.append(
-            {
-                "bare_rate": bare.run(args.events, args.size, 0),
-                "svc_rate": service(sup, args.events, args.size, 0),
-                "bare_lat": bare.run(args.latency_events, args.size, 1000),
-                "svc_lat": service(sup, args.latency_events, args.size, 1000),
-            }
-        )
+    for i in range(args.rounds):
+        paths = {
+            "bare": lambda n, rate: bare.run(n, args.size, rate),
+            "svc": lambda n, rate: service(sup, n, args.size, rate),
+        }
+        order = ("bare", "svc") if i % 2 == 0 else ("svc", "bare")
+        figures = {f"{p}_rate": paths[p](args.events, 0) for p in order}
+        figures |= {f"{p}_lat": paths[p](args.latency_events, 1000) for p in order}
+        rounds.append(figures)
     out: dict[str, Any] = {key: _combine([r[key] for r in rounds]) for key in rounds[0]}
     out["rounds"] = [(r["bare_rate"]["rate"], r["svc_rate"]["rate"]) for r in rounds]
     out["loadavg"] = {"1min": os.getloadavg()[0]}

@@ -356,20 +356,23 @@ class Pipeline:
         store = self._store
         try:
             runs = store.append_events(rows) if rows else []
+            update = store.update_progress if progress else partial(store.update_task, commit=False)
+            for task in dirty.values():
+                task.updated_at = now
+                update(task)
+            for task_id, task in (counted or {}).items():
+                if task_id not in dirty:
+                    task.updated_at = now
+                    store.note_events(task)
+            # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
+            if runs:
+                out = [(task_id.encode(), run) for task_id, run in runs]
+                store.commit(after=lambda: self._publish(out))
+            else:
+                store.commit()
         except (OSError, sqlite3.Error):
+            # Refused by the disk (an event file not written, or SQLite's own write or commit:
+            # a full disk): nothing of the transaction stands, and nothing of it is published.
+            store.rollback()
             self._unnumber(rows)
             raise
-        update = store.update_progress if progress else partial(store.update_task, commit=False)
-        for task in dirty.values():
-            task.updated_at = now
-            update(task)
-        for task_id, task in (counted or {}).items():
-            if task_id not in dirty:
-                task.updated_at = now
-                store.note_events(task)
-        # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
-        if runs:
-            out = [(task_id.encode(), run) for task_id, run in runs]
-            store.commit(after=lambda: self._publish(out))
-        else:
-            store.commit()

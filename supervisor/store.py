@@ -14,6 +14,10 @@ what makes tens of thousands of events per second possible. A running task's pla
 are counted, not written into its row (``note_events``): its row's ``last_seq`` and
 ``last_rseq`` may lag its events until its next other change, and opening the store catches
 them up (``stored_counters`` has them meanwhile).
+
+A write the disk refuses ends the transaction whole, whether SQLite rolled it back itself
+(``SQLITE_FULL``) or the caller does (``rollback``): nothing of it is reported or published,
+a ``batch`` it was part of fails (``TransactionLost``), and the next write begins anew.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -34,6 +37,12 @@ from supervisor.event_runs import Row
 from supervisor.wal import WAL_SIZE_LIMIT, Checkpointer, sync_files
 
 log = logging.getLogger(__name__)
+
+
+class TransactionLost(sqlite3.OperationalError):
+    """A commit found its transaction gone: rolled back by SQLite (a write it refused) or by
+    ``Store.rollback`` inside a ``batch``. Nothing written since the last commit is stored."""
+
 
 _SCHEMA = task_rows.SCHEMA + event_runs.SCHEMA
 # 16 KiB pages (only effective when the file is created): events of about 1 KiB in bursts cost
@@ -74,36 +83,40 @@ class Store:
         # Task counts by (type, status), kept in memory from one count at open: totals cost the
         # same for ten tasks or a million, and a write pays a dict update (SQLite triggers
         # keeping a counts table tripled the cost of every insert and update: 92 -> 343 us).
-        self._counts: Counter[tuple[str, str]] = Counter()
-        for task_type, status, n in self._db.execute("SELECT task_type, status, COUNT(*) FROM tasks GROUP BY 1, 2"):
-            self._counts[(task_type, status)] = n
-        #: (type, status, ord) of every task not yet final: the old status an update moves from.
-        self._open: dict[str, tuple[str, str, int]] = {
-            task_id: (task_type, status, ord_)
-            for task_id, task_type, status, ord_ in self._db.execute(
-                "SELECT task_id, task_type, status, ord FROM tasks WHERE status NOT IN (?, ?, ?)",
-                sorted(FINAL_STATUSES),
-            )
-        }
+        #: ``_open``: (type, status, ord) of every task not yet final: the status an update leaves.
+        self._counts, self._open, self._ord = task_rows.tallies(self._db)
         #: Called after each commit with the tasks it changed (``supervisor.records``
         #: publishes them: stored before published).
         self.on_commit: Callable[[Changes], None] | None = None
         self._changed: dict[str, tuple[TaskRecord | None, int]] = {}
         #: Open ``batch`` blocks, and what runs after the commit that ends the outermost one.
         self._batch = 0
+        #: Something written inside the open ``batch`` was rolled back: its end must fail.
+        self._batch_lost = False
         self._after: list[Callable[[], None]] = []
         self._checkpointer = Checkpointer(path, self._files)
         self._in_tx = False
-        self._ord = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM tasks").fetchone()[0])
         #: Open tasks whose row lags their events (``note_events``): the live records.
         self._behind: dict[str, TaskRecord] = {}
         self._catch_up_counters()
 
     # -- transactions ------------------------------------------------------------------
     def _begin(self) -> None:
+        self._lost()
         if not self._in_tx:
             self._db.execute("BEGIN")
             self._in_tx = True
+
+    def _lost(self) -> bool:
+        """Whether SQLite rolled the open transaction back by itself (a write it refused: a full
+        disk, an I/O error); then what was to follow its commit (``on_commit`` reports, ``after``
+        callbacks: publishing its events) is dropped, never run. (Else the store would go on in
+        autocommit mode, every commit after failing: ``no transaction is active``.)"""
+        if not self._in_tx or self._db.in_transaction:
+            return False
+        log.error("a store transaction was rolled back by SQLite (a write refused); nothing of it is stored")
+        self.rollback()
+        return True
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -121,10 +134,15 @@ class Store:
         """Commit everything written since the last commit (no-op when nothing was), report the
         changed tasks (``on_commit``), then run ``after`` (e.g. publish what was stored). Inside
         a ``batch`` all of it waits for the batch's end."""
-        if after is not None:
+        lost = self._lost()
+        if after is not None and not lost:  # (else it follows writes that are gone)
             self._after.append(after)
         if self._batch:
             return
+        if lost or self._batch_lost:
+            self.rollback()  # (what a batch wrote after the loss goes with it)
+            self._batch_lost = False
+            raise TransactionLost("the store's transaction was rolled back (a write refused); nothing of it is stored")
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
@@ -137,23 +155,27 @@ class Store:
             for callback in afters:
                 callback()
 
-    def _rollback(self) -> None:
-        self._db.execute("ROLLBACK")
+    def rollback(self) -> None:
+        """Drop everything written since the last commit, and what was to follow its commit
+        (a write that failed half-way: nothing of the transaction stands; inside a ``batch``,
+        its end then fails with ``TransactionLost``). Idempotent."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
         self._in_tx = False
         self._changed.clear()
         self._after.clear()
+        self._batch_lost = self._batch_lost or self._batch > 0
+        self._counts, self._open, self._ord = task_rows.tallies(self._db)  # (as the writes are gone)
 
     def checkpoint(self) -> bool:
         """A WAL checkpoint from a worker thread (``supervisor.wal.Checkpointer.run``)."""
         return self._checkpointer.run()
 
     def finish_checkpoint(self) -> None:
-        """Checkpoint, on the writer's own connection (between transactions, on the loop), the
-        frames a ``checkpoint`` pass left: the next write then starts the WAL over. It copies
-        and syncs only what was committed during that pass (a few milliseconds; nothing when
-        there is none), and the first commit after the restart syncs the new WAL header: once
-        per ``WAL_RESTART_BYTES`` of WAL. Skipped inside an open transaction, where SQLite
-        refuses it (the next checkpoint asks again)."""
+        """Checkpoint, on the writer's connection (on the loop), the frames a ``checkpoint`` pass
+        left: the next write starts the WAL over. It copies and syncs what was committed during
+        that pass (milliseconds), and the first commit after it syncs the new WAL header: once
+        per ``WAL_RESTART_BYTES``. Skipped inside a transaction (the next checkpoint asks again)."""
         if not self._in_tx:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -191,7 +213,7 @@ class Store:
             self._db.execute("RELEASE insert_tasks")
             raise
         except sqlite3.Error:
-            self._rollback()
+            self.rollback()
             raise
         self._db.execute("RELEASE insert_tasks")
         for task in added:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -91,3 +92,18 @@ def counters(db: sqlite3.Connection, task_id: str | None = None) -> list[tuple[s
         behind = max(0, last - last_seq) if last is not None else 0
         out.append((found, last_seq + behind, last_rseq + behind, behind))
     return out
+
+
+def tallies(db: sqlite3.Connection) -> tuple[Counter[tuple[str, str]], dict[str, tuple[str, str, int]], int]:
+    """As stored: the tasks counted by ``(task_type, status)``, ``(task_type, status, ord)`` of
+    every task not yet final, and the last ``ord`` given (``Store`` keeps them in memory)."""
+    counts = Counter(
+        {(r[0], r[1]): r[2] for r in db.execute("SELECT task_type, status, COUNT(*) FROM tasks GROUP BY 1, 2")}
+    )
+    open_ = {
+        r[0]: (r[1], r[2], r[3])
+        for r in db.execute(
+            "SELECT task_id, task_type, status, ord FROM tasks WHERE status NOT IN (?, ?, ?)", sorted(FINAL_STATUSES)
+        )
+    }
+    return counts, open_, int(db.execute("SELECT COALESCE(MAX(ord), 0) FROM tasks").fetchone()[0])

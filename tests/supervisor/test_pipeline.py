@@ -357,3 +357,29 @@ def test_a_run_not_stored_after_plain_lines_goes_back_to_what_is_stored(rig: Rig
     assert rig.send_plain(*big[10:]) == 20
     stored = rig.stored()
     assert [e["seq"] for e in stored] == list(range(1, 31)) and [e["rseq"] for e in stored] == list(range(1, 31))
+
+
+def test_a_store_the_disk_refuses_rolls_back_whole_and_goes_on_once_there_is_room(rig: Rig) -> None:
+    """SQLite refuses a write (``SQLITE_FULL``: here its page limit, a full disk in life) and rolls
+    the whole transaction back by itself. Nothing of it is published or numbered; once there is
+    room, the next events are stored and published in a transaction of their own, the journal
+    fills the gap, and no ``seq`` is skipped or given twice."""
+    rig.store.update_task(rig.task)
+    raws = rig.journal_write(*(_event(i, progress=i // 4) for i in range(1, 401)))
+    assert rig.send(*raws[:10]) == 10
+    pages = rig.store._db.execute("PRAGMA page_count").fetchone()[0]
+    rig.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    sent = 10
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        while sent < 400:  # rows of a few events each, in SQLite itself, until it is full
+            rig.send(*raws[sent : sent + 5])
+            sent += 5
+    stored = rig.task.last_seq
+    assert 10 <= stored == sent == rig.task.last_rseq == len(rig.out()) < 400
+    rig.store._db.execute("PRAGMA max_page_count = 1073741823")
+    assert rig.send(*raws[sent + 5 :]) == 400 - stored
+    stored = rig.stored()
+    assert [e["seq"] for e in stored] == list(range(1, 401)) and [e["rseq"] for e in stored] == list(range(1, 401))
+    assert rig.out() == stored
+    task = rig.store.get_task("t1")
+    assert task is not None and (task.last_seq, task.progress) == (400, 100)

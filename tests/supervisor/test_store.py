@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocol.tasks import COMPLETED, FAILED, PENDING, RUNNING, TaskRecord
-from supervisor.store import Store
+from supervisor.store import Store, TransactionLost
 
 
 def _task(i: int, task_type: str, status: str) -> TaskRecord:
@@ -213,3 +213,37 @@ def test_a_store_of_the_task_id_seq_layout_is_migrated_when_opened(tmp_path: Pat
     s = Store(path)  # migrated once: opened again as it is
     assert _events(s, "t00001")[-1] == b"e10" and len(_events(s, "t00002")) == 5
     s.close()
+
+
+def test_a_write_the_disk_refuses_fails_its_whole_batch_and_the_store_goes_on(tmp_path: Path) -> None:
+    """SQLite refuses a write (``SQLITE_FULL``: its page limit here, a full disk in life) and
+    rolls back the whole transaction by itself, while other requests of a group commit had
+    written in it. The request that failed is answered alone (its error caught), but the batch
+    cannot end well: its commit raises ``TransactionLost``, nothing of it is stored, nothing that
+    was to follow its commit runs, the counts are as stored; once there is room again the store
+    takes writes as before (not in autocommit mode, not failing every commit after)."""
+    s = Store(tmp_path / "db.sqlite3")
+    s.insert_tasks([_task(0, "training", RUNNING)])
+    counts = s.counts()
+    after: list[str] = []
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(TransactionLost), s.batch():
+        s.insert_tasks([_task(1, "inference", PENDING)])  # another request: it went well
+        s.commit(after=lambda: after.append("published"))
+        with pytest.raises(sqlite3.OperationalError, match="full"):  # (answered alone)
+            for seq in range(1, 10_000):
+                s.append_events([("t00000", seq, seq, b"x" * 2000)])
+        s.update_task(_task(2, "training", COMPLETED), commit=False)  # a write after the loss
+    assert after == [] and not s.exists("t00001") and s.events_after("t00000", 0, 10) == []
+    assert s.counts() == counts == _scan_counts(s)
+    s._db.execute("PRAGMA max_page_count = 1073741823")
+    s.insert_tasks([_task(3, "inference", PENDING)])
+    s.append_events([("t00000", 1, 1, b"x" * 2000)])
+    s.commit(after=lambda: after.append("published"))
+    assert after == ["published"] and s.exists("t00003") and s.events_after("t00000", 0, 10) == [b"x" * 2000]
+    assert s.counts() == _scan_counts(s)
+    s.close()
+    again = Store(tmp_path / "db.sqlite3")
+    assert again.exists("t00003") and not again.exists("t00001")
+    assert again.events_after("t00000", 0, 10) == [b"x" * 2000]
