@@ -19,11 +19,14 @@ import io
 import logging
 import multiprocessing.connection as mp_connection
 import multiprocessing.context as mp_context
+import multiprocessing.process as mp_process
 import os
 import select
+import shutil
 import signal
 import time
 from multiprocessing import forkserver, popen_forkserver, reduction
+from pathlib import Path
 from typing import Any
 
 from protocol.jobs import JobSpec
@@ -91,12 +94,33 @@ class WarmPopen(popen_forkserver.Popen):
             pass
 
 
+def use_folder(folder: Path | None) -> None:
+    """Make ``folder`` this process's ``multiprocessing`` temporary folder (where a fork
+    server's listening socket goes), emptied first, instead of a new ``pymp-*`` in the temporary
+    directory, which a process killed with SIGKILL never removes: one more left by every daemon
+    so killed. Its daemon's next start empties it. Once set, it stays (a server replaced later
+    listens there too). None: ``multiprocessing``'s own, unless one set before still exists."""
+    config = mp_process.current_process()._config  # type: ignore[attr-defined]
+    if folder is None:
+        if config.get("tempdir") and not os.path.isdir(config["tempdir"]):
+            del config["tempdir"]  # (a folder given earlier and removed since)
+        return
+    if config.get("tempdir") == str(folder):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    config["tempdir"] = str(folder)
+
+
 class ForkServer:
     """One preloaded fork server and its readiness. Wraps ``multiprocessing.forkserver``;
     the few private attributes it reads (the server's pid, "alive" fd and address) are read
     here only. A pidfd on the server tells its death without polling or pid reuse."""
 
-    def __init__(self, preload: list[str]) -> None:
+    def __init__(self, preload: list[str], folder: Path | None = None) -> None:
+        """``folder``: where the server's listening socket goes (``use_folder``); None: a
+        ``pymp-*`` folder of ``multiprocessing``'s own in the temporary directory."""
+        self.folder = folder
         self._server = forkserver.ForkServer()
         self._server.set_forkserver_preload(preload)
         self.pid: int | None = None
@@ -107,6 +131,7 @@ class ForkServer:
     def launch(self) -> None:
         """Start the server process (returns at once; the preload runs in the background).
         Runs on the loop thread: the daemon-only variables are held back from its environment."""
+        use_folder(self.folder)
         saved = {k: os.environ.pop(k) for k in NOTIFY_ENV_KEYS if k in os.environ}
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         try:

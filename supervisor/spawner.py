@@ -113,7 +113,7 @@ class Spawner:
     async def _bring_up(self) -> None:
         """Start a server and wait for its probe. A failure here marks warm start unavailable
         for good: a server that cannot get ready is never retried in a loop."""
-        server = ForkServer(self.preload)
+        server = ForkServer(self.preload, self.settings.runtime_dir / "forkserver")
         self.servers_started += 1
         try:
             server.launch()

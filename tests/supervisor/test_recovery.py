@@ -36,6 +36,11 @@ def test_kill_9_restart_adopts_running_and_runs_pending(
     )
     runner_pid = task["pid"]
     cgroups = assert_confined(runner_pid, supervisor.settings)
+    # A warm daemon's fork server listens in its runtime directory, not in a ``pymp-*`` folder
+    # of /tmp that a daemon killed with SIGKILL would leave behind each time.
+    listening = supervisor.settings.runtime_dir / "forkserver"
+    before = sorted(listening.glob("listener-*"))
+    assert len(before) == (mode == "warm"), before
     assert supervisor.kill(signal.SIGKILL) == -signal.SIGKILL
     supervisor.start()
     task = supervisor.wait_final(running, timeout=90)
@@ -50,6 +55,8 @@ def test_kill_9_restart_adopts_running_and_runs_pending(
         assert supervisor.wait_final(t, timeout=120)["status"] == "completed"
         _assert_continuous(supervisor.logs(t))
     assert supervisor.call("resources")["running"] == 0
+    after = sorted(listening.glob("listener-*"))  # the killed daemon's socket went at the restart
+    assert len(after) == len(before) and not set(after) & set(before), (before, after)
 
 
 @pytest.mark.timeout(180)
