@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: AF_UNIX paths are limited to 107 bytes (108 with the NUL).
-_MAX_UNIX_PATH = 100
+MAX_UNIX_PATH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class Addresses:
 def default_runtime_dir(home: Path) -> Path:
     """``<home>/run`` when its socket paths fit AF_UNIX, else a short per-home dir in /tmp."""
     candidate = home.resolve() / "run"
-    if len(str(candidate / "events-out.sock")) <= _MAX_UNIX_PATH:
+    if len(str(candidate / "events-out.sock")) <= MAX_UNIX_PATH:
         return candidate
     digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:12]
     return Path("/tmp") / f"rfuav-{os.getuid()}-{digest}"
