@@ -80,7 +80,10 @@ class Settings:
         Path("./var"), "RFUAV_HOME", "state: SQLite store, task directories, default data root", shown="./var"
     )
     runtime_dir: Path = setting(
-        Path("./var/run"), "RFUAV_RUNTIME_DIR", "IPC sockets (created 0700)", shown="$RFUAV_HOME/run"
+        Path("./var/run"),
+        "RFUAV_RUNTIME_DIR",
+        "IPC sockets (created 0700), the fork server's among them (`forkserver/`, emptied at each start)",
+        shown="$RFUAV_HOME/run",
     )
     host: str = setting("127.0.0.1", "RFUAV_HOST", "HTTP bind address", alias="HOST", generic=True)
     port: int = setting(8000, "RFUAV_PORT", "HTTP port", alias="PORT", generic=True)

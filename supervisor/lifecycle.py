@@ -1,16 +1,16 @@
 """A task's life in the supervisor, from queued to reaped, and its recovery after a restart.
 
-``enqueue`` → ``schedule`` (the scheduler places it, a slot is held) → ``_start`` (job spec,
-``Executor.start``, then wait) → ``_reap`` (journal tail, outcome, cleanup) → ``finish`` (the
-final record, the slot freed, the queue moves on). ``cancel`` takes a queued task out at once;
-a running one gets ``terminate``, then ``kill`` once ``grace_seconds`` are over; one still
-starting has its start aborted (``Executor.abort``: it ends ``cancelled`` as soon as the executor
-says nothing of it is left, or is stopped once its process exists). A task queued
-longer than ``queue_timeout`` (``RFUAV_QUEUE_TIMEOUT``; 0: no limit) fails with that reason: one
-loop timer on the deadline of the task queued first, re-armed whenever the queue changes
-(queue time is the loop's monotonic clock; after a restart, from the restart). ``close``
-starts nothing more (pending tasks stay pending for the next start); ``stop_jobs`` cancels what
-runs and waits for it; ``kill_jobs`` is the impatient second step.
+``enqueue`` → ``schedule`` (once committed: the scheduler places it, a slot is held) →
+``_start`` (job spec, ``Executor.start``, then wait) → ``_reap`` (journal tail, outcome,
+cleanup) → ``finish`` (the final record, the slot freed, the queue moves on). ``cancel`` takes a
+queued task out at once; a running one gets ``terminate``, then ``kill`` once ``grace_seconds``
+are over; one still starting has its start aborted (``Executor.abort``: it ends ``cancelled`` as
+soon as the executor says nothing of it is left, or is stopped once its process exists). A task
+queued longer than ``queue_timeout`` (``RFUAV_QUEUE_TIMEOUT``; 0: no limit) fails with that
+reason: one loop timer on the deadline of the task queued first, re-armed whenever the queue
+changes (the loop's monotonic clock; after a restart, from the restart). ``close`` starts
+nothing more (pending tasks stay pending); ``stop_jobs`` cancels what runs and waits for it;
+``kill_jobs`` is the impatient second step.
 
 ``recover`` (on start) re-queues pending tasks in their order and adopts running tasks whose
 process the executor still finds (same pid and start time); the others end after their journal
@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -105,13 +106,20 @@ class Lifecycle:
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, tasks: list[TaskRecord]) -> None:
-        """Queue newly stored tasks and start what may start."""
+        """Queue newly stored tasks; once committed (a store batch's end), start what may start.
+        Rolled back instead (a write the disk refused), they leave the queue, never started."""
         now = asyncio.get_running_loop().time()
+        self._store.on_rollback(partial(self._unqueue, tasks))
         for task in tasks:
             self.tasks[task.task_id] = task
             self._scheduler.push(task.task_id, task.task_type, task.requested_device, task.priority, now)
             self._pipeline.emit(task, LOG, f"queued (priority {task.priority}, device {task.requested_device})")
-        self.schedule()
+        self._store.commit(after=self.schedule)
+
+    def _unqueue(self, tasks: list[TaskRecord]) -> None:
+        for task in tasks:
+            if self._scheduler.remove(task.task_id):
+                self.tasks.pop(task.task_id, None)
 
     def schedule(self) -> None:
         """Start every queued task that has room now (nothing once ``close``\\ d)."""
@@ -219,10 +227,8 @@ class Lifecycle:
             job.exited.set()
             await self._catch_up(task)
             await asyncio.to_thread(release, handle, f"task {task.task_id}")
-            final = self._pipeline.final_status(task.task_id)
-            if final is None:
-                final = (FAILED, lost)
-            self.finish(task, final[0], final[1])
+            status, message = self._pipeline.final_status(task.task_id) or (FAILED, lost)
+            self.finish(task, status, message)
             return
         job.exited.set()
         # Events still in flight on the socket are all in the journal: read its tail.
@@ -234,14 +240,8 @@ class Lifecycle:
         report = self._pipeline.exit_report(task.task_id)
         if report:
             reason = f"{reason} (the runner reported on its way out: {report})"
-        result = jobs.outcome(
-            self._pipeline.final_status(task.task_id),
-            info.code,
-            info.oom_killed,
-            info.memory_limit_mb,
-            job.cancel_reason is not None,
-            reason,
-        )
+        final, cancelled = self._pipeline.final_status(task.task_id), job.cancel_reason is not None
+        result = jobs.outcome(final, info.code, info.oom_killed, info.memory_limit_mb, cancelled, reason)
         log.info("task %s: %s (%s; exit %s)", task.task_id, result.status, result.message, info.code)
         self.finish(task, result.status, result.message, code=info.code, announce=result.from_supervisor)
 

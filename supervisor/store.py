@@ -15,9 +15,9 @@ are counted, not written into its row (``note_events``): its row's ``last_seq`` 
 ``last_rseq`` may lag its events until its next other change, and opening the store catches
 them up (``stored_counters`` has them meanwhile).
 
-A write the disk refuses ends the transaction whole, whether SQLite rolled it back itself
-(``SQLITE_FULL``) or the caller does (``rollback``): nothing of it is reported or published,
-a ``batch`` it was part of fails (``TransactionLost``), and the next write begins anew.
+A write the disk refuses ends the transaction whole (SQLite's own rollback, or ``rollback``):
+nothing of it is reported or published (``on_rollback`` undoes what depended on it), a
+``batch`` it was part of fails (``TransactionLost``), and the next write begins anew.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class TransactionLost(sqlite3.OperationalError):
-    """A commit found its transaction gone: rolled back by SQLite (a write it refused) or by
-    ``Store.rollback`` inside a ``batch``. Nothing written since the last commit is stored."""
+    """A commit found its transaction rolled back (a write refused): nothing since the last is stored."""
 
 
 _SCHEMA = task_rows.SCHEMA + event_runs.SCHEMA
@@ -91,9 +90,10 @@ class Store:
         self._changed: dict[str, tuple[TaskRecord | None, int]] = {}
         #: Open ``batch`` blocks, and what runs after the commit that ends the outermost one.
         self._batch = 0
-        #: Something written inside the open ``batch`` was rolled back: its end must fail.
-        self._batch_lost = False
+        self._batch_lost = False  # (the open ``batch`` lost writes: its end must fail)
         self._after: list[Callable[[], None]] = []
+        #: What undoes, in memory, what the open transaction holds (``on_rollback``).
+        self._undo: list[Callable[[], None]] = []
         self._checkpointer = Checkpointer(path, self._files)
         self._in_tx = False
         #: Open tasks whose row lags their events (``note_events``): the live records.
@@ -108,10 +108,8 @@ class Store:
             self._in_tx = True
 
     def _lost(self) -> bool:
-        """Whether SQLite rolled the open transaction back by itself (a write it refused: a full
-        disk, an I/O error); then what was to follow its commit (``on_commit`` reports, ``after``
-        callbacks: publishing its events) is dropped, never run. (Else the store would go on in
-        autocommit mode, every commit after failing: ``no transaction is active``.)"""
+        """Whether SQLite rolled the open transaction back by itself (a write it refused): then
+        it is rolled back here too (else: autocommit, and every commit after would fail)."""
         if not self._in_tx or self._db.in_transaction:
             return False
         log.error("a store transaction was rolled back by SQLite (a write refused); nothing of it is stored")
@@ -134,8 +132,7 @@ class Store:
         """Commit everything written since the last commit (no-op when nothing was), report the
         changed tasks (``on_commit``), then run ``after`` (e.g. publish what was stored). Inside
         a ``batch`` all of it waits for the batch's end."""
-        lost = self._lost()
-        if after is not None and not lost:  # (else it follows writes that are gone)
+        if not (lost := self._lost()) and after is not None:  # (else it follows writes gone)
             self._after.append(after)
         if self._batch:
             return
@@ -146,6 +143,7 @@ class Store:
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
+        self._undo.clear()
         if self._changed:
             changed, self._changed = self._changed, {}
             if self.on_commit is not None:
@@ -156,9 +154,8 @@ class Store:
                 callback()
 
     def rollback(self) -> None:
-        """Drop everything written since the last commit, and what was to follow its commit
-        (a write that failed half-way: nothing of the transaction stands; inside a ``batch``,
-        its end then fails with ``TransactionLost``). Idempotent."""
+        """Drop what was written since the last commit, what was to follow its commit (reports,
+        ``after``), run its ``on_rollback`` undos; a ``batch`` then fails at its end. Idempotent."""
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._in_tx = False
@@ -166,10 +163,17 @@ class Store:
         self._after.clear()
         self._batch_lost = self._batch_lost or self._batch > 0
         self._counts, self._open, self._ord = task_rows.tallies(self._db)  # (as the writes are gone)
+        undo, self._undo = self._undo, []
+        for callback in reversed(undo):
+            callback()
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` (what was done in memory on the strength of the open transaction's or
+        ``batch``'s writes: a task queued) if they are rolled back, not committed."""
+        self._undo.append(undo)
 
     def checkpoint(self) -> bool:
-        """A WAL checkpoint from a worker thread (``supervisor.wal.Checkpointer.run``)."""
-        return self._checkpointer.run()
+        return self._checkpointer.run()  # (from a worker thread: ``supervisor.wal.Checkpointer``)
 
     def finish_checkpoint(self) -> None:
         """Checkpoint, on the writer's connection (on the loop), the frames a ``checkpoint`` pass
@@ -182,9 +186,8 @@ class Store:
     def close(self) -> None:
         self.commit()
         if self._behind:
-            # Rows that lag their events (``note_events``) are written, so that a store closed
-            # in order needs no catching up; reported to no one (their records went out with
-            # their commits, and the daemon's sockets are closed by now).
+            # Rows that lag their events (``note_events``) are written: a store closed in order
+            # needs no catching up. Reported to no one (their records went out with their commits).
             self.on_commit = None
             for task in list(self._behind.values()):
                 self.update_task(task, commit=False)

@@ -41,10 +41,13 @@ def test_20_concurrent_runners_complete_with_all_events(supervisor: SupervisorPr
     supervisor.call("set_limits", limits={"cpu": {"diagnostic": 20}})
     n = 2_000
     sub = supervisor.subscribe()
-    # 21 in one submit: 20 are placed at once, the 21st waits for a free slot.
+    # 21 in one submit, stored and queued (the reply), then placed once committed, before the
+    # reply is sent: 20 at once, the 21st waits for a free slot.
     spec = {"task_type": "diagnostic", "job": "diagnostic", "params": {"events": n, "size": 200}}
     placed = supervisor.call("submit", tasks=[spec] * 21)["tasks"]
-    assert [t["status"] for t in placed] == ["running"] * 20 + ["pending"]
+    assert [t["status"] for t in placed] == ["pending"] * 21
+    resources = supervisor.call("resources")
+    assert (resources["running"], resources["queue_length"]) == (20, 1)
     ids = [t["task_id"] for t in placed]
     per_task: dict[str, list[dict[str, Any]]] = {t: [] for t in ids}
     done: set[str] = set()

@@ -91,6 +91,28 @@ async def test_requests_answered_together_share_one_commit(tmp_path: Path) -> No
     assert rig.store.get_task("b1") is None
 
 
+@pytest.mark.asyncio
+async def test_a_group_whose_transaction_the_disk_refuses_stores_queues_and_starts_nothing(tmp_path: Path) -> None:
+    """One request of a group fills the disk (SQLite's page limit here): SQLite rolls back the
+    group's whole transaction, the submit before it included. Every request of the group is
+    answered with the error; the earlier submit's task is neither stored nor queued nor started
+    (its queueing is undone; tasks start only once committed). With room again, it is accepted."""
+    rig = Rig(tmp_path)  # room to start at once: nothing may start before the commit
+    control = Control(_Service(rig))  # type: ignore[arg-type]
+    pages = rig.store._db.execute("PRAGMA page_count").fetchone()[0]
+    rig.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    group = [_submit("a", "a1"), _submit("big", *(f"b{i}" for i in range(400)))]
+    replies = [orjson.loads(r) for r in control.handle_all(group)]
+    assert [(r["ok"], r["error"]["code"]) for r in replies] == [(False, "internal")] * 2, replies
+    assert all("TransactionLost" in r["error"]["message"] for r in replies)
+    assert rig.store.get_task("a1") is None and rig.store.counts() == {}
+    assert "a1" not in rig.tasks and rig.scheduler.queue_length == 0
+    assert rig.executor.specs == {} and rig.lifecycle.running == {}
+    rig.store._db.execute("PRAGMA max_page_count = 1073741823")
+    assert orjson.loads(control.handle_all([_submit("again", "a1")])[0])["ok"]
+    await rig.started("a1")
+
+
 def test_a_conflicting_insert_undoes_only_its_own_rows(tmp_path: Path) -> None:
     """``Store.insert_tasks`` inside a larger transaction: the conflict takes back its inserts
     (a savepoint), not what the transaction held before it."""
