@@ -66,9 +66,28 @@ def _stop_server(server: Any) -> None:
     server.reap(10.0)
 
 
-class _WarmProcess:
-    """The ``Popen`` surface the harness uses (pid, poll, wait, returncode) for a runner forked
-    by the fork server, whose exit status comes on the server's status pipe."""
+class _NotPopen:
+    """The ``Popen`` surface the harness uses (pid, poll, wait, returncode) for a runner that is
+    not our child: ``_exited(timeout)`` says whether it ended, and sets ``returncode``."""
+
+    pid: int
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode if self.returncode is not None or self._exited(0.0) else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and not self._exited(timeout):
+            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _exited(self, timeout: float | None) -> bool:
+        raise NotImplementedError
+
+
+class _WarmProcess(_NotPopen):
+    """A runner forked by the fork server, whose exit status comes on the server's status pipe."""
 
     def __init__(self, spec: JobSpec) -> None:
         import multiprocessing.context as mp_context
@@ -78,26 +97,14 @@ class _WarmProcess:
         target: Any = Named(*WARM_TARGET)  # resolved to runner.entry.run_and_exit in the child
         process = mp_context.ForkServerProcess(target=target, args=(spec,), name=f"rfuav-runner-{spec.task_id}")
         self._popen = warm_server().spawn(process)
-        self.pid: int = self._popen.pid
-        self.returncode: int | None = None
+        self.pid = self._popen.pid
 
-    def poll(self) -> int | None:
-        return self._wait(0.0)
-
-    def wait(self, timeout: float | None = None) -> int:
-        code = self._wait(timeout)
-        if code is None:
-            raise subprocess.TimeoutExpired(f"warm runner {self.pid}", timeout or 0.0)
-        return code
-
-    def _wait(self, timeout: float | None) -> int | None:
-        if self.returncode is None:
-            readable, _, _ = select.select([self._popen.sentinel], [], [], timeout)
-            if not readable:
-                return None
+    def _exited(self, timeout: float | None) -> bool:
+        readable, _, _ = select.select([self._popen.sentinel], [], [], timeout)
+        if readable:
             self.returncode = self._popen.read_exit()
             self._popen.close_sentinel()
-        return self.returncode
+        return bool(readable)
 
 
 #: A stand-in runner host (a Ray host's part in ``python -m runner``'s life): binds the spec to
@@ -113,10 +120,9 @@ runner.wait()
 """
 
 
-class _HostedProcess:
-    """The ``Popen`` surface the harness uses for a runner started by a stand-in runner host
-    (``_HOST``), not by us: its exit is watched through psutil, its exit code is not ours to
-    read (-1)."""
+class _HostedProcess(_NotPopen):
+    """A runner started by a stand-in runner host (``_HOST``): its exit is watched through
+    psutil, its exit code is not ours to read (-1)."""
 
     def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
         self.host = subprocess.Popen(
@@ -125,25 +131,14 @@ class _HostedProcess:
         assert self.host.stdout is not None
         self.pid = int(self.host.stdout.readline())
         self._runner = psutil.Process(self.pid)
-        self.returncode: int | None = None
 
-    def poll(self) -> int | None:
-        return self._wait(0.0)
-
-    def wait(self, timeout: float | None = None) -> int:
-        code = self._wait(timeout)
-        if code is None:
-            raise subprocess.TimeoutExpired(f"hosted runner {self.pid}", timeout or 0.0)
-        return code
-
-    def _wait(self, timeout: float | None) -> int | None:
-        if self.returncode is None:
-            try:
-                self._runner.wait(timeout)
-            except psutil.TimeoutExpired:
-                return None
-            self.returncode = -1
-        return self.returncode
+    def _exited(self, timeout: float | None) -> bool:
+        try:
+            self._runner.wait(timeout)
+        except psutil.TimeoutExpired:
+            return False
+        self.returncode = -1
+        return True
 
     def kill_host(self) -> None:
         """SIGKILL the host (as a node's Ray processes die): the runner is left on its own."""

@@ -46,7 +46,7 @@ def test_a_runner_that_ignores_the_stop_is_killed_with_its_group_after_the_grace
 def test_a_runner_whose_host_is_not_its_parent_takes_it_for_gone_and_stops(tmp_path: Path) -> None:
     """The host died before the runner looked (the runner's parent is someone else by then):
     the pid, perhaps another process's now, is not watched; the runner stops at once."""
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    stranger = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         with RunnerProcess("diagnostic", {"sleep": 600}, tmp_path, host_pid=stranger.pid) as rp:
             final = rp.finish(timeout=60)
