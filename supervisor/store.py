@@ -137,7 +137,8 @@ class Store:
         if self._batch:
             return
         if lost or self._batch_lost:
-            self.rollback()  # (what a batch wrote after the loss goes with it)
+            if not lost:
+                self.rollback()  # (what a batch wrote after the loss goes with it)
             self._batch_lost = False
             raise TransactionLost("the store's transaction was rolled back (a write refused); nothing of it is stored")
         if self._in_tx:
