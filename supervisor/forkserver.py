@@ -29,6 +29,7 @@ from multiprocessing import forkserver, popen_forkserver, reduction
 from pathlib import Path
 from typing import Any
 
+from protocol.addresses import MAX_UNIX_PATH
 from protocol.jobs import JobSpec
 from supervisor.notify import NOTIFY_ENV_KEYS
 
@@ -99,9 +100,10 @@ def use_folder(folder: Path | None) -> None:
     server's listening socket goes), emptied first, instead of a new ``pymp-*`` in the temporary
     directory, which a process killed with SIGKILL never removes: one more left by every daemon
     so killed. Its daemon's next start empties it. Once set, it stays (a server replaced later
-    listens there too). None: ``multiprocessing``'s own, unless one set before still exists."""
+    listens there too). None, or a folder where the socket's path would not fit AF_UNIX:
+    ``multiprocessing``'s own, unless one set before still exists."""
     config = mp_process.current_process()._config  # type: ignore[attr-defined]
-    if folder is None:
+    if folder is None or len(str(folder / "listener-12345678")) > MAX_UNIX_PATH:
         if config.get("tempdir") and not os.path.isdir(config["tempdir"]):
             del config["tempdir"]  # (a folder given earlier and removed since)
         return

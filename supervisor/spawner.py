@@ -27,7 +27,6 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from protocol.addresses import MAX_UNIX_PATH
 from protocol.jobs import JobSpec
 from protocol.settings import Settings
 from supervisor.cgroups import Cgroups, JobCgroup, JobLimits, instance_key
@@ -114,8 +113,7 @@ class Spawner:
     async def _bring_up(self) -> None:
         """Start a server and wait for its probe. A failure here marks warm start unavailable
         for good: a server that cannot get ready is never retried in a loop."""
-        folder = self.settings.runtime_dir / "forkserver"  # (else /tmp, where its socket path fits)
-        server = ForkServer(self.preload, folder if len(str(folder / "listener-abcdefgh")) <= MAX_UNIX_PATH else None)
+        server = ForkServer(self.preload, self.settings.runtime_dir / "forkserver")
         self.servers_started += 1
         try:
             server.launch()
