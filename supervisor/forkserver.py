@@ -264,10 +264,18 @@ class Standby:
             self.conn.close()
         return True
 
-    def discard(self) -> None:
-        """Let it go: EOF on its pipe makes it exit; its status pipe is closed unread."""
+    def discard(self, wait: float = 0.0) -> None:
+        """Let it go: EOF on its pipe makes it exit; its status pipe is closed unread. ``wait``:
+        seconds to wait for its exit (a daemon stopping leaves no process of its own behind)."""
+        try:
+            pidfd = os.pidfd_open(self.popen.pid) if wait > 0 else None
+        except ProcessLookupError:
+            pidfd = None
         self.conn.close()
         self.popen.close_sentinel()
+        if pidfd is not None:
+            select.select([pidfd], [], [], wait)  # readable once it has exited
+            os.close(pidfd)
 
 
 class _Module:

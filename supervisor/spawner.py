@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 REFILL_DELAY = 0.25
 #: Longest a fork server may take to import its preload and answer the probe.
 READY_TIMEOUT = 180.0
+#: How long ``stop`` waits for the standby runner to exit once let go (EOF on its pipe).
+STANDBY_EXIT_SECONDS = 5.0
 
 
 class Spawner:
@@ -160,8 +162,8 @@ class Spawner:
         if self._refilling is not None and not self._refilling.done():
             await asyncio.shield(self._refilling)
         if self._standby is not None:
-            self._standby.discard()
-            self._standby = None
+            standby, self._standby = self._standby, None
+            await asyncio.to_thread(standby.discard, STANDBY_EXIT_SECONDS)
         server, self._server = self._server, None
         if server is not None:
             assert server.pidfd is not None

@@ -388,3 +388,18 @@ async def test_a_standby_runner_takes_one_job_and_is_replaced(env: Env) -> None:
     _, handle2 = await spawn(env, "warm", {})
     assert handle2.pid == nxt
     assert (await finish(handle2)).code == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_stopped_spawner_leaves_no_standby_runner_behind(env: Env) -> None:
+    """``stop`` lets the standby go and waits for it: a daemon that stops leaves no process of
+    its own (``rfuavd all`` is checked for exactly that)."""
+    spawner = Spawner(settings_for(env.home, "warm"))
+    await asyncio.wait_for(spawner.start(), 200)
+    standby = await spawner.wait_standby()
+    assert standby is not None and psutil.pid_exists(standby)
+    await spawner.stop()
+    try:
+        assert psutil.Process(standby).status() == psutil.STATUS_ZOMBIE  # exited, not reaped yet
+    except psutil.NoSuchProcess:
+        pass
