@@ -76,16 +76,19 @@ def _lines(message: list[bytes]) -> list[bytes]:
     return [line for frame in frames for line in frame.split(b"\n")]
 
 
-def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, float]:
-    """Receive until the runner's ``n`` diagnostic events (and its final status) arrived."""
+def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, float, int]:
+    """Receive until the runner's ``n`` diagnostic events (and its final status) arrived; also
+    returns how many messages they came in."""
     events: list[dict[str, Any]] = []
     first = last = 0.0
+    messages = 0
     deadline = time.monotonic() + timeout
     while True:
         if not sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
             break
         message = sock.recv_multipart()
         now = time.time_ns()
+        messages += 1
         final = False
         for data in _lines(message):
             event = orjson.loads(data)
@@ -98,10 +101,10 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
             final = final or ev.is_final(event)
         if final:
             break
-    return events, first, last
+    return events, first, last, messages
 
 
-def _summary(events: list[dict[str, Any]], n: int, first: float, last: float) -> dict[str, float]:
+def _summary(events: list[dict[str, Any]], n: int, first: float, last: float, messages: int) -> dict[str, float]:
     seen = {e["i"] for e in events}
     rate = (len(events) - 1) / (last - first) if last > first else 0.0
     lat = [(e["_recv_ns"] - e["sent_ns"]) / 1e6 for e in events]
@@ -110,6 +113,7 @@ def _summary(events: list[dict[str, Any]], n: int, first: float, last: float) ->
         "lost": n - len(seen),
         "p50": _percentile(lat, 50) if lat else float("nan"),
         "p99": _percentile(lat, 99) if lat else float("nan"),
+        "per_msg": len(events) / messages if messages else 0.0,
     }
 
 
@@ -166,9 +170,9 @@ class Bare:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runner", str(task_dir / "spec.json")], env=env, start_new_session=True
             )
-            events, first, last = _collect(sock, n)
+            events, first, last, messages = _collect(sock, n)
             proc.wait(60)
-            return _summary(events, n, first, last)
+            return _summary(events, n, first, last, messages)
         finally:
             sock.close(linger=0)
             ctx.term()
@@ -189,13 +193,13 @@ def service(sup: SupervisorProcess, n: int, size: int, rate: float) -> dict[str,
     daemon = psutil.Process(sup.pid)
     cpu_before = sum(daemon.cpu_times()[:2])
     task_id = sup.submit(params={"events": n, "size": size, "rate": rate})
-    events, first, last = _collect(sub.sock, n)
+    events, first, last, messages = _collect(sub.sock, n)
     cpu = sum(daemon.cpu_times()[:2]) - cpu_before
     sub.close()
     task = sup.wait_final(task_id, timeout=120)
     assert task["status"] == "completed", task
     lag = sup.call("health")["loop_lag_max_seconds"] * 1e3
-    return {**_summary(events, n, first, last), "cpu_us": cpu / n * 1e6, "lag_ms": lag}
+    return {**_summary(events, n, first, last, messages), "cpu_us": cpu / n * 1e6, "lag_ms": lag}
 
 
 def start_load(sup: SupervisorProcess, count: int) -> list[str]:
@@ -276,6 +280,7 @@ def report(title: str, m: dict[str, Any]) -> None:
         f"  {'ratio service/bare':26}{_ratio(sr['rate'], br['rate']):>10} {'':5}   "
         f"{_ratio(sl['p50'], bl['p50']):>7} {_ratio(sl['p99'], bl['p99']):>7}"
     )
+    print(f"  events per message received in the burst: bare {br['per_msg']:.0f}, service {sr['per_msg']:.0f}")
     if len(m["rounds"]) > 1:
         each = ", ".join(f"{b / 1e3:.0f}k/{s / 1e3:.0f}k {_ratio(s, b)}" for b, s in m["rounds"])
         print(f"  each round, bare/service events/s and ratio: {each}")

@@ -15,11 +15,14 @@ each event goes out alone at once, written by the emitting thread itself when no
 50,000 events/s possible (a ZeroMQ message, and each frame, costs microseconds whatever its
 size). The journal is
 written *before* the send: when the supervisor is away (restarted, slow) the journal is how it
-catches up, so no event is ever lost.
+catches up, so no event is ever lost. A journal the disk refuses (full) is no reason to stop the
+job or its events: they are sent without it, and it stays whole lines (``_journal``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import threading
@@ -98,6 +101,7 @@ class Publisher:
         self._journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         #: The journal's size, and what it was when its pages were last let go.
         self._journal_end = self._let_go_at = os.fstat(self._journal_fd).st_size
+        self._journal_refused = False  # the last journal write failed (a full disk)
         #: Encoded events queued for the sender, and the places among them of those that are not
         #: plain log lines (``protocol.events.is_plain``), in order.
         self._pending: list[bytes] = []
@@ -198,15 +202,35 @@ class Publisher:
         if not batch:
             return
         messages = self._messages(batch, not_plain)
-        self._journal_end += os.write(self._journal_fd, b"\n".join(m[1] for m in messages) + b"\n")
-        if self._journal_end - self._let_go_at >= JOURNAL_LET_GO_BYTES:
-            self._let_go()
+        self._journal(b"\n".join(m[1] for m in messages) + b"\n")
         for message in messages:
             try:
                 self._sock.send_multipart(message)
             except zmq.Again:
                 # The supervisor is not reading; it catches up from the journal.
                 log.warning("events not sent in %d ms; left in the journal", SNDTIMEO_MS)
+
+    def _journal(self, lines: bytes) -> None:
+        """Append ``lines`` to the journal whole, or not at all: a write the disk refuses (full)
+        is cut back to the last whole line, and the events go out without it (the supervisor
+        stores them as they come; only a catch-up would miss them)."""
+        try:
+            written = os.write(self._journal_fd, lines)
+            if written != len(lines):
+                raise OSError(errno.ENOSPC, f"{written} of {len(lines)} bytes written")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._journal_fd, self._journal_end)
+            if not self._journal_refused:
+                log.warning("events journal not written (%s): events are sent without it until it is", exc)
+            self._journal_refused = True
+            return
+        if self._journal_refused:
+            log.warning("events journal written again")
+            self._journal_refused = False
+        self._journal_end += written
+        if self._journal_end - self._let_go_at >= JOURNAL_LET_GO_BYTES:
+            self._let_go()
 
     def _let_go(self) -> None:
         """Let the page cache go of the journal but its last ``JOURNAL_CACHED`` bytes: a burst of

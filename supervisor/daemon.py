@@ -45,6 +45,7 @@ from protocol.records import HEARTBEAT_SECONDS
 from protocol.settings import Settings
 from protocol.tasks import RUNNING, TaskRecord
 from supervisor import notify
+from supervisor.backlog import retry_delays
 from supervisor.control import Control
 from supervisor.daemon_commands import Figures
 from supervisor.events_out import EventsOut
@@ -109,6 +110,7 @@ class Daemon:
         self._ready = False  # READY=1 sent: STATUS= updates may follow
         #: How late the loop ran the lag probe, last time and over the last minute or so.
         self._lags: deque[float] = deque([0.0], maxlen=LAG_WINDOW)
+        self._backlog_retry: asyncio.Future[None] | None = None
 
     def _make_executor(self, settings: Settings) -> Executor:
         """``RFUAV_EXECUTOR``: this host (the fork server), or a Ray cluster."""
@@ -138,6 +140,7 @@ class Daemon:
         tasks: dict[str, TaskRecord] = {}
         self.records.attach(self.store, self.events_out.publish, tasks.get)
         self.pipeline = Pipeline(self.store, self.events_out.publish, tasks)
+        self.pipeline.backlog.on_waiting = self._store_backlog
         drained = Drained()
         self.lifecycle = Lifecycle(
             self.settings,
@@ -157,7 +160,7 @@ class Daemon:
             tasks,
             self.events_out.publish,
             ctx,
-            self.store.update_task,
+            self.pipeline.save,
         )
         # The executor first: Ray's driver installs signal handlers of its own; ours win.
         self.executor.open()
@@ -201,7 +204,7 @@ class Daemon:
         finally:
             collector.uninstall()
             notify.stopping("stopping")
-            for w in workers:
+            for w in workers + ([self._backlog_retry] if self._backlog_retry else []):
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self.executor.close()
@@ -209,6 +212,11 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             for s in (router, sub):
                 s.close(linger=0)
+            if not self.pipeline.store_backlog():
+                log.error(
+                    "%d write(s) of the supervisor's own not stored: the next start recovers their tasks from what is",
+                    len(self.pipeline.backlog),
+                )
             self.events_out.close()
             ctx.term()
             self.store.close()
@@ -286,6 +294,17 @@ class Daemon:
             await asyncio.sleep(LAG_PROBE_SECONDS)
             self._lags.append(max(0.0, loop.time() - start - LAG_PROBE_SECONDS))
 
+    def _store_backlog(self) -> None:
+        """The disk refused the supervisor's own writes: retry them until it takes them."""
+        if self._backlog_retry is None or self._backlog_retry.done():
+            self._backlog_retry = asyncio.ensure_future(self._backlog_loop())
+
+    async def _backlog_loop(self) -> None:
+        for delay in retry_delays():
+            await asyncio.sleep(delay)
+            if self.pipeline.store_backlog():
+                return
+
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
             notify.watchdog()
@@ -327,6 +346,8 @@ class Daemon:
             # The last lag measured, and the worst over the last ``LAG_WINDOW`` probes.
             loop_lag=self._lags[-1],
             loop_lag_max=max(self._lags),
+            unstored=len(self.pipeline.backlog),
+            unstored_why=self.pipeline.backlog.refused,
         )
 
     # -- systemd status ------------------------------------------------------------------

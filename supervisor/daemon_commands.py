@@ -33,6 +33,9 @@ class Figures:
     events_dropped: int
     loop_lag: float
     loop_lag_max: float
+    #: The supervisor's own writes the disk refused, waiting to be stored, and why it refused.
+    unstored: int = 0
+    unstored_why: str = ""
 
 
 class Service(Protocol):
@@ -132,6 +135,8 @@ class DaemonCommands:
             "events_dropped": figures.events_dropped,
             "loop_lag_seconds": round(figures.loop_lag, 6),
             "loop_lag_max_seconds": round(figures.loop_lag_max, 6),
+            "writes_waiting": figures.unstored,
+            "writes_refused": figures.unstored_why or None,
             "executor": service.executor.describe(),
         }
 

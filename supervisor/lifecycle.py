@@ -40,6 +40,7 @@ from protocol.events import LOG, STATUS
 from protocol.settings import Settings
 from protocol.tasks import CANCELLED, FAILED, PENDING, RUNNING, TaskRecord
 from supervisor import jobs
+from supervisor.backlog import DISK_ERRORS, retry_delays
 from supervisor.executor import Executor, JobHandle, RunnerLost, StartAborted, release
 from supervisor.job_cgroup import JobLimits
 from supervisor.pipeline import Pipeline
@@ -54,10 +55,9 @@ CATCH_UP_CHUNK = 250
 #: Seconds an exited runner's reaper waits for the events already on the socket to be ingested
 #: before it reads the journal's tail (``supervisor.readers.Drained``).
 DRAIN_SECONDS = 1.0
-#: Beyond the grace period, how long ``stop_jobs`` waits for the kills to land.
-KILL_SECONDS = 30.0
-#: How long ``stop_jobs`` lets reaps finish their bookkeeping.
-REAP_SECONDS = 10.0
+#: Beyond the grace period, how long ``stop_jobs`` waits for the kills to land; then for the
+#: reaps to finish their bookkeeping.
+KILL_SECONDS, REAP_SECONDS = 30.0, 10.0
 
 
 @dataclass(eq=False)
@@ -136,7 +136,7 @@ class Lifecycle:
             if placement.warning:
                 self._pipeline.emit(task, LOG, placement.warning, "WARNING")
             else:
-                self._store.update_task(task)
+                self._pipeline.save(task)
             self._in_background(self._start(task, job))
         self._arm_queue_timer()
         self._on_change()
@@ -246,13 +246,19 @@ class Lifecycle:
         self.finish(task, result.status, result.message, code=info.code, announce=result.from_supervisor)
 
     async def _catch_up(self, task: TaskRecord) -> None:
-        """Store the journal's unread tail (tens of thousands of events after a flood) a chunk
-        at a time, letting the loop answer control requests between chunks: once the events
-        already on the socket are in (they take the fast path there)."""
+        """Store the journal's unread tail a chunk at a time (tens of thousands of events after a
+        flood: the loop answers control requests between chunks), once the events on the socket
+        are in; what the disk refuses, again until stored (the task keeps its slot until then)."""
         if self._drained is not None:
             await self._drained(DRAIN_SECONDS)
-        while self._pipeline.catch_up(task, CATCH_UP_CHUNK) >= CATCH_UP_CHUNK:
-            await asyncio.sleep(0)
+        for delay in retry_delays():
+            try:
+                while self._pipeline.catch_up(task, CATCH_UP_CHUNK) >= CATCH_UP_CHUNK:
+                    await asyncio.sleep(0)
+                return
+            except DISK_ERRORS as exc:
+                log.error("task %s: its journal's end not stored (%s); again in %g s", task.task_id, exc, delay)
+                await asyncio.sleep(delay)
 
     def finish(
         self, task: TaskRecord, status: str, message: str, *, code: int | None = None, announce: bool = True
@@ -266,14 +272,11 @@ class Lifecycle:
         task.finished_at = time.time()
         if task.started_at is None:
             task.started_at = task.finished_at
-        if announce:
+        # The runner's own final event goes with the final record (``announce`` False); one not
+        # held any more (the disk refused it, its journal did not have it) is announced instead.
+        if announce or not self._pipeline.release_final(task):
             level = "ERROR" if status == FAILED else "WARNING" if status == CANCELLED else "INFO"
             self._pipeline.emit(task, STATUS, message, level, status=status)
-        elif self._pipeline.release_final(task):
-            pass  # the runner's own final event went out with the final record
-        else:
-            task.updated_at = task.finished_at
-            self._store.update_task(task)
         self._scheduler.release(task.task_id)
         self.tasks.pop(task.task_id, None)
         self.running.pop(task.task_id, None)

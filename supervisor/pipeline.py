@@ -5,7 +5,8 @@ For each runner event (``[task_id, json, json, …]`` messages from the events-i
 (``rseq`` already seen: it came through the journal first), fill a gap from the task's journal
 (the runner journals before it sends, so the journal has every event), assign the task's
 gap-free ``seq``, update the task (progress, epochs, metrics, result, message), store, publish.
-Supervisor-side events (``emit``) take the same path with ``source: "supervisor"``.
+Supervisor-side events (``emit``) take the same path with ``source: "supervisor"``; what the
+disk refuses of them waits in memory until it is stored (``supervisor.backlog``).
 
 A runner's run of plain log lines (``[task_id, packed, PLAIN]``, ``protocol.events.PLAIN``) that
 starts where the task's events left off takes none of these steps per event: it is stored and
@@ -41,6 +42,7 @@ import orjson
 
 from protocol import events as ev
 from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
+from supervisor.backlog import Backlog, Write
 from supervisor.event_runs import Row
 from supervisor.journal import Journal
 from supervisor.store import Store
@@ -65,6 +67,8 @@ class Pipeline:
         self._cancelling: set[str] = set()
         self._exit_reports: dict[str, str] = {}
         self._held: dict[str, Row] = {}
+        #: The supervisor's own writes the disk refused, waiting to be stored.
+        self.backlog = Backlog()
         self.received = 0
         self.dropped = 0
 
@@ -98,6 +102,8 @@ class Pipeline:
         """Process a batch of ``[task_id, json, json, ...]`` messages (a runner batches events
         into one message when it sends fast) and ``[task_id, packed, PLAIN]`` ones (a runner's
         plain log lines, packed); return how many events were stored."""
+        if self.backlog:
+            self.store_backlog()  # (first: what waits is older)
         rows: list[Row] = []
         dirty: dict[str, TaskRecord] = {}
         #: Tasks whose only events in this batch are their plain log lines, in order: nothing
@@ -191,6 +197,8 @@ class Pipeline:
         journal = self._journals.get(task.task_id)
         if journal is None:
             return 0
+        if self.backlog:
+            self.store_backlog()
         rows: list[Row] = []
         dirty: dict[str, TaskRecord] = {}
         until = None if limit is None else task.last_rseq + 1 + limit
@@ -232,7 +240,10 @@ class Pipeline:
             if rseq > task.last_rseq + 1:
                 lost = f"{task.last_rseq + 1}..{rseq - 1}"
                 log.error("task %s: runner events %s missing from socket and journal", task.task_id, lost)
-                self._store_one(task, ev.LOG, f"runner events {lost} were lost", "WARNING", {}, rows)
+                task.last_seq += 1
+                warning = ev.supervisor_event(task.last_seq, task.task_id, now_iso(), ev.LOG, "WARNING",
+                                              f"runner events {lost} were lost", {})  # fmt: skip
+                rows.append((task.task_id, task.last_seq, task.last_seq, ev.encode(warning)))
         elif rseq > task.last_rseq + 1:
             log.error("task %s: journal jumps from rseq %d to %d", task.task_id, task.last_rseq, rseq)
         task.last_rseq = rseq
@@ -292,25 +303,16 @@ class Pipeline:
         return False
 
     # -- supervisor events ---------------------------------------------------------------
-    def _store_one(
-        self,
-        task: TaskRecord,
-        kind: str,
-        message: str,
-        level: str,
-        fields: dict[str, Any],
-        rows: list[Row],
-    ) -> None:
-        task.last_seq += 1
-        event = ev.supervisor_event(task.last_seq, task.task_id, now_iso(), kind, level, message, fields)
-        rows.append((task.task_id, task.last_seq, task.last_seq, ev.encode(event)))
-
     def emit(self, task: TaskRecord, kind: str, message: str, level: str = "INFO", **fields: Any) -> None:
-        """Store and publish one supervisor event for ``task`` and save the task with it.
-        The caller sets the task's fields (status, message) before calling."""
-        rows: list[Row] = []
-        self._store_one(task, kind, message, level, fields, rows)
-        self._flush(rows, {task.task_id: task})
+        """Store and publish one supervisor event for ``task`` and save the task with it (the
+        caller sets the task's fields, status and message, first). Never raises for the disk:
+        what it refuses waits in the ``backlog``."""
+        event = ev.supervisor_event(0, task.task_id, now_iso(), kind, level, message, fields)
+        self._store_own([Write(task, ev.encode(event))])
+
+    def save(self, task: TaskRecord) -> None:
+        """Store ``task``'s record as it is now; what the disk refuses waits in the ``backlog``."""
+        self._store_own([Write(task)])
 
     def release_final(self, task: TaskRecord) -> bool:
         """Store and publish the runner's held final event with the (now final) task record.
@@ -318,24 +320,33 @@ class Pipeline:
         held = self._held.pop(task.task_id, None)
         if held is None:
             return False
-        self._flush([held], {task.task_id: task})
+        self._store_own([Write(task, held[3], held[1])])
         return True
 
-    def _unnumber(self, rows: list[Row]) -> None:
-        """``rows`` could not be stored (an event file not written: a full disk): their tasks'
-        numbering goes back to what is stored, so that no ``seq`` is skipped, and a runner's
-        events come again from its journal (the next one it sends shows the gap; the reaper
-        reads the journal's tail). A held final event numbered past it goes too (the journal
-        has it)."""
+    def _store_own(self, writes: list[Write]) -> None:
+        self.backlog.add(writes)
+        self.store_backlog()
+
+    def store_backlog(self) -> bool:
+        """Store the supervisor's own writes that wait (``backlog``); True when none is left."""
+        return self.backlog.store(self._store, lambda rows, dirty, undo: self._flush(rows, dirty, undo=undo))
+
+    def _unnumber(self, rows: list[Row], known: dict[str, TaskRecord], undo: Callable[[], None] | None) -> None:
+        """``rows`` were not stored (a full disk): their tasks' numbering goes back to what is, so
+        no ``seq`` is skipped. A runner's events come again from its journal (the next one sent
+        shows the gap; the reaper reads its tail), as does a held final event numbered past it;
+        the supervisor's own wait in the ``backlog`` (``undo``)."""
         for task_id in {row[0] for row in rows}:
-            task, stored = self._tasks.get(task_id), self._store.stored_counters(task_id)
+            task, stored = self._tasks.get(task_id) or known.get(task_id), self._store.stored_counters(task_id)
             if task is None or stored is None:
                 continue
             task.last_seq, task.last_rseq = stored
             held = self._held.get(task_id)
             if held is not None and held[1] > stored[0]:
                 del self._held[task_id]
-            log.error("events %d.. of task %s not stored; taken again from its journal", stored[0] + 1, task_id)
+            log.error("task %s: events from %d on not stored (refused by the disk)", task_id, stored[0] + 1)
+        if undo is not None:
+            undo()
 
     def _flush(
         self,
@@ -344,16 +355,21 @@ class Pipeline:
         *,
         progress: bool = False,
         counted: dict[str, TaskRecord] | None = None,
+        undo: Callable[[], None] | None = None,
     ) -> None:
         """Store ``rows`` and the ``dirty`` tasks in one transaction, commit, then publish the
         rows as stored (stored before published): each run of a task's events one frame, the
         same bytes as its row. ``progress``: the tasks changed only as runner events change
         them (``Store.update_progress``: a smaller write). ``counted``: tasks not in ``dirty``
-        whose events here are their plain log lines only (``Store.note_events``: no write)."""
+        whose events here are their plain log lines only (``Store.note_events``: no write).
+        Rolled back, now or with the ``batch`` it is part of: the rows' numbers are given back
+        (``_unnumber``), and ``undo`` runs."""
         if not rows and not dirty:
             return
         now = time.time()
         store = self._store
+        rolled_back = partial(self._unnumber, rows, dirty, undo)
+        registered = False
         try:
             runs = store.append_events(rows) if rows else []
             update = store.update_progress if progress else partial(store.update_task, commit=False)
@@ -364,6 +380,9 @@ class Pipeline:
                 if task_id not in dirty:
                     task.updated_at = now
                     store.note_events(task)
+            # (Once the transaction is open: a lost one before it is rolled back on opening.)
+            store.on_rollback(rolled_back)
+            registered = True
             # Published once stored (inside a store batch, e.g. a submit: once the batch commits).
             if runs:
                 out = [(task_id.encode(), run) for task_id, run in runs]
@@ -374,5 +393,6 @@ class Pipeline:
             # Refused by the disk (an event file not written, or SQLite's own write or commit:
             # a full disk): nothing of the transaction stands, and nothing of it is published.
             store.rollback()
-            self._unnumber(rows)
+            if not registered:  # (else the rollback ran it)
+                rolled_back()
             raise

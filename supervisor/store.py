@@ -63,21 +63,17 @@ class Store:
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA page_size=16384")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         # No automatic checkpoint inside a commit: copying the WAL back into the database
         # stalled the event loop for tens of milliseconds (p99 latency); ``checkpoint`` runs
         # on its own connection in a worker thread instead (the daemon calls it).
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        pragmas = ("page_size=16384", "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000")
+        for pragma in (*pragmas, "wal_autocheckpoint=0", f"journal_size_limit={WAL_SIZE_LIMIT}"):
+            self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(_SCHEMA)
         event_runs.migrate(self._db)
         self._files = EventFiles(path.with_name(path.name + "-events"), partial(event_runs.file_end, self._db))
         if any(self._files.directory.iterdir()):
-            swept = self._files.sweep(int(r[0]) for r in self._db.execute("SELECT ord FROM tasks"))
-            if swept:
+            if swept := self._files.sweep(int(r[0]) for r in self._db.execute("SELECT ord FROM tasks")):
                 log.info("%d event file(s) of deleted tasks removed", swept)
         # Task counts by (type, status), kept in memory from one count at open: totals cost the
         # same for ten tasks or a million, and a write pays a dict update (SQLite triggers
@@ -142,7 +138,11 @@ class Store:
             self._batch_lost = False
             raise TransactionLost("the store's transaction was rolled back (a write refused); nothing of it is stored")
         if self._in_tx:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:  # (refused: whole, as a write that fails)
+                self.rollback()
+                raise
             self._in_tx = False
         self._undo.clear()
         if self._changed:

@@ -62,6 +62,9 @@ class _ServiceCollector(Collector):
             )
             lag.add_metric([], float(snap.get("loop_lag_max_seconds", 0.0)))
             yield lag
+            yield _one(GaugeMetricFamily, "rfuav_supervisor_writes_waiting",
+                       "the supervisor's own writes (events, task records) the disk refused, kept until stored",
+                       snap.get("writes_waiting", 0))  # fmt: skip
             stored = CounterMetricFamily("rfuav_events_stored", "events stored by the supervisor")
             stored.add_metric([], float(snap.get("events_stored", 0)))
             yield stored

@@ -21,6 +21,7 @@ from protocol.jobs import JobSpec
 from runner import publisher as publisher_module
 from runner.publisher import Publisher
 from tests.support.pagecache import cached_bytes, drops_clean_pages
+from tests.support.small_disk import SmallDisk
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -181,6 +182,43 @@ def test_without_subscriber_the_journal_keeps_every_event(short_dir: Path) -> No
     publisher.close()
     journal = [orjson.loads(line) for line in (short_dir / "j.jsonl").read_bytes().splitlines()]
     assert [e["rseq"] for e in journal] == list(range(1, 2001))
+
+
+def test_a_journal_the_disk_refuses_stays_whole_lines_and_the_events_go_out_without_it(
+    sub: tuple[zmq.Socket[bytes], str], short_dir: Path
+) -> None:
+    """A full disk (a small file system of its own, filled): the events are sent all the same,
+    and the journal keeps only whole lines (a write cut short, where its last page had room for
+    part of it, is cut back); once there is room, it is written again."""
+    sock, endpoint = sub
+    with SmallDisk(short_dir / "disk", mb=1) as disk:
+        journal = disk.path / "j.jsonl"
+        publisher = Publisher("t3", endpoint, journal)
+        ready = threading.Thread(target=publisher.wait_for_subscriber, args=(10.0,))
+        ready.start()
+        _collect_nothing_until(sock, ready)
+        publisher.emit("log", "before")
+        disk.fill()
+        for i in range(50):
+            publisher.emit("log", "x" * 3000, i=i)  # (most of a page each: cut short, then refused)
+        publisher.flush()  # (written while the disk is full, not by the sender thread later)
+        disk.free()
+        publisher.emit("log", "after")
+        events = _collect(sock, lambda evs: evs[-1]["message"] == "after")
+        publisher.close()
+        assert [e["rseq"] for e in events] == list(range(1, 53))
+        lines = [orjson.loads(line) for line in journal.read_bytes().splitlines()]  # (whole lines only)
+        rseqs = [e["rseq"] for e in lines]
+        assert rseqs[0] == 1 and rseqs[-1] == 52 and rseqs == sorted(rseqs)
+        assert len(lines) < 10  # (what fitted in the pages it had; the rest refused)
+
+
+def _collect_nothing_until(sock: zmq.Socket[bytes], thread: threading.Thread) -> None:
+    """Let a subscription through (a bound socket takes in peers only while called into) until
+    ``thread`` is done."""
+    while thread.is_alive():
+        assert not sock.poll(10), "an event before any was emitted"
+        thread.join(0.01)
 
 
 def test_a_long_journal_leaves_the_page_cache_but_its_end(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -323,14 +323,16 @@ class SupervisorProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {task_id}: {what} not met within {timeout} s; last state {task}")
             # A bounded wait for the next event of the task instead of a sleep.
-            self._wait_event(task_id, 0.05)
+            self.wait_event(0.05)
             task = self.get(task_id)
         return task
 
     def wait_final(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
         return self.wait_task(task_id, lambda t: t["status"] in FINAL_STATUSES, timeout, "final status")
 
-    def _wait_event(self, task_id: str, timeout: float) -> None:
+    def wait_event(self, timeout: float) -> None:
+        """Return once any event is published (all waiting are read), or after ``timeout``: a
+        bounded wait between two looks at the daemon, instead of a sleep."""
         if not hasattr(self, "_waiter"):
             self._waiter = EventSubscriber(self._ctx, self.settings.addresses.events_out, b"")
             self._subs.append(self._waiter)

@@ -43,8 +43,11 @@ async def health(request: Request[State]) -> Response:
         }  # fmt: skip
         return envelope(data, 503, f"supervisor unavailable: {exc}")
     tasks = h.get("tasks") or {}
+    # A disk that refuses the supervisor's writes: nothing new can be stored (what it did is
+    # kept in memory until the disk takes it: ``writes_waiting``).
+    refused = h.get("writes_refused")
     return envelope({
-        "status": "healthy",
+        "status": "unhealthy" if refused else "healthy",
         "timestamp": now_iso(),
         "version": version,
         "training_tasks": _active(tasks, "training"),
@@ -52,14 +55,15 @@ async def health(request: Request[State]) -> Response:
         "active_log_streams": streams,
         "resource_status": {"gpu_available": bool(h.get("gpu_available")), "gpu_count": int(h.get("gpu_count", 0))},
         # Additions.
-        "supervisor": "ok",
+        "supervisor": f"the disk refuses its writes: {refused}" if refused else "ok",
+        "writes_waiting": h.get("writes_waiting", 0),
         "running": h.get("running", 0),
         "queued": h.get("queued", 0),
         "tasks": tasks,
         "start_mode": h.get("start_mode"),
         "uptime": h.get("uptime"),
         "executor": h.get("executor"),
-    })  # fmt: skip
+    }, 503 if refused else 200, f"the supervisor's disk refuses writes: {refused}" if refused else "")  # fmt: skip
 
 
 async def info(request: Request[State]) -> Response:
