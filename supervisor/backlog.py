@@ -132,7 +132,7 @@ class Backlog:
             self._writes = [w for w in self._writes if not any(w is x for x in writes)]
             return not self._writes
         if self.refused and not self._writes:
-            log.warning("the disk takes writes again: the supervisor's writes kept meanwhile are stored")
+            log.warning("the supervisor's writes kept while the disk refused them are stored")
             self.refused = ""
         return not self._writes
 

@@ -347,7 +347,7 @@ class Daemon:
             loop_lag=self._lags[-1],
             loop_lag_max=max(self._lags),
             unstored=len(self.pipeline.backlog),
-            unstored_why=self.pipeline.backlog.refused,
+            unstored_why=self.pipeline.refused,
         )
 
     # -- systemd status ------------------------------------------------------------------

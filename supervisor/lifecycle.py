@@ -6,10 +6,8 @@ cleanup) → ``finish`` (the final record, the slot freed, the queue moves on). 
 queued task out at once; a running one gets ``terminate``, then ``kill`` once ``grace_seconds``
 are over; one still starting has its start aborted (``Executor.abort``: it ends ``cancelled`` as
 soon as the executor says nothing of it is left, or is stopped once its process exists). A task
-queued longer than ``queue_timeout`` (``RFUAV_QUEUE_TIMEOUT``; 0: no limit) fails with that
-reason: one loop timer on the deadline of the task queued first, re-armed whenever the queue
-changes (the loop's monotonic clock; after a restart, from the restart). ``close`` starts
-nothing more (pending tasks stay pending); ``stop_jobs`` cancels what runs and waits for it;
+queued longer than ``queue_timeout`` fails with that reason (``supervisor.queue_deadline``).
+``close`` starts nothing more (pending tasks stay pending); ``stop_jobs`` cancels what runs and waits for it;
 ``kill_jobs`` is the impatient second step.
 
 ``recover`` (on start) re-queues pending tasks in their order and adopts running tasks whose
@@ -44,6 +42,7 @@ from supervisor.backlog import DISK_ERRORS, retry_delays
 from supervisor.executor import Executor, JobHandle, RunnerLost, StartAborted, release
 from supervisor.job_cgroup import JobLimits
 from supervisor.pipeline import Pipeline
+from supervisor.queue_deadline import QueueDeadline
 from supervisor.scheduler import Scheduler
 from supervisor.store import Store
 
@@ -102,7 +101,7 @@ class Lifecycle:
         self._drained = drained
         self._limits = JobLimits(settings.job_memory_mb, settings.job_cpus, settings.job_pids, settings.job_cpu_weight)
         self._background: set[asyncio.Task[Any]] = set()
-        self._queue_timer: asyncio.TimerHandle | None = None
+        self._deadline = QueueDeadline(scheduler, settings.queue_timeout, self._expired)
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, tasks: list[TaskRecord]) -> None:
@@ -138,37 +137,11 @@ class Lifecycle:
             else:
                 self._pipeline.save(task)
             self._in_background(self._start(task, job))
-        self._arm_queue_timer()
+        self._deadline.arm()
         self._on_change()
 
-    def _arm_queue_timer(self) -> None:
-        """One timer, on the deadline of the task queued first (none without a wait limit)."""
-        timeout = self._settings.queue_timeout
-        oldest = self._scheduler.oldest() if timeout > 0 else None
-        deadline = None if oldest is None else oldest[1] + timeout
-        if self._queue_timer is not None:
-            if self._queue_timer.when() == deadline:
-                return
-            self._queue_timer.cancel()
-            self._queue_timer = None
-        if deadline is not None:
-            self._queue_timer = asyncio.get_running_loop().call_at(deadline, self._expire_waiting)
-
-    def _expire_waiting(self) -> None:
-        """Fail every task that has waited past the limit, oldest first, then re-arm."""
-        self._queue_timer = None
-        if self.closing:
-            return
-        timeout = self._settings.queue_timeout
-        now = asyncio.get_running_loop().time()
-        while (oldest := self._scheduler.oldest()) is not None and now - oldest[1] >= timeout:
-            self._scheduler.remove(oldest[0])
-            waited = now - oldest[1]
-            shown = f"{waited:.0f}" if waited >= 10 else f"{waited:.1f}"
-            message = f"waited {shown} s for resources (RFUAV_QUEUE_TIMEOUT={timeout:g})"
-            log.warning("task %s: %s", oldest[0], message)
-            self.finish(self.tasks[oldest[0]], FAILED, message)
-        self._arm_queue_timer()
+    def _expired(self, task_id: str, message: str) -> None:
+        self.finish(self.tasks[task_id], FAILED, message)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.ensure_future(coro)
@@ -324,9 +297,7 @@ class Lifecycle:
     def close(self) -> None:
         """Start no more tasks; pending ones stay pending (stored) for the next start."""
         self.closing = True
-        if self._queue_timer is not None:
-            self._queue_timer.cancel()
-            self._queue_timer = None
+        self._deadline.stop()
 
     async def stop_jobs(self, reason: str) -> None:
         """Cancel every running job (grace, then kill) and wait for them to end, within
@@ -352,12 +323,7 @@ class Lifecycle:
 
     def processes(self) -> list[tuple[TaskRecord, JobHandle]]:
         """Each running task with its process (for ``ps``)."""
-        out = []
-        for task_id, job in self.running.items():
-            task = self.tasks.get(task_id)
-            if job.handle is not None and task is not None:
-                out.append((task, job.handle))
-        return out
+        return [(self.tasks[t], job.handle) for t, job in self.running.items() if job.handle and t in self.tasks]
 
     # -- recovery ------------------------------------------------------------------------
     def recover(self) -> None:
@@ -369,14 +335,17 @@ class Lifecycle:
             self._pipeline.attach(task)
             handle = self._executor.adopt(task)
             # Events journaled while we were away come first (all at once: nothing else is
-            # served before recovery ends).
-            self._pipeline.catch_up(task)
+            # served before recovery ends). A full disk: read again until stored (the reaper's
+            # ``_catch_up``), a lost runner's task ended only then.
+            try:
+                self._pipeline.catch_up(task)
+            except DISK_ERRORS as exc:
+                log.error("task %s: its journal not stored (%s)", task.task_id, exc)
+                if handle is None:
+                    self._in_background(self._end_lost_later(task))
+                    continue
             if handle is None:
-                final = self._pipeline.final_status(task.task_id)
-                if final is not None:
-                    self._end_lost(task, final[0], final[1], announce=False)
-                else:
-                    self._end_lost(task, FAILED, "runner lost while the supervisor was down", announce=True)
+                self._end_lost(task)
                 continue
             if task.pid is None:  # the previous supervisor died before it recorded the start
                 task.pid, task.pid_started = handle.pid, handle.create_time
@@ -395,6 +364,13 @@ class Lifecycle:
             log.info("recovered %d pending task(s)", len(pending))
         self.schedule()
 
-    def _end_lost(self, task: TaskRecord, status: str, message: str, *, announce: bool) -> None:
+    async def _end_lost_later(self, task: TaskRecord) -> None:
+        await self._catch_up(task)
+        self._end_lost(task)
+
+    def _end_lost(self, task: TaskRecord) -> None:
+        """End a task whose runner is gone: as the runner said (its final event), else failed."""
+        final = self._pipeline.final_status(task.task_id)
+        status, message = final or (FAILED, "runner lost while the supervisor was down")
         log.warning("task %s: runner (pid %s) not found after restart: %s", task.task_id, task.pid, message)
-        self.finish(task, status, message, announce=announce)
+        self.finish(task, status, message, announce=final is None)

@@ -9,17 +9,15 @@ Supervisor-side events (``emit``) take the same path with ``source: "supervisor"
 disk refuses of them waits in memory until it is stored (``supervisor.backlog``).
 
 A runner's run of plain log lines (``[task_id, packed, PLAIN]``, ``protocol.events.PLAIN``) that
-starts where the task's events left off takes none of these steps per event: it is stored and
-published as it came, its first line numbered (the others are numbered by their place when
-read). A batch is one ``executemany`` and one commit, then one burst of sends: that is what keeps up
-with tens of thousands of events per second. Store first, then publish: a subscriber that sees
-``seq`` N can always fetch 1..N from the store.
+starts where the task's events left off takes none of these steps per event: stored and published
+as it came, its first line numbered (the others by their place when read). A batch is one
+``executemany``, one commit, one burst of sends: that keeps up with tens of thousands of events a
+second. Store first, then publish: a subscriber that sees ``seq`` N can always fetch 1..N.
 
 A runner's final status event (``completed``/``failed``/``cancelled``) is numbered but held
 back: the daemon applies the outcome when it reaps the runner (``final_status``), so a task is
 never final while its process still holds a slot, and only then stores and publishes the held
-event together with the final task record (``release_final``). A client that sees the final
-event therefore always finds the task final.
+event with the final task record (``release_final``): who sees it finds the task final.
 
 Every task's stream ends with exactly one final status event (subscribers stop there). So a
 ``failed`` that a runner reports *after* its cancel was requested (``cancelling``) — a job torn
@@ -67,8 +65,9 @@ class Pipeline:
         self._cancelling: set[str] = set()
         self._exit_reports: dict[str, str] = {}
         self._held: dict[str, Row] = {}
-        #: The supervisor's own writes the disk refused, waiting to be stored.
-        self.backlog = Backlog()
+        #: The supervisor's own writes the disk refused, waiting to be stored; why the disk
+        #: refused the last write ("" once one is stored again).
+        self.backlog, self.refused = Backlog(), ""
         self.received = 0
         self.dropped = 0
 
@@ -308,11 +307,13 @@ class Pipeline:
         caller sets the task's fields, status and message, first). Never raises for the disk:
         what it refuses waits in the ``backlog``."""
         event = ev.supervisor_event(0, task.task_id, now_iso(), kind, level, message, fields)
-        self._store_own([Write(task, ev.encode(event))])
+        self.backlog.add([Write(task, ev.encode(event))])
+        self.store_backlog()
 
     def save(self, task: TaskRecord) -> None:
         """Store ``task``'s record as it is now; what the disk refuses waits in the ``backlog``."""
-        self._store_own([Write(task)])
+        self.backlog.add([Write(task)])
+        self.store_backlog()
 
     def release_final(self, task: TaskRecord) -> bool:
         """Store and publish the runner's held final event with the (now final) task record.
@@ -320,12 +321,9 @@ class Pipeline:
         held = self._held.pop(task.task_id, None)
         if held is None:
             return False
-        self._store_own([Write(task, held[3], held[1])])
-        return True
-
-    def _store_own(self, writes: list[Write]) -> None:
-        self.backlog.add(writes)
+        self.backlog.add([Write(task, held[3], held[1])])
         self.store_backlog()
+        return True
 
     def store_backlog(self) -> bool:
         """Store the supervisor's own writes that wait (``backlog``); True when none is left."""
@@ -389,10 +387,14 @@ class Pipeline:
                 store.commit(after=lambda: self._publish(out))
             else:
                 store.commit()
-        except (OSError, sqlite3.Error):
+        except (OSError, sqlite3.Error) as exc:
             # Refused by the disk (an event file not written, or SQLite's own write or commit:
             # a full disk): nothing of the transaction stands, and nothing of it is published.
             store.rollback()
             if not registered:  # (else the rollback ran it)
                 rolled_back()
+            self.refused = f"{type(exc).__name__}: {exc}"
             raise
+        if self.refused:
+            log.warning("the disk takes the store's writes again")
+            self.refused = ""

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from protocol.replies import CommandError
-from protocol.tasks import CANCELLED, FAILED, RUNNING
+from protocol.tasks import CANCELLED, COMPLETED, FAILED, RUNNING
 from tests.supervisor.lifecycle_rig import Rig, runner_event
 from tests.support.small_disk import SmallDisk
 from tests.support.supervisor import SupervisorProcess
@@ -141,3 +142,30 @@ def test_the_daemon_stores_what_the_disk_refused_once_there_is_room(disk: SmallD
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert any(e["message"] == "cancel requested: cancelled on request" for e in events), events
         assert events[-1]["kind"] == "status" and events[-1]["status"] == CANCELLED, events[-1]
+
+
+def test_a_daemon_that_starts_on_a_full_disk_ends_a_lost_runners_task_once_its_journal_is_stored(
+    disk: SmallDisk,
+) -> None:
+    """The daemon is killed while a job runs; the job ends meanwhile, its end only in its
+    journal; the disk fills; the daemon starts again all the same (it used to fail to start:
+    reading the journal into the store raised). Once there is room, the task ends as its runner
+    said, with every event of its journal."""
+    env = {"RFUAV_START_MODE": "cold", "RFUAV_GRACE_SECONDS": "2"}
+    with SupervisorProcess(home=disk.path, env=env) as sup:
+        task_id = sup.submit(params={"events": 3, "sleep": 2})
+        pid = sup.wait_task(task_id, lambda t: t["pid"] is not None, what="started")["pid"]
+        runner = psutil.Process(pid)
+        sup.kill()
+        runner.wait(30)  # (the job ends while no supervisor runs: its end is in its journal)
+        disk.fill()
+        sup.start()
+        health = _health_until(sup, lambda h: h["writes_refused"] is not None, "the journal refused")
+        assert health["running"] == 0
+        disk.free()
+        task = sup.wait_final(task_id, timeout=30)
+        assert task["status"] == COMPLETED, task
+        events = sup.logs(task_id)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["i"] for e in events if "i" in e] == [1, 2, 3]
+        assert events[-1]["kind"] == "status" and events[-1]["status"] == COMPLETED, events[-1]

@@ -23,7 +23,7 @@ WAITED = re.compile(r"waited (\d+\.\d) s for resources \(RFUAV_QUEUE_TIMEOUT=0\.
 
 def _deadline(rig: Rig) -> float | None:
     """When the lifecycle's one queue timer fires (None: none is armed)."""
-    timer = rig.lifecycle._queue_timer
+    timer = rig.lifecycle._deadline.timer
     return None if timer is None else timer.when()
 
 
