@@ -35,6 +35,7 @@ from protocol.tasks import (
     TaskSpec,
 )
 from supervisor import jobs
+from supervisor.backlog import DISK_ERRORS
 from supervisor.daemon_commands import DaemonCommands
 from supervisor.daemon_commands import Service as DaemonService
 from supervisor.records import Records
@@ -112,6 +113,10 @@ class Control:
         try:
             with self.service.store.batch():
                 replies = [self._answer(data) for data in requests]
+        except DISK_ERRORS as exc:  # (a full disk: nothing of them is stored; worth trying again)
+            log.error("commit of %d control requests refused: %s: %s", len(requests), type(exc).__name__, exc)
+            message = f"not stored: the supervisor's disk refuses writes ({type(exc).__name__}: {exc}); try again"
+            replies = [error(_request_id(data), ErrorCode.UNAVAILABLE, message) for data in requests]
         except Exception as exc:
             log.exception("commit of %d control requests failed", len(requests))
             message = f"internal error: the commit failed: {type(exc).__name__}: {exc}"

@@ -95,7 +95,7 @@ async def test_requests_answered_together_share_one_commit(tmp_path: Path) -> No
 async def test_a_group_whose_transaction_the_disk_refuses_stores_queues_and_starts_nothing(tmp_path: Path) -> None:
     """One request of a group fills the disk (SQLite's page limit here): SQLite rolls back the
     group's whole transaction, the submit before it included. Every request of the group is
-    answered with the error; the earlier submit's task is neither stored nor queued nor started
+    answered with the error (unavailable: try again); the earlier submit's task is neither stored nor queued nor started
     (its queueing is undone; tasks start only once committed). With room again, it is accepted."""
     rig = Rig(tmp_path)  # room to start at once: nothing may start before the commit
     control = Control(_Service(rig))  # type: ignore[arg-type]
@@ -103,8 +103,8 @@ async def test_a_group_whose_transaction_the_disk_refuses_stores_queues_and_star
     rig.store._db.execute(f"PRAGMA max_page_count = {pages}")
     group = [_submit("a", "a1"), _submit("big", *(f"b{i}" for i in range(400)))]
     replies = [orjson.loads(r) for r in control.handle_all(group)]
-    assert [(r["ok"], r["error"]["code"]) for r in replies] == [(False, "internal")] * 2, replies
-    assert all("TransactionLost" in r["error"]["message"] for r in replies)
+    assert [(r["ok"], r["error"]["code"]) for r in replies] == [(False, "unavailable")] * 2, replies
+    assert all("disk refuses writes (TransactionLost" in r["error"]["message"] for r in replies)
     assert rig.store.get_task("a1") is None and rig.store.counts() == {}
     assert "a1" not in rig.tasks and rig.scheduler.queue_length == 0
     assert rig.executor.specs == {} and rig.lifecycle.running == {}

@@ -4,11 +4,14 @@ then full service again without restarting web."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.service import Service
+from tests.support.small_disk import SmallDisk
 from tests.web.test_sse import wait_until
 
 
@@ -87,3 +90,40 @@ def test_web_shutdown_with_open_streams(make_service: Any) -> None:
     rest = [e["seq"] for e in svc.client.stream_events(task["task_id"], last_event_id=seen[-1])]
     assert rest == list(range(seen[-1] + 1, rest[-1] + 1)) and len(rest) >= 1
     assert svc.client.wait_for(task["task_id"], timeout=30)["status"] == "cancelled"
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_is_a_503_to_whoever_writes_and_health_says_so_until_there_is_room(tmp_path: Path) -> None:
+    """The service's home on a small file system of its own, filled for real: a submit and a
+    cancel are answered 503 naming the cause (nothing of them is stored; the cancel is carried
+    out all the same), ``/api/v1/health`` is 503 ``unhealthy`` with what waits, ``/metrics``
+    counts it. Once there is room the service is healthy again with nothing waiting, and the
+    task's end is stored: cancelled."""
+    with SmallDisk(tmp_path / "disk") as disk:
+        svc = Service(home=disk.path, env={"RFUAV_GRACE_SECONDS": "2"}).start()
+        try:
+            with httpx.Client(base_url=svc.base_url, timeout=30) as http:
+                task_id = http.post("/api/v2/diagnostic/start", json={"sleep": 120}).json()["data"]["task_id"]
+                status = lambda: http.get(f"/api/v2/tasks/{task_id}").json()["data"]["status"]  # noqa: E731
+                wait_until(svc, lambda: status() == "running", 30, "running")
+                disk.fill()
+                for path, body in (
+                    ("/api/v2/diagnostic/start", {"events": 1}),
+                    (f"/api/v2/tasks/{task_id}/cancel", None),
+                ):
+                    r = http.post(path, json=body)
+                    assert r.status_code == 503 and "disk refuses writes" in r.json()["msg"], (path, r.text)
+                health = wait_until(
+                    svc, lambda: (h := http.get("/api/v1/health")).json()["data"]["running"] == 0 and h, 30, "job ended"
+                )
+                data = health.json()["data"]
+                assert health.status_code == 503 and data["status"] == "unhealthy" and data["writes_waiting"] >= 2
+                assert "disk refuses its writes" in data["supervisor"]
+                assert "rfuav_supervisor_writes_waiting 0.0" not in http.get("/metrics").text
+                disk.free()
+                wait_until(svc, lambda: http.get("/api/v1/health").status_code == 200, 30, "healthy again")
+                assert http.get("/api/v1/health").json()["data"]["writes_waiting"] == 0
+                assert "rfuav_supervisor_writes_waiting 0.0" in http.get("/metrics").text
+                assert status() == "cancelled"
+        finally:
+            svc.close()
