@@ -78,7 +78,7 @@ def _lines(message: list[bytes]) -> list[bytes]:
 
 def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[list[dict[str, Any]], float, float, int]:
     """Receive until the runner's ``n`` diagnostic events (and its final status) arrived; also
-    returns how many messages they came in."""
+    returns how many messages brought them."""
     events: list[dict[str, Any]] = []
     first = last = 0.0
     messages = 0
@@ -88,7 +88,7 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
             break
         message = sock.recv_multipart()
         now = time.time_ns()
-        messages += 1
+        before = len(events)
         final = False
         for data in _lines(message):
             event = orjson.loads(data)
@@ -99,6 +99,7 @@ def _collect(sock: zmq.Socket[bytes], n: int, timeout: float = 300.0) -> tuple[l
                     first = time.perf_counter()
                 last = time.perf_counter()
             final = final or ev.is_final(event)
+        messages += len(events) > before  # (the service's task records and other tasks' events left out)
         if final:
             break
     return events, first, last, messages

@@ -92,7 +92,7 @@ class Backlog:
         before any kept since: those of tasks still stored (a submit rolled back took its
         tasks, and what was written of them, with it)."""
         idle = not self._writes
-        self._writes[:0] = [write for write in writes if store.exists(write.task.task_id)]
+        self._writes[:0] = [write for write in writes if store.ord_of(write.task.task_id)]
         if self._writes and idle and self.on_waiting is not None:
             self.on_waiting()
 
@@ -108,7 +108,7 @@ class Backlog:
         dirty: dict[str, TaskRecord] = {}
         for write in writes:
             task = write.task
-            if task.task_id not in dirty and not store.exists(task.task_id):
+            if task.task_id not in dirty and not store.ord_of(task.task_id):  # (0: not stored)
                 log.warning("task %s is not stored (its submit was rolled back): its write dropped", task.task_id)
                 continue
             dirty[task.task_id] = task
