@@ -74,8 +74,7 @@ class Backlog:
     def __init__(self) -> None:
         self._writes: list[Write] = []
         self.on_waiting: Callable[[], None] | None = None
-        #: Why the disk last refused, while writes wait ("" when none does).
-        self.refused = ""
+        self._refusing = False  # (the disk refused, and writes wait: said once in the log)
 
     def __len__(self) -> int:
         return len(self._writes)
@@ -131,18 +130,18 @@ class Backlog:
             log.exception("the supervisor's writes of task(s) %s could not be stored: dropped", ", ".join(dirty))
             self._writes = [w for w in self._writes if not any(w is x for x in writes)]
             return not self._writes
-        if self.refused and not self._writes:
+        if self._refusing and not self._writes:
             log.warning("the supervisor's writes kept while the disk refused them are stored")
-            self.refused = ""
+            self._refusing = False
         return not self._writes
 
     def _failed(self, exc: BaseException) -> None:
         """The disk refused what was taken (and put back)."""
-        if not self.refused:
+        if not self._refusing:
             log.error(
                 "the disk refused the supervisor's writes (%s: %s): %d kept in memory, stored once it takes them",
                 type(exc).__name__,
                 exc,
                 len(self._writes),
             )
-        self.refused = f"{type(exc).__name__}: {exc}"
+        self._refusing = True

@@ -40,7 +40,7 @@ import orjson
 
 from protocol import events as ev
 from protocol.tasks import FAILED, FINAL_STATUSES, RUNNING, TaskRecord, now_iso
-from supervisor.backlog import Backlog, Write
+from supervisor.backlog import DISK_ERRORS, Backlog, Write
 from supervisor.event_runs import Row
 from supervisor.journal import Journal
 from supervisor.store import Store
@@ -393,7 +393,7 @@ class Pipeline:
             store.rollback()
             if not registered:  # (else the rollback ran it)
                 rolled_back()
-            self.refused = f"{type(exc).__name__}: {exc}"
+            self.refused = f"{type(exc).__name__}: {exc}" if isinstance(exc, DISK_ERRORS) else self.refused
             raise
         if self.refused:
             log.warning("the disk takes the store's writes again")
