@@ -2,12 +2,6 @@
 events on our own SUB socket, the way the supervisor does: SUB bound on a short ``ipc://`` path,
 the runner's XPUB connects and waits for our subscription before its first event.
 
-``warm=True`` forks the runner instead from a fork server that preloaded torch and the other
-heavy modules (the supervisor's own ``supervisor.spawner`` server and warm target, the start
-mode users get): the server starts once per test process (seconds) and then each job starts
-in milliseconds without importing anything (``warm_server()``, stopped at exit). A warm runner
-has the environment the test process had when the server started, not the current one.
-
 ``hosted=True`` starts it through a stand-in runner host instead, a process of its own that the
 spec binds the runner to (``JobSpec.host_pid``), as a Ray runner host does; ``kill_host``
 kills that host.
@@ -17,9 +11,7 @@ Used by tests/runner and by benchmarks/training.py and benchmarks/inference.py.
 
 from __future__ import annotations
 
-import atexit
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -44,68 +36,6 @@ from protocol.tasks import JOB_TASK_TYPES
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "cancelled")
 
-_server: Any = None  # the warm fork server (supervisor.forkserver.ForkServer), once started
-
-
-def warm_server() -> Any:
-    """The process's preloaded fork server, started (and probed) on first use."""
-    global _server
-    from supervisor.forkserver import PRELOAD, ForkServer
-
-    if _server is None or not _server.alive():
-        server = ForkServer(PRELOAD)
-        server.launch()
-        server.probe()  # blocks until the preload is done and a forked child ran
-        _server = server
-        atexit.register(_stop_server, server)
-    return _server
-
-
-def _stop_server(server: Any) -> None:
-    server.stop()
-    server.reap(10.0)
-
-
-class _NotPopen:
-    """The ``Popen`` surface the harness uses (pid, poll, wait, returncode) for a runner that is
-    not our child: ``_exited(timeout)`` says whether it ended, and sets ``returncode``."""
-
-    pid: int
-    returncode: int | None = None
-
-    def poll(self) -> int | None:
-        return self.returncode if self.returncode is not None or self._exited(0.0) else None
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None and not self._exited(timeout):
-            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
-        assert self.returncode is not None
-        return self.returncode
-
-    def _exited(self, timeout: float | None) -> bool:
-        raise NotImplementedError
-
-
-class _WarmProcess(_NotPopen):
-    """A runner forked by the fork server, whose exit status comes on the server's status pipe."""
-
-    def __init__(self, spec: JobSpec) -> None:
-        import multiprocessing.context as mp_context
-
-        from supervisor.forkserver import WARM_TARGET, Named
-
-        target: Any = Named(*WARM_TARGET)  # resolved to runner.entry.run_and_exit in the child
-        process = mp_context.ForkServerProcess(target=target, args=(spec,), name=f"rfuav-runner-{spec.task_id}")
-        self._popen = warm_server().spawn(process)
-        self.pid = self._popen.pid
-
-    def _exited(self, timeout: float | None) -> bool:
-        readable, _, _ = select.select([self._popen.sentinel], [], [], timeout)
-        if readable:
-            self.returncode = self._popen.read_exit()
-            self._popen.close_sentinel()
-        return bool(readable)
-
 
 #: A stand-in runner host (a Ray host's part in ``python -m runner``'s life): binds the spec to
 #: itself (``host_pid``), starts the runner in a session of its own, says its pid, waits.
@@ -120,9 +50,12 @@ runner.wait()
 """
 
 
-class _HostedProcess(_NotPopen):
-    """A runner started by a stand-in runner host (``_HOST``): its exit is watched through
-    psutil, its exit code is not ours to read (-1)."""
+class _HostedProcess:
+    """A runner started by a stand-in runner host (``_HOST``), with the ``Popen`` surface the
+    harness uses (pid, poll, wait, returncode): its exit is watched through psutil, its exit
+    code is not ours to read (-1)."""
+
+    returncode: int | None = None
 
     def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
         self.host = subprocess.Popen(
@@ -131,6 +64,14 @@ class _HostedProcess(_NotPopen):
         assert self.host.stdout is not None
         self.pid = int(self.host.stdout.readline())
         self._runner = psutil.Process(self.pid)
+
+    def poll(self) -> int | None:
+        return self.returncode if self.returncode is not None or self._exited(0.0) else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and not self._exited(timeout):
+            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
+        return -1
 
     def _exited(self, timeout: float | None) -> bool:
         try:
@@ -160,7 +101,6 @@ class RunnerProcess:
         dataloader_workers: int = 0,
         batch_cap: int | None = None,
         device: str = "cpu",
-        warm: bool = False,
         hosted: bool = False,
         host_pid: int = 0,
         grace_seconds: float = 10.0,
@@ -196,11 +136,9 @@ class RunnerProcess:
         )
         spec_path = task_dir / "spec.json"
         spec_path.write_bytes(self.spec.dump())
-        self.proc: subprocess.Popen[bytes] | _WarmProcess | _HostedProcess
+        self.proc: subprocess.Popen[bytes] | _HostedProcess
         env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-        if warm:  # the runner calls setsid itself, first thing
-            self.proc = _WarmProcess(self.spec)
-        elif hosted:  # (``host_pid`` then is the host's)
+        if hosted:  # (``host_pid`` then is the host's)
             self.proc = _HostedProcess(spec_path, env)
         else:
             self.proc = subprocess.Popen(
